@@ -1,0 +1,655 @@
+"""`LM`: the one adapter over any Hugging Face causal LM and its tokenizer.
+
+Every lens talks to a model through this class and nothing else: teacher-forced scoring, prefix KV-cache
+reuse, reading and overwriting the residual stream, and generation with patches. It is the only place that
+knows where an architecture keeps its decoder blocks, final norm and unembedding.
+
+Layer indexing (used everywhere in attrilens): layer 0 is the embedding output (the input of block 0),
+layer l is the output of block l-1, and layer L = n_layers is the output of the last block *before* the
+final norm. Positions are token indices inside a row's own sequence (padding excluded); negative positions
+count from the end of that row's sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from attrilens.errors import AttrilensError
+
+# model_type -> (embedding, decoder blocks, final norm) module paths. Unembedding is always
+# get_output_embeddings(). Types not listed fall back to a search (see `_locate`).
+ARCHITECTURES: dict[str, tuple[str, str, str]] = {
+    "gpt2": ("transformer.wte", "transformer.h", "transformer.ln_f"),
+    "gpt_neox": ("gpt_neox.embed_in", "gpt_neox.layers", "gpt_neox.final_layer_norm"),
+    "llama": ("model.embed_tokens", "model.layers", "model.norm"),
+    "qwen2": ("model.embed_tokens", "model.layers", "model.norm"),
+    "qwen3": ("model.embed_tokens", "model.layers", "model.norm"),
+    "mistral": ("model.embed_tokens", "model.layers", "model.norm"),
+    "gemma": ("model.embed_tokens", "model.layers", "model.norm"),
+    "gemma2": ("model.embed_tokens", "model.layers", "model.norm"),
+    "phi3": ("model.embed_tokens", "model.layers", "model.norm"),
+    "olmo": ("model.embed_tokens", "model.layers", "model.norm"),
+}
+_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where a model keeps the parts the lenses need."""
+
+    model_type: str
+    embed: nn.Module
+    blocks: nn.ModuleList
+    final_norm: nn.Module | None
+    unembed: nn.Module
+
+
+def _get(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _locate(model: nn.Module) -> Architecture:
+    """Find embedding, blocks, final norm and unembedding: table first, then a generic search."""
+    model_type = getattr(model.config, "model_type", type(model).__name__)
+    unembed = model.get_output_embeddings()
+    if model_type in ARCHITECTURES:
+        e, b, n = (_get(model, p) for p in ARCHITECTURES[model_type])
+        if e is not None and isinstance(b, nn.ModuleList) and n is not None and unembed is not None:
+            return Architecture(model_type, e, b, n, unembed)
+    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers and n_layers:
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            norm = next((getattr(parent, a) for a in _NORM_NAMES if isinstance(getattr(parent, a, None), nn.Module)), None)
+            embed = model.get_input_embeddings()
+            if unembed is not None and embed is not None:
+                return Architecture(model_type, embed, module, norm, unembed)
+    raise AttrilensError(
+        f"Cannot find the decoder blocks, final norm and unembedding of model type {model_type!r}. "
+        "Add its module paths to attrilens.lm.ARCHITECTURES."
+    )
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Overwrite the residual stream of batch row `row` at (`layer`, `position`) with `value` (shape [d_model])."""
+
+    row: int
+    layer: int
+    position: int
+    value: torch.Tensor
+
+
+@dataclass
+class RunOutput:
+    """Logits of one forward (or extension), the residual states read, and the cache if one was kept."""
+
+    logits: torch.Tensor
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)
+    cache: object | None = None
+    attention_mask: torch.Tensor | None = None
+    lengths: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """A padded batch: ids, attention mask, position ids, and where each row's real tokens start."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    lengths: list[int]
+    offsets: list[int]
+
+
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "dtype", "torch_dtype", "architectures", "use_cache", "return_dict"}
+
+
+def _config_identity(config) -> dict:
+    """The config keys that define the model (not where it was loaded from, nor runtime flags)."""
+    return {
+        k: v
+        for k, v in config.to_dict().items()
+        if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS and not k.startswith("output_")
+    }
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+class LM:
+    """A causal LM and its tokenizer behind one interface (see module docstring for indexing)."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, chat_template: bool | None = None, name: str | None = None):
+        if not hasattr(model, "config") or not hasattr(model, "get_output_embeddings"):
+            raise AttrilensError(
+                f"{type(model).__name__} is not a Hugging Face causal LM. Pass an AutoModelForCausalLM instance."
+            )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.arch = _locate(model)
+        self.name = name or getattr(model.config, "_name_or_path", "") or self.arch.model_type
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if chat_template and not has_template:
+            raise AttrilensError("chat_template=True but the tokenizer has no chat template. Pass chat_template=False.")
+        self.use_chat_template = has_template if chat_template is None else chat_template
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.convert_ids_to_tokens(0)
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        attn_implementation: str | None = None,
+        chat_template: bool | None = None,
+    ) -> LM:
+        """Load a model directory (local only: no hub downloads) into an LM."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not path.is_dir():
+            raise AttrilensError(f"Model directory {str(path)!r} does not exist. Pass a local Hugging Face model directory.")
+        if not (path / "config.json").is_file():
+            raise AttrilensError(f"{str(path)!r} has no config.json. Pass a directory written by save_pretrained.")
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - the message is what the user needs
+            raise AttrilensError(f"Cannot read the model config in {str(path)!r}: {exc}. Check config.json.") from exc
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise AttrilensError(
+                f"{str(path)!r} holds a {config.model_type!r} model, which is not a causal LM. "
+                "Pass a directory of an AutoModelForCausalLM model."
+            )
+        kwargs = {"local_files_only": True, "dtype": dtype}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise AttrilensError(f"Cannot load the model or tokenizer in {str(path)!r}: {exc}.") from exc
+        return cls(model.to(device), tokenizer, chat_template=chat_template, name=str(path))
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return _model_device(self.model)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.arch.blocks)
+
+    @property
+    def d_model(self) -> int:
+        return self.arch.embed.weight.shape[-1]
+
+    @property
+    def max_length(self) -> int:
+        c = self.config
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(c, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 1 << 30
+
+    def n_params(self, *, non_embedding: bool = True) -> int:
+        """Parameter count, optionally without the embedding and unembedding matrices (the FLOP-proxy count)."""
+        total = sum(p.numel() for p in self.model.parameters())
+        if non_embedding:
+            seen = {id(self.arch.embed.weight)}
+            total -= self.arch.embed.weight.numel()
+            w = getattr(self.arch.unembed, "weight", None)
+            if w is not None and id(w) not in seen:
+                total -= w.numel()
+            pos = _get(self.model, "transformer.wpe")
+            if pos is not None:
+                total -= pos.weight.numel()
+        return total
+
+    def fingerprint(self) -> str:
+        """sha256 of the config and every weight: an index or result built with another model will not match."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(json.dumps(_config_identity(self.config), sort_keys=True, default=str).encode())
+            for name, tensor in sorted(self.model.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ tokens
+    def format_prompt(self, prompt: str) -> str:
+        """The prompt as the model sees it: wrapped in the chat template when one is in use."""
+        if not self.use_chat_template:
+            return prompt
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a prompt (chat template and special tokens applied as the model expects)."""
+        if not prompt:
+            raise AttrilensError("The prompt is empty. Pass a non-empty prompt.")
+        text = self.format_prompt(prompt)
+        ids = self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
+        if len(ids) > self.max_length:
+            raise AttrilensError(
+                f"The prompt is {len(ids)} tokens, longer than the model's context of {self.max_length}. "
+                "Shorten the prompt or context."
+            )
+        return list(ids)
+
+    def encode_response(self, response: str) -> list[int]:
+        """Token ids of a response; raises unless decoding them gives back the same text."""
+        if not response:
+            raise AttrilensError("The response is empty. Pass a non-empty response or generate one.")
+        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        back = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        if back != response:
+            raise AttrilensError(
+                f"The response {response[:60]!r} does not round-trip through the tokenizer (decodes to {back[:60]!r}). "
+                "Pass the response as the model's tokenizer writes it (e.g. normalised whitespace)."
+            )
+        return list(ids)
+
+    def check_length(self, n_tokens: int, what: str = "prompt and response") -> None:
+        if n_tokens > self.max_length:
+            raise AttrilensError(
+                f"The {what} take {n_tokens} tokens, more than the model's context of {self.max_length}. "
+                "Shorten the context or the response."
+            )
+
+    def pad_batch(self, sequences: Sequence[Sequence[int]], *, padding_side: str = "right", offset: int = 0) -> Batch:
+        """Pad token-id lists into a batch with attention mask and position ids (positions start at `offset`)."""
+        if padding_side not in ("left", "right"):
+            raise AttrilensError(f"padding_side must be 'left' or 'right', not {padding_side!r}.")
+        if not sequences or any(len(s) == 0 for s in sequences):
+            raise AttrilensError("Cannot run an empty sequence. Pass at least one token per row.")
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        offsets = []
+        for r, s in enumerate(sequences):
+            start = width - len(s) if padding_side == "left" else 0
+            ids[r, start : start + len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[r, start : start + len(s)] = 1
+            offsets.append(start)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0) + offset
+        dev = self.device
+        return Batch(ids.to(dev), mask.to(dev), pos.to(dev), [len(s) for s in sequences], offsets)
+
+    # ------------------------------------------------------------------ forward with hooks
+    def _check_layer(self, layer: int) -> int:
+        L = self.n_layers
+        if not -(L + 1) <= layer <= L:
+            raise AttrilensError(f"Layer {layer} is out of range: this model has layers 0..{L} (or -{L + 1}..-1).")
+        return layer % (L + 1)
+
+    @contextlib.contextmanager
+    def _hooks(
+        self,
+        read_layers: Sequence[int],
+        writes: dict[int, list[tuple[int, int, int, torch.Tensor]]],
+        store: dict[int, torch.Tensor],
+        applied: list[int],
+    ) -> Iterator[None]:
+        """Hooks that read (whole chunk) and overwrite the residual stream.
+
+        `writes` maps layer -> [(patch index, row, column in this chunk, vector)]; `applied` counts how often
+        each patch landed, so a patch that never applies is caught instead of silently doing nothing.
+        """
+        wanted = set(read_layers) | set(writes)
+        handles = []
+
+        def edit(layer: int, h: torch.Tensor) -> torch.Tensor:
+            if writes.get(layer):
+                h = h.clone()
+                for k, row, col, value in writes[layer]:
+                    h[row, col] = value.to(h.dtype)
+                    applied[k] += 1
+            if layer in read_layers:
+                store[layer] = h
+            return h
+
+        def pre_hook(module, args, kwargs):
+            if args:
+                return (edit(0, args[0]), *args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = edit(0, kwargs["hidden_states"])
+            return args, kwargs
+
+        def make_post(layer: int):
+            def post_hook(module, args, output):
+                if isinstance(output, torch.Tensor):
+                    return edit(layer, output)
+                if isinstance(output, tuple):
+                    return (edit(layer, output[0]), *output[1:])
+                raise AttrilensError(
+                    f"Block output of type {type(output).__name__} is not understood; cannot read or patch layer {layer}."
+                )
+
+            return post_hook
+
+        try:
+            if 0 in wanted:
+                handles.append(self.arch.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+            for layer in sorted(wanted - {0}):
+                handles.append(self.arch.blocks[layer - 1].register_forward_hook(make_post(layer)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _normalise_patches(self, patches: Sequence[Patch], lengths: Sequence[int], n_rows: int) -> list[Patch]:
+        out = []
+        for p in patches:
+            if not 0 <= p.row < n_rows:
+                raise AttrilensError(f"Patch row {p.row} is outside the batch of {n_rows} rows.")
+            layer = self._check_layer(p.layer)
+            n = lengths[p.row]
+            if not -n <= p.position < n:
+                raise AttrilensError(
+                    f"Patch position {p.position} is beyond row {p.row}'s {n} tokens. "
+                    "Positions are token indices in that row's sequence; negative ones count from its end."
+                )
+            value = p.value.reshape(-1)
+            if value.shape[0] != self.d_model:
+                raise AttrilensError(
+                    f"Patch vector has size {value.shape[0]} but this model's residual width is {self.d_model}. "
+                    "Map the state with a fitted mapping first."
+                )
+            out.append(Patch(p.row, layer, p.position % n, value.to(self.device)))
+        return out
+
+    @torch.no_grad()
+    def run(
+        self,
+        sequences: Sequence[Sequence[int]],
+        *,
+        read_layers: Sequence[int] = (),
+        patches: Sequence[Patch] = (),
+        padding_side: str = "right",
+        keep_cache: bool = False,
+    ) -> RunOutput:
+        """One batched forward over token-id rows; read residual states and apply per-row patches."""
+        batch = self.pad_batch(sequences, padding_side=padding_side)
+        for n in batch.lengths:
+            self.check_length(n, "sequence")
+        return self._forward(batch, read_layers=read_layers, patches=patches, keep_cache=keep_cache)
+
+    def _forward(
+        self,
+        batch: Batch,
+        *,
+        read_layers: Sequence[int] = (),
+        patches: Sequence[Patch] = (),
+        cache=None,
+        cache_mask: torch.Tensor | None = None,
+        chunk_start: Sequence[int] | int = 0,
+        keep_cache: bool = False,
+        grad: bool = False,
+    ) -> RunOutput:
+        from transformers import DynamicCache
+
+        read = [self._check_layer(x) for x in read_layers]
+        starts = [chunk_start] * len(batch.lengths) if isinstance(chunk_start, int) else list(chunk_start)
+        full = [s + n for s, n in zip(starts, batch.lengths, strict=True)]
+        plist = self._normalise_patches(patches, full, len(full))
+        # A patch lands in this forward only if its position lies in this chunk (not in a cached prefix).
+        writes: dict[int, list[tuple[int, int, int, torch.Tensor]]] = {}
+        for k, p in enumerate(plist):
+            if p.position >= starts[p.row]:
+                col = batch.offsets[p.row] + p.position - starts[p.row]
+                writes.setdefault(p.layer, []).append((k, p.row, col, p.value))
+        store: dict[int, torch.Tensor] = {}
+        applied = [0] * len(plist)
+        mask = batch.attention_mask if cache_mask is None else torch.cat([cache_mask, batch.attention_mask], dim=1)
+        if keep_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        ctx = torch.enable_grad() if grad else torch.no_grad()
+        with ctx, self._hooks(read, writes, store, applied):
+            out = self.model(
+                input_ids=batch.input_ids,
+                attention_mask=mask,
+                position_ids=batch.position_ids,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            )
+        for layer_writes in writes.values():
+            for k, row, _, _ in layer_writes:
+                if applied[k] != 1:
+                    p = plist[k]
+                    raise AttrilensError(
+                        f"Patch at layer {p.layer}, position {p.position} of row {row} was applied {applied[k]} times "
+                        "instead of once; the block hooks did not fire as expected for this architecture."
+                    )
+        return RunOutput(
+            logits=out.logits,
+            hidden=store,
+            cache=out.past_key_values if cache is not None else None,
+            attention_mask=mask,
+            lengths=batch.lengths,
+            offsets=batch.offsets,
+        )
+
+    # ------------------------------------------------------------------ hidden states
+    @torch.no_grad()
+    def hidden_states(
+        self, sequences: Sequence[Sequence[int]], layers: Sequence[int] | None = None, *, padding_side: str = "right"
+    ) -> tuple[dict[int, torch.Tensor], RunOutput]:
+        """Residual states for every requested layer (default: all 0..L), as {layer: [B, T, d]} padded tensors."""
+        layers = list(range(self.n_layers + 1)) if layers is None else list(layers)
+        out = self.run(sequences, read_layers=layers, padding_side=padding_side)
+        return {self._check_layer(k): v for k, v in out.hidden.items()}, out
+
+    def unembed(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from a residual state of the last layer's kind: final norm, then unembedding (the logit lens)."""
+        if self.arch.final_norm is not None:
+            h = self.arch.final_norm(h)
+        logits = self.arch.unembed(h)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # ------------------------------------------------------------------ scoring
+    def logprobs(
+        self,
+        prompts: str | Sequence[str],
+        responses: str | Sequence[str],
+        *,
+        batch_size: int = 8,
+        padding_side: str = "right",
+    ) -> list[torch.Tensor]:
+        """Teacher-forced log p of each response token given its prompt, one tensor per (prompt, response) pair."""
+        single = isinstance(prompts, str)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        responses = [responses] if isinstance(responses, str) else list(responses)
+        if len(prompts) != len(responses):
+            raise AttrilensError(f"Got {len(prompts)} prompts but {len(responses)} responses. Pass one response per prompt.")
+        pids = [self.encode_prompt(p) for p in prompts]
+        rids = [self.encode_response(r) for r in responses]
+        out = self.logprobs_ids(pids, rids, batch_size=batch_size, padding_side=padding_side)
+        return out[:1] if single else out
+
+    @torch.no_grad()
+    def logprobs_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        *,
+        batch_size: int = 8,
+        padding_side: str = "right",
+    ) -> list[torch.Tensor]:
+        """Token-id version of `logprobs`: batched, padded with masks and position ids."""
+        results: list[torch.Tensor] = []
+        for start in range(0, len(prompt_ids), batch_size):
+            ps = prompt_ids[start : start + batch_size]
+            rs = response_ids[start : start + batch_size]
+            seqs = [list(p) + list(r) for p, r in zip(ps, rs, strict=True)]
+            for s in seqs:
+                self.check_length(len(s))
+            batch = self.pad_batch(seqs, padding_side=padding_side)
+            logits = self._forward(batch).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)
+            for row, (p, r) in enumerate(zip(ps, rs, strict=True)):
+                o = batch.offsets[row]
+                idx = torch.arange(len(p) - 1, len(p) + len(r) - 1, device=logp.device) + o
+                tgt = torch.as_tensor(list(r), device=logp.device)
+                results.append(logp[row, idx, tgt].cpu())
+        return results
+
+    # ------------------------------------------------------------------ prefix cache
+    @torch.no_grad()
+    def prefix_cache(self, prefix_ids: Sequence[int], *, read_layers: Sequence[int] = ()) -> RunOutput:
+        """Run a prefix once (batch of one) and keep its KV cache for `extend`."""
+        self.check_length(len(prefix_ids), "prefix")
+        batch = self.pad_batch([prefix_ids])
+        return self._forward(batch, read_layers=read_layers, keep_cache=True)
+
+    @torch.no_grad()
+    def extend(
+        self,
+        prefix: RunOutput,
+        keep: Sequence[int],
+        suffixes: Sequence[Sequence[int]],
+        *,
+        read_layers: Sequence[int] = (),
+        patches: Sequence[Patch] = (),
+    ) -> RunOutput:
+        """Continue each suffix from the first `keep[r]` tokens of a cached prefix, all rows in one forward.
+
+        Rows may keep different prefix lengths: the cache is cropped to max(keep), the positions a row does
+        not keep are masked out, and the row's suffix takes positions keep[r], keep[r]+1, ... — the same
+        computation as running prefix[:keep[r]] + suffix from scratch. Suffixes are right-padded. Logits
+        are for the suffix positions only; patches use positions in the full (kept prefix + suffix) row.
+        """
+        from transformers import DynamicCache
+
+        n_prefix = prefix.lengths[0]
+        if len(keep) != len(suffixes):
+            raise AttrilensError(f"Got {len(keep)} keep lengths for {len(suffixes)} suffixes; pass one per suffix.")
+        if any(not 1 <= k <= n_prefix for k in keep):
+            raise AttrilensError(f"keep lengths must lie in 1..{n_prefix} (the cached prefix), got {list(keep)}.")
+        width = max(keep)
+        for k, s in zip(keep, suffixes, strict=True):
+            self.check_length(k + len(s))
+        cache = DynamicCache(config=self.config)
+        for i, layer in enumerate(prefix.cache.layers):
+            cache.update(layer.keys[..., :width, :], layer.values[..., :width, :], i)
+        cache.batch_repeat_interleave(len(suffixes))
+        cache_mask = torch.zeros((len(suffixes), width), dtype=torch.long, device=self.device)
+        for r, k in enumerate(keep):
+            cache_mask[r, :k] = 1
+        batch = self.pad_batch(suffixes, padding_side="right")
+        batch.position_ids = batch.position_ids + torch.as_tensor(list(keep), device=self.device)[:, None]
+        return self._forward(
+            batch,
+            read_layers=read_layers,
+            patches=patches,
+            cache=cache,
+            cache_mask=cache_mask,
+            chunk_start=list(keep),
+        )
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int = 32,
+        patches: Sequence[Patch] = (),
+        stop_at_eos: bool = True,
+        stop_strings: Sequence[str] = (),
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[list[int]]:
+        """Greedy (or seeded sampled) generation for a batch, with patches applied at prefill.
+
+        Left-padded prompts are prefilled once with the patches; each decode step feeds one token per row
+        through the KV cache. Decode steps never re-apply prompt patches (their positions lie in the prompt).
+        """
+        from transformers import DynamicCache
+
+        batch = self.pad_batch(prompt_ids, padding_side="left")
+        for n in batch.lengths:
+            self.check_length(n + max_new_tokens, "prompt and generated tokens")
+        out = self._forward(batch, patches=patches, keep_cache=True, cache=DynamicCache(config=self.config))
+        gen = torch.Generator().manual_seed(seed)
+        eos = self.tokenizer.eos_token_id
+        mask = batch.attention_mask
+        next_pos = batch.position_ids[:, -1:] + 1
+        produced: list[list[int]] = [[] for _ in prompt_ids]
+        done = [False] * len(prompt_ids)
+        logits = out.logits[:, -1]
+        cache = out.cache
+        for _ in range(max_new_tokens):
+            if temperature > 0:
+                probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+                tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+            else:
+                tok = logits.argmax(-1).cpu()
+            for r, t in enumerate(tok.tolist()):
+                if not done[r]:
+                    produced[r].append(t)
+                    if (stop_at_eos and t == eos) or (
+                        stop_strings and any(s in self.tokenizer.decode(produced[r]) for s in stop_strings)
+                    ):
+                        done[r] = True
+            if all(done):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step = self.model(
+                input_ids=tok[:, None].to(self.device),
+                attention_mask=mask,
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = step.past_key_values
+            logits = step.logits[:, -1]
+            next_pos = next_pos + 1
+        if stop_at_eos:
+            produced = [p[:-1] if p and p[-1] == eos else p for p in produced]
+        return produced
+
+    def generate(self, prompt: str, *, max_new_tokens: int = 32, stop_strings: Sequence[str] = ("\n",), **kw) -> str:
+        """Greedy response text for one prompt (stops at eos or any stop string, which is cut off)."""
+        ids = self.generate_ids([self.encode_prompt(prompt)], max_new_tokens=max_new_tokens, stop_strings=stop_strings, **kw)[0]
+        text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        for s in stop_strings:
+            if s in text:
+                text = text[: text.index(s)]
+        return text
+
+    def __repr__(self) -> str:
+        return f"LM({self.name!r}, type={self.arch.model_type}, layers={self.n_layers}, d_model={self.d_model})"
