@@ -1,0 +1,128 @@
+"""The `attrilens` command line: the same verbs and options as the Python API (see DESIGN.md).
+
+Bad input ends with a one-line message naming the problem and the fix, and exit code 2. With `--json` a
+verb prints only its result's JSON on stdout; progress bars and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attrilens.errors import AttrilensError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    name="attrilens",
+    help="Why did the language model say that? Context attribution, training-data attribution and Patchscopes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks: faithfulness/quality against ground truth and cost ratios vs a baseline.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def emit(result, as_json: bool) -> None:
+    """Print a result: its JSON alone on stdout with --json, else its table."""
+    if as_json:
+        sys.stdout.write(result.to_json() + "\n")
+        return
+    from rich.console import Console
+
+    Console().print(result.to_frame().to_string())
+
+
+@app.command()
+def world(
+    out: Annotated[Path, typer.Option(help="Directory to write corpus.jsonl, queries.jsonl, episodes.jsonl, facts.jsonl, train.jsonl.")],
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes byte-identical files.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON only.")] = False,
+) -> None:
+    """Generate the synthetic fact world (entities, relations, documents, queries, reading episodes, copy lines)."""
+    from attrilens.world import make_world
+
+    summary = make_world(out, seed=seed)
+    print(json.dumps(summary, indent=None if as_json else 2))
+
+
+@app.command()
+def train(
+    corpus: Annotated[Path, typer.Option(help='JSONL file with one {"id","text"} document per line.')],
+    out: Annotated[Path, typer.Option(help="Output model directory (Hugging Face format + tokenizer + optimizer state).")],
+    arch: Annotated[str, typer.Option(help="gpt2 or llama.")] = "llama",
+    layers: Annotated[int, typer.Option(help="Decoder blocks.")] = 4,
+    width: Annotated[int, typer.Option(help="Residual width.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Passes over the corpus.")] = 10,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (and save everything) after this many minutes.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
+    tokenizer: Annotated[Path | None, typer.Option(help="Reuse this model directory's tokenizer (e.g. to train a proxy).")] = None,
+    base: Annotated[Path | None, typer.Option(help="Fine-tune this model directory instead of training from scratch.")] = None,
+    lora: Annotated[bool, typer.Option(help="With --base: LoRA fine-tuning via peft.")] = False,
+) -> None:
+    """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU; resumable."""
+    from attrilens.world.trainer import TrainConfig
+    from attrilens.world.trainer import train as run_training
+
+    fields = TrainConfig.__dataclass_fields__
+    kwargs = dict(corpus=corpus, out=out, arch=arch, layers=layers, width=width, epochs=epochs,
+                  max_minutes=max_minutes, seed=seed, tokenizer=tokenizer)
+    if base is not None or lora:
+        if "base" not in fields:
+            raise AttrilensError("Fine-tuning (--base/--lora) is not available in this version. Train from scratch.")
+        kwargs.update(base=base, lora=lora)
+    path = run_training(TrainConfig(**kwargs))
+    print(str(path))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where to write report.html and the results' JSON.")] = Path("demo-out"),
+    serve: Annotated[bool, typer.Option(help="Open the report in the local web app afterwards.")] = False,
+) -> None:
+    """Offline demo: the shipped fact world and tiny models → every lens → report.html."""
+    from attrilens.demo import run_demo
+
+    report = run_demo(out)
+    print(f"wrote {report}")
+    if serve:
+        from attrilens.server import serve as run_server
+
+        run_server(report_dir=out)
+
+
+def _register_lenses() -> None:
+    """Each lens adds its verbs (and its `bench` sub-verb) from its own commands module."""
+    import importlib
+
+    for lens in ("context", "training", "inspect"):
+        try:
+            module = importlib.import_module(f"attrilens.{lens}.commands")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"attrilens.{lens}.commands":
+                raise
+            continue  # this lens has not landed yet
+        module.register(app, bench_app)
+
+
+_register_lenses()
+
+
+def main() -> None:
+    """Entry point: run the app, turning bad input into one line on stderr and exit code 2."""
+    try:
+        app()
+    except AttrilensError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
