@@ -175,3 +175,39 @@ def test_unknown_layout_gets_clear_error():
 
     with pytest.raises(AttrilensError, match="'oddball'"):
         LM(Odd(), tiny_lm("gpt2").tokenizer)
+
+
+def test_chat_template_applied_when_present_and_can_be_turned_off():
+    import copy
+
+    base = tiny_lm("llama", seed=3)
+    tok = copy.deepcopy(base.tokenizer)
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    with_template = LM(base.model, tok)
+    assert with_template.use_chat_template
+    assert with_template.format_prompt("the cat") == "<user>the cat<a>"
+    ids = with_template.encode_prompt("the cat")
+    assert tok.decode(ids) == "<user>the cat<a>"
+    plain = LM(base.model, tok, chat_template=False)
+    assert plain.format_prompt("the cat") == "the cat"
+    a = with_template.logprobs("the cat", " is")[0]
+    b = plain.logprobs("the cat", " is")[0]
+    assert a.shape == b.shape and not torch.allclose(a, b)
+    with pytest.raises(AttrilensError, match="has no chat template"):
+        LM(base.model, base.tokenizer, chat_template=True)
+
+
+def test_response_that_does_not_round_trip_is_rejected():
+    import copy
+
+    from tokenizers import normalizers
+
+    base = tiny_lm("gpt2")
+    tok = copy.deepcopy(base.tokenizer)
+    tok.backend_tokenizer.normalizer = normalizers.Lowercase()
+    lm = LM(base.model, tok)
+    assert lm.encode_response(" the cat")
+    with pytest.raises(AttrilensError, match="does not round-trip"):
+        lm.encode_response(" The Cat")
+    with pytest.raises(AttrilensError, match="cannot be tokenized"):
+        base.encode_response("caf\udce9")

@@ -253,12 +253,21 @@ class LM:
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
 
+    def _tokenize(self, text: str, *, add_special_tokens: bool, what: str) -> list[int]:
+        try:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        except Exception as exc:  # noqa: BLE001 - tokenizers raise bare TypeErrors for unencodable text
+            raise AttrilensError(
+                f"The {what} {text[:60]!r} cannot be tokenized ({type(exc).__name__}: {exc}). "
+                "Pass valid UTF-8 text without lone surrogates."
+            ) from exc
+
     def encode_prompt(self, prompt: str) -> list[int]:
         """Token ids of a prompt (chat template and special tokens applied as the model expects)."""
         if not prompt:
             raise AttrilensError("The prompt is empty. Pass a non-empty prompt.")
         text = self.format_prompt(prompt)
-        ids = self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"]
+        ids = self._tokenize(text, add_special_tokens=not self.use_chat_template, what="prompt")
         if len(ids) > self.max_length:
             raise AttrilensError(
                 f"The prompt is {len(ids)} tokens, longer than the model's context of {self.max_length}. "
@@ -270,7 +279,7 @@ class LM:
         """Token ids of a response; raises unless decoding them gives back the same text."""
         if not response:
             raise AttrilensError("The response is empty. Pass a non-empty response or generate one.")
-        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        ids = self._tokenize(response, add_special_tokens=False, what="response")
         back = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
         if back != response:
             raise AttrilensError(

@@ -1,0 +1,32 @@
+# Two entry points, both doing their own installing (CPU torch only: see constraints.txt).
+PY ?= python3
+PIP_INSTALL = $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+export HF_HUB_OFFLINE = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: install install-dev demo test lint bench demo-models
+
+install:
+	$(PIP_INSTALL) -e .
+
+install-dev:
+	$(PIP_INSTALL) -e ".[dev]"
+	bash scripts/install_chromium.sh
+
+demo: install
+	attrilens demo --out demo-out
+
+lint:
+	ruff check .
+
+test: install-dev lint
+	$(PY) -m pytest -q
+
+bench: install-dev
+	$(PY) benchmarks/context.py
+	$(PY) benchmarks/training.py
+	$(PY) benchmarks/inspect.py
+
+# Retrain the shipped demo models from scratch (slow: see docs/benchmarks.md for the time it took).
+demo-models: install
+	$(PY) -m attrilens.world.build_demo --out runs/demo-models

@@ -1,0 +1,73 @@
+"""The offline demo: shipped fact world and tiny models → every lens on one generation → report.html."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from attrilens.errors import AttrilensError
+from attrilens.lm import LM
+from attrilens.paths import ASSETS, demo_model_dir, demo_world_dir
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    from attrilens.world import load_jsonl
+
+    return load_jsonl(path)
+
+
+def _pick_episode(world: Path) -> dict:
+    """A held-out reading-comprehension episode with a long context (the demo's context-lens example)."""
+    episodes = _read_jsonl(world / "episodes.jsonl")
+    held = [e for e in episodes if e.get("split", "heldout") == "heldout"] or episodes
+    return max(held[:50], key=lambda e: len(e["context"]))
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"[demo] {msg}\n")
+    sys.stderr.flush()
+
+
+def run_demo(out: Path) -> Path:
+    """Run every lens on the shipped models and world; write each result's JSON and one report.html."""
+    from attrilens.context import demo_section as context_section
+    from attrilens.inspect import demo_section as inspect_section
+    from attrilens.training import demo_section as training_section
+    from attrilens.view import render_page
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = demo_world_dir()
+    lm = LM.from_pretrained(demo_model_dir("target"))
+    proxy = LM.from_pretrained(demo_model_dir("proxy"))
+    _log(f"loaded {lm} and proxy {proxy} in {time.perf_counter() - t0:.1f}s")
+
+    documents = []
+    episode = _pick_episode(world)
+    t = time.perf_counter()
+    documents.append(context_section(lm, proxy, episode).to_dict())
+    _log(f"context attribution: {time.perf_counter() - t:.1f}s")
+
+    query = _read_jsonl(world / "queries.jsonl")[0]
+    index_dir = ASSETS / "index"
+    if not (index_dir / "manifest.json").is_file():
+        raise AttrilensError(f"The demo training-data index is missing from {index_dir}. Rebuild the demo assets.")
+    t = time.perf_counter()
+    documents.append(training_section(lm, index_dir, query).to_dict())
+    _log(f"training-data attribution: {time.perf_counter() - t:.1f}s")
+
+    fact = _read_jsonl(world / "facts.jsonl")[0]
+    t = time.perf_counter()
+    documents.append(inspect_section(lm, fact["prompt"]).to_dict())
+    _log(f"patchscopes: {time.perf_counter() - t:.1f}s")
+
+    for doc in documents:
+        kind = doc["schema"].split("/")[1]
+        (out / f"{kind}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+    report = out / "report.html"
+    report.write_text(render_page(documents, title="attrilens demo: why did the model say that?"), encoding="utf-8")
+    _log(f"done in {time.perf_counter() - t0:.1f}s")
+    return report
