@@ -102,7 +102,7 @@ def _register_lenses() -> None:
     """Each lens adds its verbs (and its `bench` sub-verb) from its own commands module."""
     import importlib
 
-    for lens in ("context", "training", "inspect"):
+    for lens in ("context", "training", "inspect", "view"):
         try:
             module = importlib.import_module(f"attrilens.{lens}.commands")
         except ModuleNotFoundError as exc:

@@ -1,0 +1,222 @@
+"""What the interactive views ask of Python, validated: trace a token span, attribute a context, inspect, compare.
+
+The web app and the widget both route requests through `dispatch(backend, kind, payload)`. `LensBackend` answers
+them with the three lenses' Python APIs, imported lazily: a lens that is not installed is a `LensUnavailable`
+(HTTP 501), bad input an `AttrilensError` (HTTP 400). Answers are the lenses' own `to_dict()` documents.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from attrilens.errors import AttrilensError
+
+MAX_TEXT = 100_000  # characters per text field
+
+
+class LensUnavailable(AttrilensError):
+    """The lens that answers this request is not importable in this installation."""
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_span(span: tuple[int, int] | None) -> tuple[int, int] | None:
+    if span is not None and not (0 <= span[0] < span[1]):
+        raise ValueError(f"span {list(span)} must satisfy 0 <= start < end (character offsets)")
+    return span
+
+
+class TraceRequest(_Request):
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+    target: str | None = Field(default=None, max_length=MAX_TEXT)
+    span: tuple[int, int] | None = None
+    top_k: int = Field(default=10, ge=1, le=100)
+    _span = field_validator("span")(_check_span)
+
+
+class ContextRequest(_Request):
+    context: str = Field(min_length=1, max_length=MAX_TEXT)
+    query: str = Field(min_length=1, max_length=MAX_TEXT)
+    response: str | None = Field(default=None, max_length=MAX_TEXT)
+    span: tuple[int, int] | None = None
+    method: str | None = Field(default=None, pattern=r"^[a-z+-]{1,40}$")
+    _span = field_validator("span")(_check_span)
+
+
+class InspectRequest(_Request):
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+    preset: str | None = Field(default=None, pattern=r"^[a-z_-]{1,40}$")
+    layer: int | None = None
+    position: int | None = None
+    target_prompt: str | None = Field(default=None, max_length=MAX_TEXT)
+
+
+class CompareRequest(_Request):
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+    model_text: str | None = Field(default=None, max_length=MAX_TEXT)
+    user_text: str = Field(min_length=1, max_length=MAX_TEXT)
+    top_k: int = Field(default=10, ge=1, le=100)
+
+
+class NeighborsRequest(_Request):
+    id: str = Field(min_length=1, max_length=200)
+    block: int | None = None
+
+
+REQUESTS: dict[str, type[_Request]] = {
+    "trace": TraceRequest, "context": ContextRequest, "inspect": InspectRequest,
+    "compare": CompareRequest, "neighbors": NeighborsRequest,
+}
+
+
+class Backend(Protocol):
+    """Computes the documents the views ask for (the lenses in the product; a test double in tests)."""
+
+    def trace(self, req: TraceRequest) -> dict[str, Any]: ...
+    def context(self, req: ContextRequest) -> dict[str, Any]: ...
+    def inspect(self, req: InspectRequest) -> dict[str, Any]: ...
+    def neighbors(self, req: NeighborsRequest) -> dict[str, Any]: ...
+
+
+def changed_span(a: str, b: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """Character spans covering the words of `a` not in `b` and of `b` not in `a` (word-level diff), None if none."""
+    wa = [(m.start(), m.end()) for m in re.finditer(r"\S+", a)]
+    wb = [(m.start(), m.end()) for m in re.finditer(r"\S+", b)]
+    sm = difflib.SequenceMatcher(None, [a[s:e] for s, e in wa], [b[s:e] for s, e in wb], autojunk=False)
+    ca, cb = [], []
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag != "equal":
+            ca += wa[i1:i2]
+            cb += wb[j1:j2]
+    span = lambda ws: (ws[0][0], ws[-1][1]) if ws else None  # noqa: E731
+    return span(ca), span(cb)
+
+
+def compare(backend: Backend, req: CompareRequest) -> dict[str, Any]:
+    """The comparison document: the model's and the user's text, and the training examples behind each one's changes."""
+    model_text = req.model_text
+    if model_text is None:
+        model_text = backend.trace(TraceRequest(prompt=req.prompt, top_k=req.top_k))["target"]
+    span_a, span_b = changed_span(model_text, req.user_text)
+    if span_a is None and span_b is None:
+        raise AttrilensError("Your text is the same as the model's, word for word. Change some words to compare.")
+    model_doc = backend.trace(TraceRequest(prompt=req.prompt, target=model_text, span=span_a, top_k=req.top_k)) if span_a else None
+    user_doc = backend.trace(TraceRequest(prompt=req.prompt, target=req.user_text, span=span_b, top_k=req.top_k)) if span_b else None
+    return {"schema": "attrilens/compare/v1", "prompt": req.prompt, "model_text": model_text, "user_text": req.user_text,
+            "model": model_doc, "user": user_doc}
+
+
+def parse(kind: str, payload: Any) -> _Request:
+    """The validated request of `kind`; bad fields raise AttrilensError naming them."""
+    if kind not in REQUESTS:
+        raise AttrilensError(f"Unknown request {kind!r}. Use one of: {', '.join(REQUESTS)}.")
+    if not isinstance(payload, dict):
+        raise AttrilensError(f"The {kind} request must be a JSON object, got {type(payload).__name__}.")
+    try:
+        return REQUESTS[kind].model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise AttrilensError(f"Bad {kind} request: {problems}. Fix these fields.") from None
+
+
+def dispatch(backend: Backend, kind: str, payload: Any) -> dict[str, Any]:
+    """Validate a request and answer it with `backend`."""
+    req = parse(kind, payload)
+    if kind == "compare":
+        return compare(backend, req)
+    return getattr(backend, kind)(req)
+
+
+def _lens(module: str, name: str, lens: str) -> Any:
+    """attrilens.<module>.<name>, or LensUnavailable saying which lens is missing."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise LensUnavailable(
+            f"The {lens} lens is not available in this installation ({module}.{name}: {exc}). "
+            f"Install a version of attrilens that ships the {lens} lens."
+        ) from None
+
+
+class LensBackend:
+    """Answers view requests with the lenses, on the model (and index) the server was started with; one at a time."""
+
+    def __init__(self, model_dir: Path | str | None, index_dir: Path | str | None = None, *, lm: Any = None):
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.index_dir = Path(index_dir) if index_dir is not None else None
+        self._lock = threading.RLock()
+        self._lm = lm  # an already loaded LM (notebooks) instead of loading model_dir
+        self._training_index = None
+        self._context_cache: OrderedDict[tuple, Any] = OrderedDict()
+
+    def lm(self):
+        """The model, loaded once on first use."""
+        with self._lock:
+            if self._lm is None:
+                if self.model_dir is None:
+                    raise AttrilensError("No model: start the server with --model DIR to compute new results.")
+                from attrilens.lm import LM
+
+                self._lm = LM.from_pretrained(self.model_dir)
+            return self._lm
+
+    def context(self, req: ContextRequest) -> dict[str, Any]:
+        """Context attribution of the (given or generated) response; a span re-scores the cached full result."""
+        attributor_cls = _lens("attrilens.context.attributor", "ContextAttributor", "context")
+        method = req.method or "cached"
+        with self._lock:
+            key = (req.context, req.query, req.response, method)
+            result = self._context_cache.get(key)
+            if result is None:
+                result = attributor_cls(self.lm(), method=method).attribute(req.context, req.query, req.response)
+                for k in (key, (req.context, req.query, result.response, method)):
+                    self._context_cache[k] = result
+                while len(self._context_cache) > 16:
+                    self._context_cache.popitem(last=False)
+            if req.span is not None:
+                result = result.for_response_span(*req.span)
+            return result.to_dict()
+
+    def inspect(self, req: InspectRequest) -> dict[str, Any]:
+        """A patchscope run through the inspect lens's CLI function (same document as `attrilens inspect --json`)."""
+        run = _lens("attrilens.inspect.commands", "run_inspect", "inspect")
+        if self.model_dir is None:
+            raise AttrilensError("No model: start the server with --model DIR to compute new results.")
+        with self._lock:
+            return run(self.model_dir, req.prompt, preset=req.preset, layer=req.layer, position=req.position,
+                       target_prompt=req.target_prompt).to_dict()
+
+    def _index(self):
+        if self.index_dir is None:
+            raise AttrilensError("No training-data index: start the server with --index IDX to trace selections.")
+        if self._training_index is None:
+            index_cls = _lens("attrilens.training.index", "TrainingIndex", "training")
+            self._training_index = index_cls.open(self.index_dir, self.lm())
+        return self._training_index
+
+    def trace(self, req: TraceRequest) -> dict[str, Any]:
+        """Training examples for the prompt's target (or generation), restricted to the selected character span."""
+        with self._lock:
+            result = self._index().trace(req.prompt, target=req.target, generate=req.target is None, top_k=req.top_k,
+                                         span=req.span)
+            return result.to_dict()
+
+    def neighbors(self, req: NeighborsRequest) -> dict[str, Any]:
+        """The texts of the blocks around a training example, from the index's stored corpus."""
+        with self._lock:
+            corpus = self._index().corpus
+            rows = [i for i, (d, b) in enumerate(zip(corpus.docs, corpus.blocks, strict=True))
+                    if d == req.id and (req.block is None or int(b) == req.block)]
+            if not rows:
+                raise AttrilensError(f"No training example {req.id!r} block {req.block} in the index. Pass an id it returned.")
+            return {"id": req.id, "block": req.block, "neighbours": corpus.neighbours(rows[0])}

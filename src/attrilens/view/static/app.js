@@ -1,0 +1,98 @@
+// The whole front end: groups result documents by schema and lays out one section per view. `host` says where the
+// page runs: {mode: "static"|"server"|"widget", canCompute, request(kind, payload) -> Promise<document|null>}.
+import { h, clear, section, progress, notice } from "./dom.js";
+import { trainingView } from "./training.js";
+import { compareView } from "./compare.js";
+import { contextView } from "./context.js";
+import { inspectView } from "./inspect.js";
+
+export const SCHEMAS = {
+  training: "attrilens/training/v1",
+  compare: "attrilens/compare/v1",
+  context: "attrilens/context/v1",
+  inspect: "attrilens/inspect/v1",
+};
+
+const TITLES = { training: "Training data", compare: "Comparison", context: "Context", inspect: "Inspect", other: "Other" };
+
+function kindOf(doc) {
+  for (const [kind, schema] of Object.entries(SCHEMAS)) if (doc && doc.schema === schema) return kind;
+  return "other";
+}
+
+function rawView(doc) {
+  return section(`Document ${doc && doc.schema ? doc.schema : "(no schema)"}`, "No view for this schema; the JSON as received:",
+    h("pre", { class: "al-pre" }, JSON.stringify(doc, null, 2)));
+}
+
+function newAnalysis(host, add) {
+  const out = h("div", {});
+  const run = async (kind, payload) => {
+    clear(out).appendChild(progress(`Running ${kind}…`));
+    try {
+      const doc = await host.request(kind, payload);
+      clear(out);
+      if (doc) add(doc);
+    } catch (err) {
+      clear(out).appendChild(notice("error", String(err.message || err)));
+    }
+  };
+  const field = (label, rows) => {
+    const input = h(rows > 1 ? "textarea" : "input", { class: "al-input", rows: rows > 1 ? rows : null, "aria-label": label, placeholder: label });
+    return input;
+  };
+  const tPrompt = field("prompt", 2);
+  const tTarget = field("target (empty: the model generates)", 1);
+  const cContext = field("context", 4);
+  const cQuery = field("query", 1);
+  const iPrompt = field("prompt to inspect", 1);
+  const button = (text, fn) => { const b = h("button", { class: "al-btn", type: "button" }, text); b.addEventListener("click", fn); return b; };
+  return h("details", { class: "al-new" }, h("summary", {}, "New analysis"),
+    h("div", { class: "al-three" },
+      h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Trace a generation to training data"), tPrompt, tTarget,
+        button("trace", () => run("trace", { prompt: tPrompt.value, target: tTarget.value || null, span: null }))),
+      h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Attribute a response to its context"), cContext, cQuery,
+        button("attribute", () => run("context", { context: cContext.value, query: cQuery.value, response: null, span: null }))),
+      h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Inspect hidden states"), iPrompt,
+        button("inspect", () => run("inspect", { prompt: iPrompt.value })))),
+    out);
+}
+
+// Renders `documents` into `el`; returns {update(documents)} to redraw with new documents.
+export function mount(el, documents, host) {
+  el.classList.add("al-root");
+  let docs = Array.isArray(documents) ? [...documents] : [];
+  const draw = () => {
+    clear(el);
+    const groups = { training: [], compare: [], context: [], inspect: [], other: [] };
+    for (const d of docs) groups[kindOf(d)].push(d);
+    const nav = h("nav", { class: "al-nav", "aria-label": "views" });
+    const body = h("div", { class: "al-body" });
+    const add = (kind, node) => {
+      const anchor = h("div", { class: `al-view al-view-${kind}`, "data-view": kind }, node);
+      body.appendChild(anchor);
+      const link = h("button", { class: "al-navlink", type: "button" }, TITLES[kind]);
+      link.addEventListener("click", () => anchor.scrollIntoView({ behavior: "smooth", block: "start" }));
+      if (![...nav.children].some((c) => c.textContent === TITLES[kind])) nav.appendChild(link);
+    };
+    const showCompare = (doc) => { docs = docs.filter((d) => kindOf(d) !== "compare").concat([doc]); draw(); };
+    // training documents with the same prompt and target are one generation with several precomputed selections
+    const byGeneration = new Map();
+    for (const d of groups.training) {
+      const key = JSON.stringify([d.prompt ?? "", d.target ?? ""]);
+      if (!byGeneration.has(key)) byGeneration.set(key, []);
+      byGeneration.get(key).push(d);
+    }
+    for (const group of byGeneration.values()) add("training", trainingView(group, host, showCompare));
+    for (const d of groups.compare) add("compare", compareView(d, host));
+    for (const d of groups.context) add("context", contextView(d, host));
+    for (const d of groups.inspect) add("inspect", inspectView(d));
+    for (const d of groups.other) add("other", rawView(d));
+    if (!docs.length) body.appendChild(h("p", { class: "al-muted" }, "No results yet."));
+    el.appendChild(h("header", { class: "al-header" }, h("span", { class: "al-brand" }, "attrilens"), nav));
+    if (host.canCompute && host.mode === "server") el.appendChild(newAnalysis(host, (doc) => { docs = docs.concat([doc]); draw(); }));
+    el.appendChild(body);
+  };
+  draw();
+  return { update(next) { docs = Array.isArray(next) ? [...next] : []; draw(); } };
+}

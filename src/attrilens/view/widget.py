@@ -1,0 +1,43 @@
+"""The Jupyter widget (anywidget): the same ES modules as the report; selections and requests come back to Python."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anywidget
+import traitlets
+
+from attrilens.errors import AttrilensError
+from attrilens.view.backend import Backend, dispatch
+from attrilens.view.bundle import bundle, stylesheet
+from attrilens.view.page import clean
+
+
+class ResultWidget(anywidget.AnyWidget):
+    """Shows result documents; `selection` holds the user's last selection; a `backend` answers new requests."""
+
+    _esm = traitlets.Unicode(bundle("widget.js")).tag(sync=True)
+    _css = traitlets.Unicode(stylesheet()).tag(sync=True)
+    documents = traitlets.List(traitlets.Dict()).tag(sync=True)
+    selection = traitlets.Dict().tag(sync=True)
+    request = traitlets.Dict().tag(sync=True)
+    response = traitlets.Dict().tag(sync=True)
+    can_compute = traitlets.Bool(False).tag(sync=True)
+
+    def __init__(self, documents: list[dict[str, Any]], backend: Backend | None = None, **kwargs: Any):
+        super().__init__(documents=clean(list(documents)), can_compute=backend is not None, **kwargs)
+        self._backend = backend
+
+    @traitlets.observe("request")
+    def _answer(self, change: dict[str, Any]) -> None:
+        req = change["new"] or {}
+        if "id" not in req:
+            return
+        if self._backend is None:
+            self.response = {"id": req["id"], "document": None}
+            return
+        try:
+            doc = dispatch(self._backend, str(req.get("kind")), req.get("payload"))
+            self.response = {"id": req["id"], "document": clean(doc)}
+        except AttrilensError as exc:
+            self.response = {"id": req["id"], "error": str(exc)}

@@ -1,0 +1,127 @@
+"""The web app with a test double for the lenses (injected into create_app): selections recompute through the API."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import fixture, report_documents
+from live import LiveServer
+
+from attrilens.server import create_app
+
+
+class FakeLenses:
+    """Test double: answers from the request itself, so the test knows what each selection must show."""
+
+    def __init__(self):
+        self.traces = []
+        self.contexts = []
+
+    def trace(self, req):
+        self.traces.append(req)
+        target = req.target or " The seat of government of Vokur is Murtin."
+        chosen = target[req.span[0]:req.span[1]] if req.span else target.strip()
+        pro = [{"rank": k + 1, "id": f"for:{chosen}:{k}", "block": 0, "text": f"training text about {chosen} ({k})",
+                "score": 1.0 - 0.2 * k} for k in range(3)]
+        opp = [{"rank": 1, "id": f"against:{chosen}", "block": 2, "text": "unrelated", "score": -0.4}]
+        return {"schema": "attrilens/training/v1", "method": "fake", "prompt": req.prompt, "target": target, "tokens": [],
+                "proponents": pro, "opponents": opp, "cost": {"seconds": 0.0, "examples_scored": 10}}
+
+    def context(self, req):
+        self.contexts.append(req)
+        doc = fixture("context.json")
+        for s in doc["sources"]:
+            if s["score"] is not None:
+                s["score"] = -s["score"]
+        return doc
+
+    def inspect(self, req):
+        return fixture("inspect.json")
+
+    def neighbors(self, req):
+        return {"id": req.id, "block": req.block, "neighbors": [{"block": 1, "text": f"block after {req.id}"}]}
+
+
+@pytest.fixture()
+def app_page(watched, tmp_path):
+    import json
+
+    for k, doc in enumerate(report_documents()[:1] + [fixture("context.json")]):
+        (tmp_path / f"{k}.json").write_text(json.dumps(doc))
+    lenses = FakeLenses()
+    with LiveServer(create_app(lenses, report_dir=tmp_path)) as url:
+        watched.page.goto(url + "/")
+        watched.page.wait_for_selector(".al-view-context")
+        yield watched.page, lenses
+
+
+def test_dragging_a_token_range_changes_the_training_examples(app_page, watched):
+    page, lenses = app_page
+    examples = page.locator(".al-view-training .al-examples").first.locator(".al-example")
+    before = examples.evaluate_all("els => els.map(e => e.dataset.id)")
+    page.locator(".al-view-training .al-tok", has_text="seat").hover()
+    page.mouse.down()
+    page.locator(".al-view-training .al-tok", has_text="government").hover()
+    page.mouse.up()
+    page.wait_for_selector('.al-example[data-id="for:seat of government:0"]')
+    after = examples.evaluate_all("els => els.map(e => e.dataset.id)")
+    assert after != before and after == [f"for:seat of government:{k}" for k in range(3)]
+    assert list(lenses.traces[-1].span) == [5, 23]
+    assert page.locator(".al-view-training .al-tok.al-selected").all_inner_texts() == ["seat", "of", "government"]
+    # a single click, then shift+click extends the selection
+    page.locator(".al-view-training .al-tok", has_text="Vokur").click()
+    page.wait_for_selector('.al-example[data-id="for:Vokur:0"]')
+    page.locator(".al-view-training .al-tok", has_text="Murtin").click(modifiers=["Shift"])
+    page.wait_for_selector('.al-example[data-id="for:Vokur is Murtin.:0"]')
+    # neighbours load from the API on expand
+    page.locator(".al-view-training button", has_text="show neighbours").first.click()
+    page.wait_for_selector("text=block after for:Vokur is Murtin.:0")
+    assert watched.errors == []
+
+
+def test_comparison_from_the_app_shows_both_texts_and_a_diff(app_page, watched):
+    page, _ = app_page
+    page.locator(".al-view-training summary", has_text="Compare with your own text").click()
+    page.locator(".al-view-training textarea").fill(" The seat of government of Vokur is Reve, they say.")
+    page.locator(".al-view-training button", has_text="compare").click()
+    view = page.locator(".al-view-compare")
+    view.wait_for()
+    assert "Vokur is Murtin." in view.locator(".al-compare-model").inner_text()
+    assert "Vokur is Reve, they say." in view.locator(".al-compare-user").inner_text()
+    assert view.locator("del").all_inner_texts() == ["Murtin."]
+    assert view.locator("ins").all_inner_texts() == ["Reve,", "they", "say."]
+    assert view.locator('.al-example[data-id="for:Murtin.:0"]').count() == 1
+    assert view.locator('.al-example[data-id="for:Reve, they say.:0"]').count() == 1
+    assert watched.errors == []
+
+
+def test_selecting_a_response_span_re_attributes_the_context(app_page, watched):
+    page, lenses = app_page
+    red = page.locator('.al-view-context .al-src[data-index="5"]')
+    assert red.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(178, 24, 43)"
+    page.locator(".al-view-context .al-tok", has_text=re.compile("^Berpas,$")).click()
+    page.wait_for_function("""() => getComputedStyle(document.querySelector('.al-view-context .al-src[data-index="5"]'))
+                              .backgroundColor === 'rgb(33, 102, 172)'""")
+    req = lenses.contexts[-1]
+    assert list(req.span) == [1, 8] and req.response == " Berpas, the currency of Songor." and req.query.startswith("What")
+    assert "Songor pays with a currency called the Berpas." in req.context
+    assert watched.errors == []
+
+
+def test_server_errors_show_in_the_page(watched):
+    class Broken(FakeLenses):
+        def trace(self, req):
+            from attrilens.errors import AttrilensError
+
+            raise AttrilensError("The index was built for another model. Rebuild it with this model.")
+
+    with LiveServer(create_app(Broken())) as url:
+        page = watched.page
+        page.goto(url + "/")
+        page.locator(".al-new summary").click()
+        page.locator('textarea[aria-label="prompt"]').fill("Question: where?")
+        page.locator(".al-new button", has_text="trace").click()
+        page.wait_for_selector(".al-notice-error")
+        assert "another model" in page.locator(".al-notice-error").inner_text()
+    assert [e for e in watched.errors if "400" not in e] == []

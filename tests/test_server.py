@@ -1,0 +1,180 @@
+"""The web app's JSON API: same documents as the lenses, 413 over the size limit, 501 for a missing lens, no mixing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
+
+from live import LiveServer  # noqa: E402
+
+from attrilens.errors import AttrilensError  # noqa: E402
+from attrilens.server import create_app, load_report  # noqa: E402
+from attrilens.view.backend import LensBackend, LensUnavailable, _lens  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+class SlowEcho:
+    """Test double for the lenses: a result computed from the request alone, after a random delay."""
+
+    def __init__(self):
+        self.active = 0
+        self.overlap = False
+        self.guard = threading.Lock()
+
+    def trace(self, req):
+        with self.guard:
+            self.active += 1
+            self.overlap |= self.active > 1
+        time.sleep(random.uniform(0.0, 0.02))
+        with self.guard:
+            self.active -= 1
+        return {"schema": "attrilens/training/v1", "prompt": req.prompt, "target": req.target, "span": list(req.span),
+                "proponents": [{"rank": 1, "id": f"for-{req.prompt}", "block": 0, "text": req.prompt, "score": 1.0}],
+                "opponents": []}
+
+    def context(self, req):
+        raise LensUnavailable("The context lens is not available in this installation (test).")
+
+    def inspect(self, req):
+        raise AttrilensError(f"Layer {req.layer} is out of range. Pass 0..4.")
+
+    def neighbors(self, req):
+        return {"id": req.id, "block": req.block, "neighbors": [{"block": 1, "text": "next"}]}
+
+
+@pytest.fixture()
+def client():
+    return TestClient(create_app(SlowEcho(), report_dir=FIXTURES, max_body=2_000))
+
+
+def test_page_embeds_the_report_documents_in_server_mode(client):
+    page = client.get("/").text
+    data = json.loads(re.search(r'id="attrilens-data">(.*?)</script>', page, re.S).group(1))
+    schemas = sorted({d["schema"] for d in data})
+    assert schemas == ["attrilens/compare/v1", "attrilens/context/v1", "attrilens/inspect/v1", "attrilens/training/v1"]
+    assert '"mode": "server"' in page
+    assert client.get("/api/documents").json() == data
+    assert client.get("/api/health").json()["documents"] == len(data)
+
+
+def test_api_returns_the_backend_document_unchanged(client):
+    r = client.post("/api/trace", json={"prompt": "Q?", "target": " A B", "span": [1, 2]})
+    assert r.status_code == 200 and r.json()["span"] == [1, 2] and r.json()["proponents"][0]["id"] == "for-Q?"
+    r = client.post("/api/neighbors", json={"id": "doc-1", "block": 0})
+    assert r.json()["neighbors"] == [{"block": 1, "text": "next"}]
+
+
+def test_oversized_bodies_get_413_declared_or_streamed(client):
+    r = client.post("/api/trace", json={"prompt": "x" * 5_000})
+    assert r.status_code == 413 and "over 2000 bytes" in r.json()["detail"]
+
+    def chunks():
+        for _ in range(10):
+            yield b"x" * 500
+
+    r = client.post("/api/trace", content=chunks())  # chunked: no Content-Length
+    assert r.status_code == 413
+
+
+def test_bad_requests_say_what_is_wrong(client):
+    r = client.post("/api/trace", content=b"{not json")
+    assert r.status_code == 400 and "Body is not JSON" in r.json()["detail"]
+    r = client.post("/api/trace", json={"prompt": "p", "span": [3, 1]})
+    assert r.status_code == 400 and "span" in r.json()["detail"]
+    r = client.post("/api/trace", json={"prompt": "p", "index": "/etc"})
+    assert r.status_code == 400 and "index: Extra inputs are not permitted" in r.json()["detail"]
+    r = client.post("/api/inspect", json={"prompt": "p", "layer": 9})
+    assert r.status_code == 400 and r.json()["detail"] == "Layer 9 is out of range. Pass 0..4."
+    assert client.post("/api/context", json={"context": "c", "query": "q"}).status_code == 501
+    assert client.post("/api/context", json={"context": "c", "query": "q"}).json()["detail"].startswith("The context lens")
+    assert client.get("/api/trace").status_code == 405
+
+
+def test_a_missing_lens_module_is_named():
+    with pytest.raises(LensUnavailable, match=r"The demo lens is not available .*attrilens\.nope\.x"):
+        _lens("attrilens.nope", "x", "demo")
+    with pytest.raises(LensUnavailable, match=r"attrilens\.errors\.nothing_here"):
+        _lens("attrilens.errors", "nothing_here", "demo")
+
+
+def test_without_a_model_compute_endpoints_explain_how_to_start():
+    client = TestClient(create_app(LensBackend(None)))
+    r = client.post("/api/context", json={"context": "A b. C d.", "query": "q?", "response": " x"})
+    assert r.status_code == 400 and "start the server with --model DIR" in r.json()["detail"]
+    r = client.post("/api/inspect", json={"prompt": "Question: where?"})
+    assert r.status_code == 400 and "start the server with --model DIR" in r.json()["detail"]
+    r = client.post("/api/trace", json={"prompt": "Question: where?", "span": [0, 3]})
+    assert r.status_code == 400 and "start the server with --index IDX" in r.json()["detail"]
+
+
+def test_report_directory_must_exist(tmp_path):
+    with pytest.raises(AttrilensError, match="does not exist. Pass the --out directory"):
+        load_report(tmp_path / "nope")
+    (tmp_path / "a.json").write_text('{"schema": "attrilens/context/v1"}')
+    (tmp_path / "b.json").write_text("not json")
+    (tmp_path / "c.json").write_text('{"no": "schema"}')
+    assert load_report(tmp_path) == [{"schema": "attrilens/context/v1"}]
+
+
+def test_concurrent_requests_each_get_their_own_result():
+    backend = SlowEcho()
+    with LiveServer(create_app(backend)) as url:
+        def ask(i: int) -> tuple[int, dict]:
+            body = {"prompt": f"prompt-{i}", "target": f" target {i}", "span": [1, 7]}
+            return i, httpx.post(f"{url}/api/trace", json=body, timeout=30).json()
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(ask, range(24)))
+    for i, doc in results:
+        assert doc["prompt"] == f"prompt-{i}" and doc["target"] == f" target {i}" and doc["proponents"][0]["id"] == f"for-prompt-{i}"
+    assert not backend.overlap, "computations must run one at a time on the shared model"
+
+
+def test_context_through_the_real_lens_and_span_rescoring():
+    from attrilens.testing import tiny_lm
+
+    lm = tiny_lm("llama", seed=random.randrange(1000))
+    client = TestClient(create_app(LensBackend(None, lm=lm)))
+    body = {"context": "Alpha likes tea. Beta likes milk. Gamma likes rain.", "query": "Who likes tea?",
+            "response": " Alpha likes it"}
+    full = client.post("/api/context", json=body)
+    assert full.status_code == 200, full.text
+    doc = full.json()
+    assert doc["schema"] == "attrilens/context/v1" and [s["text"] for s in doc["sources"]] == [
+        "Alpha likes tea.", "Beta likes milk.", "Gamma likes rain."]
+    part = client.post("/api/context", json={**body, "span": [1, 6]}).json()
+    assert part["response"].strip() == "Alpha" and part["cost"]["forward_passes"] == 0
+    assert [s["score"] for s in part["sources"]] != [s["score"] for s in doc["sources"]]
+
+
+def test_serve_verb_checks_its_directories_before_starting(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from attrilens.view.commands import register
+
+    app, bench = typer.Typer(), typer.Typer()
+    register(app, bench)
+    app.command("noop")(lambda: None)  # two commands, so `serve` is addressed by name as in the real CLI
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", "--model", str(tmp_path / "missing")])
+    assert isinstance(r.exception, AttrilensError) and "is not a directory. Pass an existing directory" in str(r.exception)
+    r = runner.invoke(app, ["serve", "--model", str(tmp_path)])
+    assert "has no config.json. Pass a Hugging Face model directory" in str(r.exception)
+    r = runner.invoke(app, ["serve", "--port", "70000"])
+    assert "is not a TCP port" in str(r.exception)
