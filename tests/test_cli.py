@@ -1,0 +1,77 @@
+"""The command line: useful --help for every verb, one-line errors with exit code 2, JSON-only stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from attrilens.cli import app
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+VERBS = ["demo", "world", "train", "context", "index build", "trace", "inspect", "bench context",
+         "bench training", "bench inspect", "serve"]
+
+
+def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "attrilens.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_useful_help(verb: str):
+    result = CliRunner().invoke(app, [*verb.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and len(result.output.splitlines()) > 5
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_model_directory(tmp_path):
+    (tmp_path / "ctx.txt").write_text("One. Two.")
+    proc = _cli("inspect", "--model", str(tmp_path / "missing"), "--prompt", "x", "--json")
+    _assert_one_line_error(proc, "does not exist", "local Hugging Face model directory")
+
+
+def test_non_causal_model_directory(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "vit"}')
+    proc = _cli("inspect", "--model", str(tmp_path), "--prompt", "x", "--json")
+    _assert_one_line_error(proc, "not a causal LM")
+
+
+def test_empty_corpus_and_line_without_text(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _assert_one_line_error(_cli("train", "--corpus", str(empty), "--out", str(tmp_path / "m")), "is empty")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "body": "no text here"}\n')
+    _assert_one_line_error(_cli("train", "--corpus", str(bad), "--out", str(tmp_path / "m")), ':2 has no "text" field')
+
+
+def test_prompt_longer_than_context(tmp_path):
+    from attrilens.testing import tiny_lm
+
+    lm = tiny_lm("gpt2")
+    lm.model.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    proc = _cli("inspect", "--model", str(tmp_path / "m"), "--prompt", "the " * 400, "--json")
+    _assert_one_line_error(proc, "longer than the model's context")
+
+
+def test_world_json_summary_is_only_json(tmp_path):
+    proc = _cli("world", "--out", str(tmp_path / "w"), "--seed", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary and (tmp_path / "w" / "corpus.jsonl").is_file()
