@@ -1,0 +1,135 @@
+"""Exact leave-one-out: per-token response log-probabilities under ablated contexts, naive or KV-cached.
+
+`Scorer` turns contexts into teacher-forced log p of a fixed response's tokens. The naive scorer runs every
+prompt from scratch (batched, padded). The cached scorer runs the base prompt + response once, keeps its
+KV cache, and for each ablated prompt recomputes only the tokens from the first one that differs (AttriBoT),
+with the suffixes of one batch continued from the shared cache in a single forward (`LM.extend`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from attrilens.lm import LM
+from attrilens.results import Cost, Timer
+from attrilens.spans import Sources
+
+
+def _token_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+    """log p(targets[t]) from logits[t] (rows aligned), in fp32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp[torch.arange(len(targets)), torch.as_tensor(list(targets), device=logits.device)].cpu()
+
+
+class Scorer:
+    """Teacher-forced log p of one response's tokens given prompts built from contexts; counts its cost."""
+
+    cached = False
+
+    def __init__(self, lm: LM, prompt: Callable[[str], str], response_ids: Sequence[int], *, batch_size: int = 8,
+                 cost: Cost | None = None, progress: bool = False):
+        self.lm = lm
+        self.prompt = prompt
+        self.response_ids = list(response_ids)
+        self.batch_size = max(1, int(batch_size))
+        self.cost = cost if cost is not None else Cost()
+        self.progress = progress
+
+    def encode(self, context: str) -> list[int]:
+        ids = self.lm.encode_prompt(self.prompt(context))
+        self.lm.check_length(len(ids) + len(self.response_ids))
+        return ids
+
+    def base(self, context: str) -> torch.Tensor:
+        """Per-token log p of the response under `context` (the reference every ablation is compared with)."""
+        return self.score([context])[0]
+
+    def score(self, contexts: Sequence[str]) -> torch.Tensor:
+        """[len(contexts), T] per-token log p of the response under each context."""
+        with Timer(self.cost):
+            ids = [self.encode(c) for c in contexts]
+            return self._naive(ids)
+
+    def _naive(self, prompt_ids: list[list[int]]) -> torch.Tensor:
+        rows = self.lm.logprobs_ids(prompt_ids, [self.response_ids] * len(prompt_ids), batch_size=self.batch_size)
+        self.cost.add(len(prompt_ids), sum(len(p) + len(self.response_ids) for p in prompt_ids))
+        return torch.stack(rows) if rows else torch.empty(0, len(self.response_ids))
+
+
+class CachedScorer(Scorer):
+    """AttriBoT cached LOO: reuse the base pass's KV cache up to the first token an ablation changes."""
+
+    cached = True
+
+    def base(self, context: str) -> torch.Tensor:
+        with Timer(self.cost):
+            self.base_ids = self.encode(context)
+            full = self.base_ids + self.response_ids
+            self.prefix = self.lm.prefix_cache(full)
+            self.cost.add(1, len(full))
+            n = len(self.base_ids)
+            self.base_logprobs = _token_logprobs(self.prefix.logits[0, n - 1 : len(full) - 1], self.response_ids)
+        return self.base_logprobs
+
+    def keep_length(self, prompt_ids: Sequence[int]) -> int:
+        """How many leading tokens of the base pass an ablated prompt can reuse (0: none, run it from scratch)."""
+        full = self.base_ids + self.response_ids
+        seq = list(prompt_ids) + self.response_ids
+        d = 0
+        for a, b in zip(full, seq, strict=False):
+            if a != b:
+                break
+            d += 1
+        # The logit predicting the first response token sits at position len(prompt) - 1: recompute from there.
+        return min(d, len(prompt_ids) - 1)
+
+    def score(self, contexts: Sequence[str]) -> torch.Tensor:
+        if not hasattr(self, "prefix"):
+            raise RuntimeError("CachedScorer.base(context) must run before score().")
+        with Timer(self.cost):
+            ids = [self.encode(c) for c in contexts]
+            keep = [self.keep_length(p) for p in ids]
+            out = torch.empty(len(ids), len(self.response_ids))
+            fresh = [i for i, k in enumerate(keep) if k < 1]
+            if fresh:
+                out[fresh] = self._naive([ids[i] for i in fresh])
+            # Sort by suffix length so that a batch pads little.
+            order = sorted((i for i, k in enumerate(keep) if k >= 1), key=lambda i: len(ids[i]) - keep[i])
+            T = len(self.response_ids)
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                suffixes = [ids[i][keep[i] :] + self.response_ids for i in rows]
+                ext = self.lm.extend(self.prefix, [keep[i] for i in rows], suffixes)
+                self.cost.add(len(rows), sum(len(s) for s in suffixes))
+                for r, i in enumerate(rows):
+                    first = len(ids[i]) - 1 - keep[i]  # suffix position whose logit predicts response token 0
+                    out[i] = _token_logprobs(ext.logits[r, first : first + T], self.response_ids)
+            return out
+
+
+def make_scorer(lm: LM, prompt: Callable[[str], str], response_ids: Sequence[int], *, cached: bool,
+                batch_size: int = 8, cost: Cost | None = None) -> Scorer:
+    """A naive or cached scorer for one (model, prompt template, response)."""
+    cls = CachedScorer if cached else Scorer
+    return cls(lm, prompt, response_ids, batch_size=batch_size, cost=cost)
+
+
+def loo(scorer: Scorer, sources: Sources, *, base_drop: Sequence[int] = (), candidates: Sequence[int] | None = None,
+        base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave-one-out inside the context C' = context with `base_drop` already removed.
+
+    Returns (base per-token log p [T], per-source per-token log-prob drop [S, T]); sources not in
+    `candidates` (or in `base_drop`) get NaN rows. score(s) = Σ_t drop[s, t] = LL(r | C') − LL(r | C' ∖ s).
+    Pass `base` when this scorer has already run `base()` on C' (its cache is reused).
+    """
+    base_drop = list(base_drop)
+    cand = [i for i in (range(len(sources)) if candidates is None else candidates) if i not in set(base_drop)]
+    if base is None:
+        base = scorer.base(sources.ablate(base_drop))
+    ablated = scorer.score([sources.ablate([*base_drop, i]) for i in cand])
+    drop = torch.full((len(sources), len(scorer.response_ids)), float("nan"))
+    if cand:
+        drop[cand] = base[None, :] - ablated
+    return base, drop

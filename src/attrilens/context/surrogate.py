@@ -1,0 +1,52 @@
+"""ContextCite-style surrogate (baseline): random ablation masks, a sparse linear fit of the response's logit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from attrilens.context.loo import Scorer
+from attrilens.context.result import TokenRescorer
+from attrilens.errors import AttrilensError
+from attrilens.spans import Sources
+
+
+def random_masks(n_sources: int, n_ablations: int, *, keep_prob: float = 0.5, seed: int = 0) -> np.ndarray:
+    """[n_ablations, n_sources] 0/1 keep masks, each source kept with probability `keep_prob` (seeded)."""
+    if n_ablations < 2:
+        raise AttrilensError(f"ContextCite needs at least 2 ablations, got {n_ablations}. Pass n_ablations >= 2.")
+    rng = np.random.default_rng(seed)
+    return (rng.random((n_ablations, n_sources)) < keep_prob).astype(np.float64)
+
+
+def logit_target(logprobs: torch.Tensor) -> np.ndarray:
+    """Per mask: (log p − log(1 − p)) / T with p = Π_t p(r_t), the regression target of ContextCite."""
+    ll = logprobs.double().sum(dim=1)
+    log1m = torch.log(-torch.expm1(ll.clamp(max=-1e-12)))
+    return ((ll - log1m) / logprobs.shape[1]).numpy()
+
+
+def fit(masks: np.ndarray, target: np.ndarray, *, alpha: float = 0.01) -> np.ndarray:
+    """Lasso weights (one per source) of target ≈ masks · w + b; the weights are the attributions."""
+    from sklearn.linear_model import Lasso
+
+    model = Lasso(alpha=alpha, fit_intercept=True, max_iter=10_000)
+    model.fit(masks, target)
+    return model.coef_.astype(np.float64)
+
+
+def contextcite(scorer: Scorer, sources: Sources, *, n_ablations: int = 64, seed: int = 0, alpha: float = 0.01,
+                ) -> tuple[list[float], TokenRescorer]:
+    """Scores of every source from `n_ablations` random ablations, and a re-scorer for response sub-spans."""
+    masks = random_masks(len(sources), n_ablations, seed=seed)
+    contexts = [sources.ablate(np.flatnonzero(m == 0).tolist()) for m in masks]
+    if scorer.cached:
+        scorer.base(sources.context)
+    logprobs = scorer.score(contexts)
+
+    def rescore(tokens: Sequence[int]) -> list[float | None]:
+        return fit(masks, logit_target(logprobs[:, list(tokens)]), alpha=alpha).tolist()
+
+    return rescore(range(logprobs.shape[1])), rescore

@@ -1,0 +1,111 @@
+"""Faithfulness metrics against hand-computed values, the benchmark on a tiny model, and the `context` CLI verb."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+
+import pytest
+from typer.testing import CliRunner
+
+from attrilens.context.bench import default_settings, evaluate_episode, format_table, summarise
+from attrilens.errors import AttrilensError
+from attrilens.eval.context import average_precision, gold_hit, loo_outliers, ranking, spearman
+from attrilens.testing import tiny_lm
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+WORDS = "the capital of velmora is quenth founded bank ada zorvia currency lumen tolm ostra kesh".split()
+
+
+def random_context(seed: int, paragraphs: int = 3) -> str:
+    rng = random.Random(seed)
+    return "\n\n".join(" ".join(" ".join(rng.choice(WORDS) for _ in range(3)).capitalize() + "." for _ in range(2))
+                       for _ in range(paragraphs))
+
+
+def test_outliers_are_above_mean_plus_two_std():
+    scores = [0.1, -0.2, 0.05, 0.0, 0.02, -0.01, 0.03, 0.01, 3.0, -0.05]
+    assert loo_outliers(scores) == [8]
+    assert loo_outliers([1.0, 1.0, 1.0]) == []
+    with pytest.raises(AttrilensError, match="at least two exact LOO scores"):
+        loo_outliers([1.0])
+
+
+def test_average_precision_by_hand():
+    assert average_precision([0.9, 0.1, 0.5, 0.2], [0, 2]) == pytest.approx(1.0)
+    # relevant at ranks 3 and 4: (1/3 + 2/4) / 2
+    assert average_precision([0.1, 0.9, 0.2, 0.5], [0, 2]) == pytest.approx((1 / 3 + 2 / 4) / 2)
+    # a pruned relevant source ties with the other pruned one at the bottom: precision 2/4 at that threshold
+    assert average_precision([0.9, None, 0.5, None], [0, 3]) == pytest.approx((1 + 0.5) / 2)
+    assert math.isnan(average_precision([0.3, 0.2], []))
+
+
+def test_rank_metrics():
+    assert spearman([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]) == pytest.approx(1.0)
+    assert spearman([3.0, 2.0, 1.0], [10.0, 20.0, 30.0]) == pytest.approx(-1.0)
+    assert spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) == 0.0
+    assert ranking([0.2, None, 0.7, 0.2]) == [2, 0, 3, 1]
+    assert gold_hit([0.2, None, 0.7], 2) == 1.0 and gold_hit([0.2, None, 0.7], 0) == 0.0
+
+
+def test_benchmark_rows_on_a_tiny_model():
+    target, proxy = tiny_lm("llama", seed=31), tiny_lm("llama", seed=32, width=16)
+    settings = default_settings(quick=True)
+    episode = {"id": "ep-x", "context": random_context(3), "question": "bank?", "answer": "ada", "gold_sentence": 2}
+    e = evaluate_episode(target, proxy, episode, settings, batch_size=4)
+    rows = e["rows"]
+    assert set(rows) == {s.label for s in settings}
+    exact, cached = rows["loo (naive, exact)"], rows["cached (exact)"]
+    assert exact["spearman"] == pytest.approx(1.0) and (math.isnan(exact["ap"]) or exact["ap"] == pytest.approx(1.0))
+    assert cached["max_abs_diff"] <= 1e-4 and cached["tokens"] < exact["tokens"]
+    assert rows["proxy-pruning K=3"]["flops"] < exact["flops"]
+    summary = summarise([e], settings)
+    assert summary[0]["passes_ratio"] == 1.0 and summary[0]["flops_ratio"] == 1.0
+    table = format_table(summary)
+    assert table.count("\n") == len(summary) + 1 and "| cached (exact) |" in table
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    lm = tiny_lm("llama", seed=41)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path
+
+
+def test_cli_prints_the_json_document(model_dir, tmp_path):
+    from attrilens.cli import app
+
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text(random_context(5), encoding="utf-8")
+    result = CliRunner().invoke(app, ["context", "--model", str(model_dir), "--context-file", str(ctx),
+                                      "--query", "bank?", "--response", " ada", "--method", "hierarchical",
+                                      "--top-k", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == "attrilens/context/v1" and doc["method"] == "cached+hierarchical"
+    assert len(doc["sources"]) == 6 and any(s["score"] is None for s in doc["sources"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--context-file", "missing.txt"], "does not exist"),
+        (["--method", "proxy"], "needs a proxy model"),
+        (["--level", "clause"], "Unknown level"),
+    ],
+)
+def test_cli_bad_input_names_the_fix(model_dir, tmp_path, args, message):
+    from attrilens.cli import app
+
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text(random_context(6), encoding="utf-8")
+    base = ["context", "--model", str(model_dir), "--context-file", str(ctx), "--query", "q?", "--response", " ada"]
+    if args[0] == "--context-file":
+        args = ["--context-file", str(tmp_path / args[1])]
+    result = CliRunner().invoke(app, base + args)
+    assert isinstance(result.exception, AttrilensError) and message in str(result.exception)
