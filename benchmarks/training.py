@@ -1,0 +1,38 @@
+"""Lens 2 benchmark (thin wrapper): `python benchmarks/training.py [--model DIR --world DIR] [--quick] [--out F]`.
+
+Same code as `attrilens bench training` (attrilens.eval.training.run_benchmark); prints one table per metric.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# benchmarks/inspect.py would shadow the standard library's `inspect` for every import below
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, default=None, help="model directory (default: demo target or bench model)")
+    parser.add_argument("--world", type=Path, default=None, help="fact world directory of that model")
+    parser.add_argument("--quick", action="store_true", help="fewer queries and dimensions")
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables as JSON")
+    args = parser.parse_args()
+    from attrilens.eval.training import run_benchmark
+
+    tables = run_benchmark(model=args.model, world=args.world, quick=args.quick)
+    for name, frame in tables.items():
+        sys.stdout.write(f"\n## {name}\n{frame.to_string(index=False)}\n")
+    if args.out:
+        args.out.write_text(json.dumps({k: v.to_dict(orient="records") for k, v in tables.items()}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The demo's training-data section: a small TrackStar index over the demo world's fact documents, and one trace.
+
+`python -m attrilens.training.demo` (re)builds the shipped index in `src/attrilens/assets/index/` from the demo
+target model and world (about 1–4 MB: d = 1024 fp16 features plus R^(-1/2) in thin form).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from attrilens.lm import LM
+from attrilens.paths import ASSETS
+from attrilens.training.result import TraceResult
+
+DEMO_INDEX = ASSETS / "index"
+DEMO_SETTINGS = {"method": "trackstar", "proj_dim": 1024, "block_len": 128, "shard_size": 1024, "dtype": "float16"}
+DEMO_EVAL_QUERIES = 128  # queries whose gradients form R_eval (the first ones of queries.jsonl)
+
+
+def build_demo_index(lm: LM, out: Path | str = DEMO_INDEX, world_dir: Path | str | None = None,
+                     model_dir: Path | str | None = None, progress: bool = True):
+    """TrackStar (d = 1024, fp16) over the world's fact documents, R_eval from its first queries: seconds on 2 cores."""
+    from attrilens.paths import demo_world_dir
+    from attrilens.training.index import build_index
+
+    world = Path(world_dir) if world_dir is not None else demo_world_dir()
+    lines = (world / "queries.jsonl").read_text().splitlines()
+    queries = [json.loads(line) for line in lines if line.strip()][:DEMO_EVAL_QUERIES]
+    return build_index(lm, world / "corpus.jsonl", out, eval_queries=queries, model_dir=model_dir,
+                       progress=progress, **DEMO_SETTINGS)
+
+
+def demo_section(lm: LM, index_dir: Path | str, query: dict, *, top_k: int = 10,
+                 model_dir: Path | str | None = None) -> TraceResult:
+    """Trace one demo query ({"prompt", "target"}) through the demo index (proponents with neighbouring blocks)."""
+    from attrilens.training.index import TrainingIndex
+
+    index = TrainingIndex.open(index_dir, lm, model_dir=model_dir)
+    return index.trace(query["prompt"], target=query["target"], top_k=top_k, neighbours=True)
+
+
+if __name__ == "__main__":  # pragma: no cover - asset build step, run by hand once the demo model exists
+    from attrilens.paths import demo_model_dir
+
+    model = demo_model_dir("target")
+    idx = build_demo_index(LM.from_pretrained(model), model_dir=model)
+    print(f"wrote {idx.path} ({len(idx)} blocks, d = {idx.manifest['dim']})")

@@ -1,0 +1,77 @@
+"""Seeded two-sided Gaussian projections, one pair per weight matrix: same seed and names ⇒ same features.
+
+A weight gradient G (out × in) is mapped to P_L G P_Rᵀ (k_o × k_i) with P_L ~ N(0, 1/k_o), P_R ~ N(0, 1/k_i),
+so E[⟨P_L G P_Rᵀ, P_L H P_Rᵀ⟩] = ⟨G, H⟩ (Johnson–Lindenstrauss). Per-layer sizes share one side length s,
+the largest with Σ_layers min(out, s)·min(in, s) ≤ d (LoGra's equal allocation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from attrilens.errors import AttrilensError
+
+
+@dataclass(frozen=True)
+class LayerProjection:
+    """The pair (P_L: k_o × out, P_R: k_i × in) of one weight matrix, or None for identity (unprojected)."""
+
+    left: torch.Tensor | None
+    right: torch.Tensor | None
+
+    @property
+    def out_dim(self) -> int:
+        return self.left.shape[0] * self.right.shape[0]
+
+
+def _seed(seed: int, name: str, side: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{name}:{side}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def gaussian(rows: int, cols: int, seed: int, name: str, side: str) -> torch.Tensor:
+    """A rows × cols matrix with N(0, 1/rows) entries drawn from a generator seeded by (seed, name, side)."""
+    g = torch.Generator().manual_seed(_seed(seed, name, side))
+    return torch.randn(rows, cols, generator=g, dtype=torch.float32) / rows**0.5
+
+
+def side_length(shapes: Mapping[str, tuple[int, int]], d: int) -> int:
+    """Largest s with Σ min(out, s)·min(in, s) ≤ d (at least 1)."""
+    if d < len(shapes):
+        raise AttrilensError(f"proj_dim {d} is smaller than the {len(shapes)} weight matrices featurised. "
+                             f"Pass --proj-dim of at least {len(shapes)}.")
+    lo, hi = 1, max(max(s) for s in shapes.values())
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(min(o, mid) * min(i, mid) for o, i in shapes.values()) <= d:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def make_projections(shapes: Mapping[str, tuple[int, int]], d: int | None, seed: int) -> dict[str, LayerProjection]:
+    """Projections for each weight (name → (out, in)); d=None means no projection (full gradients)."""
+    if d is None:
+        return {name: LayerProjection(None, None) for name in shapes}
+    s = side_length(shapes, d)
+    return {
+        name: LayerProjection(gaussian(min(o, s), o, seed, name, "left"), gaussian(min(i, s), i, seed, name, "right"))
+        for name, (o, i) in shapes.items()
+    }
+
+
+def feature_dims(shapes: Mapping[str, tuple[int, int]], projections: Mapping[str, LayerProjection]) -> dict[str, int]:
+    """Number of features each weight contributes."""
+    return {n: (o * i if projections[n].left is None else projections[n].out_dim) for n, (o, i) in shapes.items()}
+
+
+def project_full(grad: torch.Tensor, proj: LayerProjection) -> torch.Tensor:
+    """Project full per-example gradients [B, out, in] → [B, k_o·k_i] (the reference for the factored path)."""
+    if proj.left is None:
+        return grad.reshape(grad.shape[0], -1)
+    return torch.einsum("ko,boi,ji->bkj", proj.left, grad, proj.right).reshape(grad.shape[0], -1)

@@ -1,0 +1,162 @@
+"""Lens 2 maths: fast = vmap features, projections keep inner products, R^(-1/2), λ, DataInf and TracIn formulas."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+
+from attrilens.errors import AttrilensError
+from attrilens.testing import ARCHS, random_ids, tiny_lm
+from attrilens.training.corpus import make_corpus, read_documents
+from attrilens.training.gradients import Example, Featurizer, weight_modules
+from attrilens.training.preconditioning import fit_whitening, mixing_lambda
+from attrilens.training.projection import gaussian, make_projections, project_full, side_length
+
+torch.set_num_threads(1)  # small ops: 2 threads on a loaded 2-core VM are far slower
+
+
+def _examples(lm, lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [Example.block(random_ids(lm, n, generator=g), f"ex-{i}") for i, n in enumerate(lengths)]
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fast_path_equals_vmap_reference(arch):
+    lm = tiny_lm(arch, seed=11, attn_implementation="eager")
+    examples = _examples(lm, [5, 11, 8, 13, 6], seed=int(torch.randint(0, 10_000, (1,))))
+    modules = weight_modules(lm.model)
+    g = torch.Generator().manual_seed(5)
+    scales = {n: torch.rand(Featurizer(lm, proj_dim=None).shapes[n], generator=g) + 0.5 for n in modules}
+    for proj_dim, sc in ((None, None), (300, None), (300, scales)):
+        f = Featurizer(lm, proj_dim=proj_dim, seed=3, scales=sc)
+        fast = f.features(examples, batch_size=2)
+        ref = f.features_vmap(examples, batch_size=5)
+        assert fast.shape == ref.shape == (5, f.dim)
+        assert float(ref.norm()) > 0
+        assert _rel(fast, ref) <= 1e-4, (arch, proj_dim, sc is not None)
+
+
+def test_gpt2_conv1d_weights_use_out_in_orientation():
+    lm = tiny_lm("gpt2", seed=2, attn_implementation="eager")
+    f = Featurizer(lm, proj_dim=None)
+    assert f.shapes["transformer.h.0.attn.c_attn"] == (96, 32)  # Conv1D weight is stored (in, out) = (32, 96)
+    ex = _examples(lm, [9], seed=4)
+    grads = f.full_gradients(ex)
+    # autograd on the model's own parameter agrees after transposing
+    ids = torch.tensor([ex[0].ids])
+    lm.model.zero_grad()
+    logits = lm.model(input_ids=ids).logits
+    loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum")
+    loss.backward()
+    w = lm.model.get_submodule("transformer.h.0.attn.c_attn").weight
+    assert torch.allclose(grads["transformer.h.0.attn.c_attn"][0], w.grad.T, rtol=1e-4, atol=1e-6)
+    lm.model.zero_grad()
+
+
+def test_query_mask_counts_only_chosen_response_tokens():
+    lm = tiny_lm("llama", seed=1)
+    g = torch.Generator().manual_seed(9)
+    p, r = random_ids(lm, 6, generator=g), random_ids(lm, 4, generator=g)
+    ex = Example.response(p, r, tokens=[1, -1])
+    assert ex.mask == [0.0] * 6 + [0, 1, 0, 1]
+    with pytest.raises(AttrilensError, match="outside the response's 4 tokens"):
+        Example.response(p, r, tokens=[4])
+    f = Featurizer(lm, proj_dim=200)
+    full = f.features([Example.response(p, r)])
+    part = f.features([ex])
+    assert _rel(part, full) > 1e-3  # the selection changes the gradient
+
+
+def test_projection_preserves_inner_products_in_expectation():
+    g = torch.Generator().manual_seed(int(torch.randint(0, 10_000, (1,))))
+    a = torch.randn(1, 40, 30, generator=g)
+    b = a + 0.5 * torch.randn(1, 40, 30, generator=g)
+    true = float((a * b).sum())
+    est = []
+    for seed in range(300):
+        proj = make_projections({"w": (40, 30)}, 64, seed)["w"]
+        est.append(float((project_full(a, proj) * project_full(b, proj)).sum()))
+    est = torch.tensor(est)
+    assert abs(float(est.mean()) - true) < 4 * float(est.std()) / len(est) ** 0.5 + 1e-6
+    assert abs(float(est.mean()) / true - 1) < 0.05  # right JL scale (1/k per side would be off by ~8×)
+
+
+def test_projection_is_seeded_and_sized():
+    shapes = {"a": (64, 32), "b": (300, 32)}
+    s = side_length(shapes, 1024)
+    assert sum(min(o, s) * min(i, s) for o, i in shapes.values()) <= 1024
+    assert sum(min(o, s + 1) * min(i, s + 1) for o, i in shapes.values()) > 1024
+    assert torch.equal(gaussian(8, 5, 1, "a", "left"), gaussian(8, 5, 1, "a", "left"))
+    assert not torch.equal(gaussian(8, 5, 1, "a", "left"), gaussian(8, 5, 2, "a", "left"))
+    with pytest.raises(AttrilensError, match="smaller than the 2 weight matrices"):
+        side_length(shapes, 1)
+
+
+def _dense_inv_sqrt(r, delta):
+    e, v = torch.linalg.eigh(r.double())
+    return (v * (e.clamp(min=0) + delta).rsqrt()) @ v.T
+
+
+@pytest.mark.parametrize("n_train", [10, 80])  # fewer rows than dims (thin path) and more (d × d path)
+def test_whitening_matches_dense_inverse_square_root(n_train):
+    g = torch.Generator().manual_seed(n_train)
+    d = 24
+    train = torch.randn(n_train, d, generator=g) * torch.linspace(0.1, 3, d)
+    ev = torch.randn(7, d, generator=g)
+    w = fit_whitening(train, ev, lam=0.3, damping=0.2)
+    r = 0.7 * train.double().T @ train.double() / n_train + 0.3 * ev.double().T @ ev.double() / 7
+    delta = 0.2 * float(torch.trace(r)) / min(d, n_train + 7)  # mean non-zero eigenvalue (rank = rows or d)
+    x = torch.randn(5, d, generator=g)
+    assert torch.allclose(w.apply(x).double(), x.double() @ _dense_inv_sqrt(r, delta), rtol=1e-4, atol=1e-5)
+
+
+def test_mixing_lambda_crosses_eigenvalue_curves():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(200, 16, generator=g) * torch.linspace(3, 0.2, 16)
+    lam, k = mixing_lambda(base * 2.0, base, k=4)  # eval eigenvalues are 4× the train ones
+    assert k == 4
+    assert lam == pytest.approx(1 / 5, rel=1e-6)
+    with pytest.raises(AttrilensError, match="λ must lie in"):
+        fit_whitening(base, base, lam=1.5)
+    with pytest.raises(AttrilensError, match="needs evaluation queries"):
+        fit_whitening(base, None, lam=0.5)
+
+
+def test_corpus_blocks_have_stable_ids_and_errors_name_the_line(tmp_path):
+    lm = tiny_lm("llama")
+    text = " ".join(["the capital of velmora is quenth ."] * 12)
+    c = make_corpus([{"id": "doc-00042", "text": text}, {"id": "doc-7", "text": "hello cat"}], lm.tokenizer, block_len=16)
+    assert c.block_id(0) == "doc-00042#0" and c.block_id(1) == "doc-00042#1"
+    assert all(len(t) <= 16 for t in c.tokens)
+    assert c.tokens[-1][-1] == lm.tokenizer.eos_token_id and c.docs[-1] == "doc-7"
+    assert c.neighbours(1) == [c.texts[0], c.texts[2]]
+    again = make_corpus([{"id": "doc-00042", "text": text}, {"id": "doc-7", "text": "hello cat"}], lm.tokenizer, block_len=16)
+    changed = make_corpus([{"id": "doc-00042", "text": text}, {"id": "doc-7", "text": "hello dog"}], lm.tokenizer, block_len=16)
+    assert again.fingerprint == c.fingerprint != changed.fingerprint
+    bad = tmp_path / "c.jsonl"
+    bad.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": "  "}\n')
+    with pytest.raises(AttrilensError, match=r"c.jsonl:2 has no text"):
+        read_documents(bad)
+    bad.write_text('{"id": "a", "text": "fine"}\n{"id": "a", "text": "again"}\n')
+    with pytest.raises(AttrilensError, match="occurs twice"):
+        read_documents(bad)
+    with pytest.raises(AttrilensError, match="does not exist"):
+        read_documents(tmp_path / "missing.jsonl")
+
+
+def test_nan_gradient_names_the_example():
+    lm = tiny_lm("llama", seed=4)
+    g = torch.Generator().manual_seed(2)
+    ok = [Example.block(random_ids(lm, 8, generator=g), f"doc-{i}#0") for i in range(3)]
+    poison = 250
+    ok = [Example(e.ids[:-1] + [poison if i == 1 else 251 - 10], e.mask, e.name) for i, e in enumerate(ok)]
+    with torch.no_grad():
+        lm.arch.embed.weight[poison] = float("nan")
+    with pytest.raises(AttrilensError, match=r"example doc-1#0 contains NaN or inf"):
+        Featurizer(lm, proj_dim=100).features(ok, batch_size=3)

@@ -1,0 +1,325 @@
+"""Lens 2 index: build/resume/atomicity, invariances, errors, every method through `trace`, DataInf, TracIn, CLI."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import errno
+import json
+import random
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from attrilens.errors import AttrilensError
+from attrilens.lm import LM
+from attrilens.testing import tiny_lm
+from attrilens.training import index as index_mod
+from attrilens.training.corpus import make_corpus
+from attrilens.training.gradients import Example, Featurizer
+from attrilens.training.index import TrainingIndex, build_index
+from attrilens.training.result import TraceResult
+
+torch.set_num_threads(1)  # small ops: 2 threads on a loaded 2-core VM are far slower
+
+WORDS = "the capital of velmora is quenth . who founded the bank ? answer : zorvia currency lumen founder ada".split()
+
+
+def _docs(n=24, seed=0):
+    rng = random.Random(seed)
+    return [{"id": f"doc-{i:03d}", "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny llama saved like the trainer does: weights, tokenizer, optimizer second moments, a checkpoint."""
+    d = tmp_path_factory.mktemp("model")
+    lm = tiny_lm("llama", seed=7)
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    g = torch.Generator().manual_seed(3)
+    save_file({f"exp_avg_sq.{n}": torch.rand(p.shape, generator=g) * 1e-4 + 1e-6 for n, p in lm.model.named_parameters()},
+              str(d / "optimizer.safetensors"))
+    ck = tiny_lm("llama", seed=8)
+    ck.model.save_pretrained(d / "checkpoints" / "step-5")
+    info = {"checkpoints": [{"step": 5, "lr": 2e-3, "path": "checkpoints/step-5"}],
+            "optimizer": {"final_lr": 5e-4, "eps": 1e-8}}
+    (d / "training.json").write_text(json.dumps(info))
+    return d
+
+
+@pytest.fixture(scope="module")
+def lm(model_dir):
+    return LM.from_pretrained(model_dir)
+
+
+QUERIES = [{"prompt": "who founded the bank ?", "target": " ada"}, {"prompt": "the capital of zorvia", "target": " is quenth"},
+           {"prompt": "answer : the currency", "target": " lumen"}]
+
+
+def _shard_bytes(path):
+    return {p.name: p.read_bytes() for p in sorted((path / "shards").glob("*.npy"))}
+
+
+def test_every_method_traces_with_the_v1_schema(lm, model_dir, tmp_path):
+    docs = _docs()
+    for method in ("trackstar", "grad-dot", "grad-cos", "tracin", "bm25"):
+        idx = build_index(lm, docs, tmp_path / method, method=method, proj_dim=256, block_len=12, shard_size=10,
+                          eval_queries=QUERIES, progress=False)
+        res = idx.trace("who founded the bank ?", target=" ada", top_k=4, neighbours=True)
+        d = json.loads(res.to_json())
+        assert list(d) == ["schema", "method", "prompt", "target", "tokens", "proponents", "opponents", "cost"]
+        assert d["schema"] == "attrilens/training/v1" and d["method"] == method
+        assert [p["rank"] for p in d["proponents"]] == [1, 2, 3, 4]
+        scores = [p["score"] for p in d["proponents"]]
+        assert scores == sorted(scores, reverse=True)
+        assert set(d["proponents"][0]) >= {"rank", "id", "block", "text", "score", "neighbours"}
+        assert d["cost"]["examples_scored"] == len(idx) and d["cost"]["seconds"] > 0
+        full = idx.scores(Example.response(lm.encode_prompt(QUERIES[0]["prompt"]), lm.encode_response(" ada"))
+                          if method != "bm25" else "who founded the bank ? ada")
+        assert scores[0] == pytest.approx(float(full.max()), rel=1e-5)
+        if method != "bm25":
+            assert d["opponents"][0]["score"] == pytest.approx(float(full.min()), rel=1e-5)
+        assert TraceResult.from_json(res.to_json()).to_dict() == d
+        assert len(res.to_frame()) == len(d["proponents"]) + len(d["opponents"])
+    man = json.loads((tmp_path / "trackstar" / "manifest.json").read_text())
+    assert 0 < man["lambda"] < 1 and man["settings"]["seed"] == 0 and man["model"]["fingerprint"] == lm.fingerprint()
+    assert not (tmp_path / "trackstar" / "raw").exists()  # raw fp32 features are removed after R
+
+
+def test_trackstar_scores_match_the_formula(lm, model_dir, tmp_path):
+    docs = _docs(12)
+    idx = build_index(lm, docs, tmp_path / "ts", method="trackstar", proj_dim=200, block_len=16, eval_queries=QUERIES,
+                      dtype="float32", progress=False)
+    gm = idx.method
+    blocks = idx.corpus
+    raw = gm.raw([Example.block(t) for t in blocks.tokens])
+    evr = gm.raw([Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"])) for q in QUERIES])
+    lam = idx.manifest["lambda"]
+    r = (1 - lam) * raw.double().T @ raw.double() / len(raw) + lam * evr.double().T @ evr.double() / len(evr)
+    delta = 0.1 * float(torch.trace(r)) / min(r.shape[0], len(raw) + len(evr))
+    e, v = torch.linalg.eigh(r)
+    w = (v * (e.clamp(min=0) + delta).rsqrt()) @ v.T
+    q = Example.response(lm.encode_prompt("who founded the bank ?"), lm.encode_response(" ada"))
+    qf = torch.nn.functional.normalize(gm.raw([q]).double() @ w, dim=1)[0]
+    tf = torch.nn.functional.normalize(raw.double() @ w, dim=1)
+    assert np.allclose(idx.scores(q), (tf @ qf).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_scores_invariant_to_batch_and_shard_size(lm, tmp_path):
+    docs = _docs()
+    a = build_index(lm, docs, tmp_path / "a", method="grad-dot", proj_dim=300, block_len=12, batch_size=3, shard_size=7,
+                    dtype="float32", progress=False)
+    b = build_index(lm, docs, tmp_path / "b", method="grad-dot", proj_dim=300, block_len=12, batch_size=16,
+                    shard_size=100, dtype="float32", progress=False)
+    q = Example.response(lm.encode_prompt("the capital of zorvia"), lm.encode_response(" is quenth"))
+    sa, sb = a.scores(q), b.scores(q)
+    assert len(a.shards) > len(b.shards) >= 1
+    assert np.allclose(sa, sb, rtol=1e-4, atol=1e-4 * np.abs(sb).max())
+
+
+class _Boom(Exception):
+    pass
+
+
+def _fail_on_write(monkeypatch, n_ok, exc):
+    calls = {"n": 0}
+    real = index_mod._write_array
+
+    def write(f, array):
+        calls["n"] += 1
+        if calls["n"] > n_ok:
+            f.write(b"\x93NUMPY partial")  # a torn write: some bytes reach the temporary file
+            raise exc
+        real(f, array)
+
+    monkeypatch.setattr(index_mod, "_write_array", write)
+
+
+@pytest.mark.parametrize("n_ok", [1, 4])  # killed while featurising, and while applying R^-1/2
+def test_resumed_build_is_byte_identical(lm, tmp_path, monkeypatch, n_ok):
+    docs = _docs(12)
+    kw = dict(method="trackstar", proj_dim=128, block_len=12, shard_size=6, eval_queries=QUERIES, progress=False)
+    clean = build_index(lm, docs, tmp_path / "clean", **kw)
+    _fail_on_write(monkeypatch, n_ok, _Boom())
+    with pytest.raises(_Boom):
+        build_index(lm, docs, tmp_path / "resumed", **kw)
+    monkeypatch.undo()
+    assert not list((tmp_path / "resumed").rglob("*.tmp"))
+    with pytest.raises(AttrilensError, match="incomplete"):
+        TrainingIndex.open(tmp_path / "resumed", lm)
+    resumed = build_index(lm, docs, tmp_path / "resumed", **kw)
+    assert _shard_bytes(tmp_path / "resumed") == _shard_bytes(tmp_path / "clean")
+    assert len(_shard_bytes(tmp_path / "clean")) == len(clean.shards) >= 4
+    q = Example.response(lm.encode_prompt("who founded the bank ?"), lm.encode_response(" ada"))
+    assert np.array_equal(resumed.scores(q), clean.scores(q))
+
+
+def test_disk_full_leaves_no_partial_shard(lm, tmp_path, monkeypatch):
+    docs = _docs(20)
+    kw = dict(method="grad-cos", proj_dim=128, block_len=12, shard_size=8, progress=False)
+    _fail_on_write(monkeypatch, 1, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(AttrilensError, match="Disk full while writing .*shard-00001.npy.*rerun the same build"):
+        build_index(lm, docs, tmp_path / "idx", **kw)
+    monkeypatch.undo()
+    files = sorted(p.name for p in (tmp_path / "idx" / "shards").iterdir())
+    assert files == ["shard-00000.npy"]  # the torn shard-00001 never got its final name
+    man = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert not man["complete"] and [s["file"] for s in man["shards"]] == ["shards/shard-00000.npy"]
+    with pytest.raises(AttrilensError, match="incomplete"):
+        TrainingIndex.open(tmp_path / "idx", lm)
+    done = build_index(lm, docs, tmp_path / "idx", **kw)
+    clean = build_index(lm, docs, tmp_path / "clean", **kw)
+    assert _shard_bytes(tmp_path / "idx") == _shard_bytes(tmp_path / "clean") and len(done) == len(clean)
+
+
+def test_mismatched_model_corpus_and_settings_are_errors(lm, tmp_path):
+    docs = _docs(10)
+    build_index(lm, docs, tmp_path / "idx", method="grad-cos", proj_dim=64, block_len=12, progress=False)
+    with pytest.raises(AttrilensError, match="built with another model"):
+        TrainingIndex.open(tmp_path / "idx", tiny_lm("llama", seed=99))
+    changed = [dict(d) for d in docs]
+    changed[3]["text"] += " ada"
+    with pytest.raises(AttrilensError, match="corpus has changed"):
+        TrainingIndex.open(tmp_path / "idx", lm, corpus=changed)
+    TrainingIndex.open(tmp_path / "idx", lm, corpus=docs)  # the same corpus is fine
+    with pytest.raises(AttrilensError, match="different settings"):
+        build_index(lm, docs, tmp_path / "idx", method="grad-cos", proj_dim=96, block_len=12, progress=False)
+    with pytest.raises(AttrilensError, match="not an attrilens index"):
+        TrainingIndex.open(tmp_path, lm)
+    with pytest.raises(AttrilensError, match="Unknown method 'lissa'"):
+        build_index(lm, docs, tmp_path / "x", method="lissa")
+    with pytest.raises(AttrilensError, match="Unknown option.* projdim"):
+        build_index(lm, docs, tmp_path / "x", method="grad-dot", projdim=8)
+
+
+def test_bad_queries_are_errors(lm, tmp_path):
+    idx = build_index(lm, _docs(8), tmp_path / "idx", method="grad-dot", proj_dim=64, block_len=12, progress=False)
+    with pytest.raises(AttrilensError, match="prompt is empty"):
+        idx.trace("  ", target=" ada")
+    with pytest.raises(AttrilensError, match="exactly one of a target"):
+        idx.trace("who", target=None)
+    with pytest.raises(AttrilensError, match="target cannot be tokenised"):
+        idx.trace("who", target="\ud800")
+    with pytest.raises(AttrilensError, match="outside the response"):
+        idx.trace("who", target=" ada", tokens=[5])
+    with pytest.raises(AttrilensError, match="not inside the 4-character response"):
+        idx.trace("who", target=" ada", span=(2, 9))
+    res = idx.trace("who founded", target=" the bank", span=(5, 9))
+    assert res.tokens and all(0 <= t < len(lm.encode_response(" the bank")) for t in res.tokens)
+    assert res.tokens != list(range(len(lm.encode_response(" the bank"))))
+    gen = idx.trace("who founded", generate=True, top_k=2)
+    assert gen.target and len(gen.proponents) == 2
+
+
+def test_fp16_overflow_names_the_example(lm, model_dir, tmp_path):
+    bad = tmp_path / "model"
+    bad.mkdir()
+    for f in model_dir.iterdir():
+        if f.is_file():
+            (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "training.json").write_text(json.dumps({"optimizer": {"eps": 1e-30}}))
+    save_file({f"exp_avg_sq.{n}": torch.zeros(p.shape) for n, p in lm.model.named_parameters()},
+              str(bad / "optimizer.safetensors"))
+    with pytest.raises(AttrilensError, match=r"features of example doc-000#0 overflow float16.*float32"):
+        build_index(lm, _docs(4), tmp_path / "idx", method="trackstar", proj_dim=64, block_len=12, use_r=False,
+                    unit_norm=False, model_dir=bad, progress=False)
+    idx = build_index(lm, _docs(4), tmp_path / "idx32", method="trackstar", proj_dim=64, block_len=12, use_r=False,
+                      unit_norm=False, model_dir=bad, dtype="float32", progress=False)
+    assert np.isfinite(np.load(tmp_path / "idx32" / "shards" / "shard-00000.npy")).all() and len(idx) >= 4
+
+
+def test_tracin_aggregates_checkpoints(lm, model_dir, tmp_path):
+    docs = _docs(10)
+    q = Example.response(lm.encode_prompt("who founded the bank ?"), lm.encode_response(" ada"))
+    ck = LM(tiny_lm("llama", seed=8).model, lm.tokenizer)
+    blocks = make_corpus(docs, lm.tokenizer, block_len=12)
+    per = []
+    for view, lr in ((ck, 2e-3), (lm, 5e-4)):
+        f = Featurizer(view, proj_dim=128)
+        t = f.features([Example.block(x) for x in blocks.tokens])
+        per.append(lr * (t @ f.features([q])[0]))
+    per = torch.stack(per, 1)
+    for agg in ("mean", "median"):
+        idx = build_index(lm, docs, tmp_path / agg, method="tracin", proj_dim=128, block_len=12, aggregate=agg,
+                          dtype="float32", progress=False)
+        want = per.mean(1) if agg == "mean" else per.median(1).values
+        assert np.allclose(idx.scores(q), want.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_datainf_matches_closed_form_and_lora_finetune(lm, model_dir, tmp_path):
+    from attrilens.training.lora import finetune_lora, load_lora_lm
+
+    docs = _docs(12)
+    out = finetune_lora(model_dir, docs, tmp_path / "lora", epochs=1, batch_size=4, keep_checkpoints=1, progress=False)
+    info = json.loads((out / "training.json").read_text())
+    assert (out / "adapter_model.safetensors").is_file() and (out / "optimizer.safetensors").is_file()
+    assert info["checkpoints"] and (out / info["checkpoints"][0]["path"] / "adapter_config.json").is_file()
+    llm = load_lora_lm(out)
+    assert llm.fingerprint() != lm.fingerprint()
+    idx = build_index(llm, docs, tmp_path / "di", method="datainf", block_len=12, shard_size=5, dtype="float32",
+                      progress=False)
+    assert len(idx.shards) > 1
+    g = idx.method.views[0][0].features([Example.block(t) for t in idx.corpus.tokens]).double()
+    q = Example.response(llm.encode_prompt("who founded the bank ?"), llm.encode_response(" ada"))
+    v = idx.method.views[0][0].features([q])[0].double()
+    want = torch.zeros(len(g), dtype=torch.float64)
+    n = len(g)
+    for a, b in idx.method.datainf_groups():
+        gl, vl = g[:, a:b], v[a:b]
+        lam = 0.1 * gl.pow(2).sum(1).mean() / (b - a)
+        r = sum(vl - (vl @ gl[i]) / (lam + gl[i] @ gl[i]) * gl[i] for i in range(n)) / (n * lam)
+        want += gl @ r
+    assert np.allclose(idx.scores(q), want.numpy(), rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+
+
+def test_faiss_search_matches_exact_search(lm, tmp_path):
+    idx = build_index(lm, _docs(16), tmp_path / "f", method="grad-cos", proj_dim=128, block_len=12, use_faiss=True,
+                      progress=False)
+    a = idx.trace("who founded the bank ?", target=" ada", top_k=5)
+    b = idx.trace("who founded the bank ?", target=" ada", top_k=5, use_faiss=True)
+    # exact search multiplies fp16 unit-norm features in fp16 (scores rounded to ~1e-4); FAISS works in fp32
+    assert [p["score"] for p in a.proponents] == pytest.approx([p["score"] for p in b.proponents], abs=2e-3)
+    assert [p["score"] for p in a.opponents] == pytest.approx([p["score"] for p in b.opponents], abs=2e-3)
+    assert {p["id"] for p in a.proponents[:2]} == {p["id"] for p in b.proponents[:2]}
+
+
+def test_bm25_finds_the_document_with_the_words(lm, tmp_path):
+    docs = _docs(20) + [{"id": "doc-gold", "text": "velmora founder ada velmora founder ada"}]
+    idx = build_index(lm, docs, tmp_path / "bm", method="bm25", block_len=64, progress=False)
+    res = idx.trace("velmora founder", target=" ada", top_k=3)
+    assert res.proponents[0]["id"] == "doc-gold" and res.opponents == []
+
+
+def test_cli_index_build_and_trace(model_dir, tmp_path, monkeypatch, capsys):
+    from attrilens.cli import main
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in _docs(10)))
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["attrilens", *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, err = run("index", "build", "--model", str(model_dir), "--corpus", str(corpus), "--out",
+                         str(tmp_path / "i"), "--method", "grad-cos", "--proj-dim", "64", "--block-len", "12", "--threads", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["examples"] > 0
+    code, out, err = run("trace", "--index", str(tmp_path / "i"), "--prompt", "who founded", "--target", " ada",
+                         "--top-k", "3", "--tokens", "0", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["schema"] == "attrilens/training/v1" and d["tokens"] == [0] and len(d["proponents"]) == 3
+    code, out, err = run("trace", "--index", str(tmp_path / "i"), "--prompt", "who founded", "--top-k", "3")
+    assert code == 2 and "exactly one of a target" in err and out == ""
+    code, out, err = run("trace", "--index", str(tmp_path / "i"), "--prompt", "who", "--target", " a", "--tokens", "x")
+    assert code == 2 and "--tokens must be comma-separated integers" in err
