@@ -75,3 +75,24 @@ def test_world_json_summary_is_only_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary and (tmp_path / "w" / "corpus.jsonl").is_file()
+
+
+def test_finetune_needs_base_and_lora_together(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "text": "the cat"}\n')
+    proc = _cli("train", "--corpus", str(corpus), "--out", str(tmp_path / "m"), "--lora")
+    _assert_one_line_error(proc, "needs both --base DIR and --lora")
+
+
+def test_lora_finetune_from_the_cli(tmp_path):
+    from attrilens.testing import tiny_lm
+
+    lm = tiny_lm("llama")
+    lm.model.save_pretrained(tmp_path / "base")
+    lm.tokenizer.save_pretrained(tmp_path / "base")
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(f'{{"id": "d{i}", "text": "the capital of velmora is quenth {i}"}}\n' for i in range(6)))
+    proc = _cli("train", "--corpus", str(corpus), "--out", str(tmp_path / "ft"), "--base", str(tmp_path / "base"),
+                "--lora", "--epochs", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert any((tmp_path / "ft").rglob("adapter_model.safetensors"))

@@ -65,21 +65,24 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
     tokenizer: Annotated[Path | None, typer.Option(help="Reuse this model directory's tokenizer (e.g. to train a proxy).")] = None,
     base: Annotated[Path | None, typer.Option(help="Fine-tune this model directory instead of training from scratch.")] = None,
-    lora: Annotated[bool, typer.Option(help="With --base: LoRA fine-tuning via peft.")] = False,
+    lora: Annotated[bool, typer.Option(help="With --base: LoRA fine-tuning via peft (r=8, alpha=32; saves adapter + AdamW state).")] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
 ) -> None:
-    """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU; resumable."""
+    """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU; resumable. With --base --lora: LoRA fine-tune."""
+    if lora or base is not None:
+        if base is None or not lora:
+            raise AttrilensError("Fine-tuning needs both --base DIR and --lora. Pass both, or neither to train from scratch.")
+        from attrilens.training.lora import finetune_lora
+
+        print(str(finetune_lora(base, corpus, out, r=lora_r, alpha=lora_alpha, epochs=epochs, seed=seed)))
+        return
     from attrilens.world.trainer import TrainConfig
     from attrilens.world.trainer import train as run_training
 
-    fields = TrainConfig.__dataclass_fields__
-    kwargs = dict(corpus=corpus, out=out, arch=arch, layers=layers, width=width, epochs=epochs,
-                  max_minutes=max_minutes, seed=seed, tokenizer=tokenizer)
-    if base is not None or lora:
-        if "base" not in fields:
-            raise AttrilensError("Fine-tuning (--base/--lora) is not available in this version. Train from scratch.")
-        kwargs.update(base=base, lora=lora)
-    path = run_training(TrainConfig(**kwargs))
-    print(str(path))
+    config = TrainConfig(corpus=corpus, out=out, arch=arch, layers=layers, width=width, epochs=epochs,
+                         max_minutes=max_minutes, seed=seed, tokenizer=tokenizer)
+    print(str(run_training(config)))
 
 
 @app.command()
