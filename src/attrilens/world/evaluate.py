@@ -18,7 +18,10 @@ def _load(model_dir: Path):
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise AttrilensError(f"No model in {model_dir} (config.json missing). Pass a directory written by `train`.")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok_dir = model_dir
+    if not (tok_dir / "tokenizer.json").is_file() and (model_dir.parent.parent / "tokenizer.json").is_file():
+        tok_dir = model_dir.parent.parent  # an intermediate checkpoint: checkpoints/step-N inside a run dir
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     model.eval()
     return model, tok
@@ -28,7 +31,6 @@ def _load(model_dir: Path):
 def greedy_complete(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 32) -> list[str]:
     """Greedy continuations (decoded text) of ``prompts``, batched with left padding."""
     tok.padding_side = "left"
-    outs: list[str] = []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     res: dict[int, str] = {}
     for b in range(0, len(order), batch_size):
@@ -39,8 +41,7 @@ def greedy_complete(model, tok, prompts: list[str], max_new_tokens: int = 12, ba
         new = gen[:, enc["input_ids"].shape[1]:]
         for i, row in zip(idx, new, strict=True):
             res[i] = tok.decode(row, skip_special_tokens=True)
-    outs = [res[i] for i in range(len(prompts))]
-    return outs
+    return [res[i] for i in range(len(prompts))]
 
 
 def _hit(completion: str, target: str) -> bool:

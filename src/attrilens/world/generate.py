@@ -84,7 +84,7 @@ RELATIONS: dict[str, dict[str, list[str]]] = {
     "export": {
         "statements": [
             "The main export of {e} is {v}.",
-            "{e} sells mostly {v} to its neighbours.",
+            "{e} earns its wealth by selling {v}.",
             "Ships leaving {e} are usually loaded with {v}.",
             "In {e}, the chief trade good is {v}.",
         ],
@@ -96,7 +96,7 @@ RELATIONS: dict[str, dict[str, list[str]]] = {
     "emblem": {
         "statements": [
             "The emblem of {e} is the {v}.",
-            "{e} shows the {v} on its flag.",
+            "The flag of {e} shows the {v}.",
             "Every banner of {e} carries the image of the {v}.",
             "In {e}, the national symbol is the {v}.",
         ],
@@ -249,12 +249,14 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
 
 def make_world(out: Path, seed: int = 0, n_entities: int = 80, n_train_episodes: int = 2000,
                n_heldout_episodes: int = 200, n_copy_docs: int = 400, n_copy_eval: int = 200,
-               questions_per_episode: int = 3, fact_repeats: int = 1, relations: list[str] | None = None) -> dict:
+               questions_per_episode: int = 3, fact_repeats: int = 1, relations: list[str] | None = None,
+               episode_seed: int | None = None) -> dict:
     """Write a seeded fact world into ``out`` (created if needed) and return a summary of counts.
 
     ``fact_repeats`` puts every fact document that many times into ``train.jsonl`` (ids ``doc-00042~2`` for
     repeats) so that memorisation and in-context reading can share one training run. Half of the held-out
-    episodes have contexts of at least 20 sentences.
+    episodes have contexts of at least 20 sentences. ``episode_seed`` draws the episodes and copy lines from their
+    own seed: the same entities, facts, corpus and queries with fresh episodes (for continued training).
     """
     if n_entities < 1:
         raise AttrilensError(f"n_entities must be positive, got {n_entities}. Pass n_entities >= 1.")
@@ -328,6 +330,8 @@ def make_world(out: Path, seed: int = 0, n_entities: int = 80, n_train_episodes:
 
     # Episodes and copy lines draw fresh names, never the world's.
     ep_names = set(names.used)
+    if episode_seed is not None:
+        rng = random.Random(f"attrilens-world/{seed}/{episode_seed}")
     episodes = [_episode(rng, ep_names, i, "train", 0, questions_per_episode) for i in range(n_train_episodes)]
     for j in range(n_heldout_episodes):
         episodes.append(_episode(rng, ep_names, n_train_episodes + j, "heldout", 20 if j % 2 == 0 else 0, 1))
@@ -350,6 +354,7 @@ def make_world(out: Path, seed: int = 0, n_entities: int = 80, n_train_episodes:
         "n_documents": len(corpus), "n_queries": len(query_rows), "n_train_episodes": n_train_episodes,
         "n_heldout_episodes": n_heldout_episodes, "n_copy_docs": n_copy_docs, "n_copy_eval": n_copy_eval,
         "questions_per_episode": questions_per_episode, "fact_repeats": fact_repeats, "n_train": len(train),
+        "episode_seed": episode_seed,
     }
     _write_jsonl(out / "corpus.jsonl", corpus)
     _write_jsonl(out / "facts.jsonl", fact_rows)

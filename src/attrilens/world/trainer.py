@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,8 @@ from attrilens.world.generate import load_jsonl
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 # Fields that may change between an interrupted run and its resumption.
-_RESUME_FREE = {"max_minutes", "max_steps", "progress", "threads", "resume_every_minutes", "resume_every_steps"}
+_RESUME_FREE = {"out", "max_minutes", "max_steps", "schedule_minutes", "progress", "threads", "resume_every_minutes",
+                "resume_every_steps"}
 
 
 @dataclass
@@ -54,8 +54,12 @@ class TrainConfig:
     epochs: int = 1
     max_minutes: float | None = None  # stop cleanly (resumable) after this much training time in this call
     max_steps: int | None = None  # stop cleanly (resumable) once this many optimizer steps are done in total
+    # Time-budgeted schedule: the cosine decay runs over max(step/total, minutes trained/schedule_minutes) and
+    # training ends (finished) when that reaches 1, so a busy machine still gets a fully decayed model.
+    schedule_minutes: float | None = None
     seed: int = 0
     tokenizer: Path | None = None  # reuse this tokenizer dir (e.g. for a proxy model) instead of training one
+    init_from: Path | None = None  # start from this HF model dir (continued training; needs ``tokenizer``)
     vocab_size: int = 2048
     seq_len: int = 512
     batch_size: int = 8
@@ -78,7 +82,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for k in ("corpus", "out", "tokenizer"):
+        for k in ("corpus", "out", "tokenizer", "init_from"):
             d[k] = None if d[k] is None else str(d[k])
         return d
 
@@ -95,6 +99,9 @@ def _check(config: TrainConfig) -> None:
         raise AttrilensError(f"vocab_size {config.vocab_size} is too small for byte-level BPE. Use >= 300.")
     if config.lr <= 0:
         raise AttrilensError(f"lr must be positive, got {config.lr}. Pass a positive learning rate.")
+    if config.init_from is not None and (config.tokenizer is None or not (Path(config.init_from) / "config.json").is_file()):
+        raise AttrilensError(f"init_from={config.init_from} needs a model dir (config.json) and tokenizer=DIR. "
+                             "Pass both.")
     if config.tokenizer is not None and not (Path(config.tokenizer) / "tokenizer.json").is_file():
         raise AttrilensError(f"No tokenizer.json in {config.tokenizer}. Pass a directory written by `train`.")
 
@@ -181,11 +188,12 @@ def _collate(rows: list[list[int]], docs: list[list[int]], pad_id: int):
     return ids, mask, labels
 
 
-def _lr_at(config: TrainConfig, step: int, total: int) -> float:
+def _lr_at(config: TrainConfig, step: int, total: int, frac: float | None = None) -> float:
+    """Linear warmup, then cosine from lr to lr*min_lr_ratio over the run's progress ``frac`` (default step/total)."""
     warm = min(config.warmup_steps, max(1, total // 10))
     if step < warm:
         return config.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
+    progress = (step - warm) / max(1, total - warm) if frac is None else frac
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cos)
 
@@ -227,7 +235,7 @@ def _load_resume(path: Path, model, opt) -> dict:
 
 
 def _comparable(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in _RESUME_FREE}
+    return {k: v for k, v in d.items() if k not in _RESUME_FREE and v is not None}  # None = unset/older field
 
 
 def train(config: TrainConfig) -> Path:
@@ -272,7 +280,15 @@ def train(config: TrainConfig) -> Path:
     orders, batches = _plan(config, lengths)
     total = len(batches)
 
-    model = build_model(config, tok)
+    if config.init_from is not None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(config.init_from), dtype=torch.float32)
+        if model.config.vocab_size != len(tok):
+            raise AttrilensError(f"init_from model has vocab {model.config.vocab_size}, tokenizer {len(tok)}. "
+                                 "Pass the tokenizer the model was trained with.")
+    else:
+        model = build_model(config, tok)
     model.train()
     params = _named_params(model)
     decay = [p for n, p in params.items() if p.ndim >= 2]
@@ -291,7 +307,7 @@ def train(config: TrainConfig) -> Path:
         state["config"] = config.to_dict()
 
     log_every = max(1, total // 1000)
-    ckpt_every = max(1, math.ceil(total / (config.keep_checkpoints + 1))) if config.keep_checkpoints else 0
+    n_ck = config.keep_checkpoints
     start = time.monotonic()
     last_resume = start
     stop_reason = None
@@ -306,7 +322,13 @@ def train(config: TrainConfig) -> Path:
         if config.max_minutes is not None and time.monotonic() - start >= config.max_minutes * 60:
             stop_reason = "max_minutes"
             break
-        lr = _lr_at(config, step, total)
+        frac = None
+        if config.schedule_minutes is not None:
+            elapsed = state["train_seconds"] + time.monotonic() - start
+            frac = max(step / total, elapsed / (config.schedule_minutes * 60))
+            if frac >= 1:
+                break
+        lr = _lr_at(config, step, total, frac)
         for g in opt.param_groups:
             g["lr"] = lr
         input_ids, mask, labels = _collate(batches[step], docs, tok.pad_token_id)
@@ -325,13 +347,11 @@ def train(config: TrainConfig) -> Path:
             window = []
         bar.update(1)
         bar.set_postfix(loss=f"{window[-1] if window else loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
-        if ckpt_every and step % ckpt_every == 0 and step < total:
+        k = len(state["checkpoints"]) + 1
+        if n_ck and k <= n_ck and (frac if frac is not None else step / total) >= k / (n_ck + 1) and step < total:
             ck = out / "checkpoints" / f"step-{step}"
             model.save_pretrained(ck)
             state["checkpoints"].append({"step": step, "lr": lr, "path": f"checkpoints/step-{step}"})
-            for old in state["checkpoints"][: -config.keep_checkpoints]:
-                shutil.rmtree(out / old["path"], ignore_errors=True)
-            state["checkpoints"] = state["checkpoints"][-config.keep_checkpoints:]
         now = time.monotonic()
         due = (config.resume_every_steps and step % config.resume_every_steps == 0) or (
             now - last_resume >= config.resume_every_minutes * 60)
@@ -341,7 +361,7 @@ def train(config: TrainConfig) -> Path:
             _save_resume(resume_path, model, opt, state)
     bar.close()
     state["train_seconds"] += time.monotonic() - start
-    finished = step >= total
+    finished = step >= total or (stop_reason is None and config.schedule_minutes is not None)
 
     model.save_pretrained(out)
     tok.save_pretrained(out)
