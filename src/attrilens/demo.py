@@ -15,7 +15,7 @@ from attrilens.paths import ASSETS, demo_model_dir, demo_world_dir
 def _read_jsonl(path: Path) -> list[dict]:
     from attrilens.world import load_jsonl
 
-    return load_jsonl(path)
+    return load_jsonl(path, require=())
 
 
 def _pick_episode(world: Path) -> dict:
@@ -23,6 +23,18 @@ def _pick_episode(world: Path) -> dict:
     episodes = _read_jsonl(world / "episodes.jsonl")
     held = [e for e in episodes if e.get("split", "heldout") == "heldout"] or episodes
     return max(held[:50], key=lambda e: len(e["context"]))
+
+
+def _pick_fact(lm: LM, world: Path, tries: int = 40) -> tuple[dict, str]:
+    """The first fact whose statement prompt the model completes correctly, and the model's own completion."""
+    facts = _read_jsonl(world / "facts.jsonl")[:tries]
+    for fact in facts:
+        generation = lm.generate(fact["prompt"], max_new_tokens=8, stop_strings=(".", "\n"))
+        if generation.strip() == fact["target"].strip():
+            return fact, generation
+    raise AttrilensError(
+        f"The demo model completes none of the first {tries} fact prompts correctly. Rebuild the demo assets."
+    )
 
 
 def _log(msg: str) -> None:
@@ -51,15 +63,15 @@ def run_demo(out: Path) -> Path:
     documents.append(context_section(lm, proxy, episode).to_dict())
     _log(f"context attribution: {time.perf_counter() - t:.1f}s")
 
-    query = _read_jsonl(world / "queries.jsonl")[0]
+    fact, generation = _pick_fact(lm, world)
+    _log(f"explaining the generation {fact['prompt']!r} -> {generation!r}")
     index_dir = ASSETS / "index"
     if not (index_dir / "manifest.json").is_file():
         raise AttrilensError(f"The demo training-data index is missing from {index_dir}. Rebuild the demo assets.")
     t = time.perf_counter()
-    documents.append(training_section(lm, index_dir, query).to_dict())
-    _log(f"training-data attribution: {time.perf_counter() - t:.1f}s")
+    documents.append(training_section(lm, index_dir, {"prompt": fact["prompt"], "target": generation}).to_dict())
+    _log(f"training-data attribution: {time.perf_counter() - t:.1f}s (gold documents: {', '.join(fact['docs'])})")
 
-    fact = _read_jsonl(world / "facts.jsonl")[0]
     t = time.perf_counter()
     documents.append(inspect_section(lm, fact["prompt"]).to_dict())
     _log(f"patchscopes: {time.perf_counter() - t:.1f}s")

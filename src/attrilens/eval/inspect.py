@@ -364,6 +364,21 @@ def speed_table(lm: LM, texts: list[str], cfg: BenchConfig, reps: int = 5):
 
 
 # ---------------------------------------------------------------------------------------------- driver
+def _training_texts(world: Path) -> list[str]:
+    """The world's training mixture; a shipped world has no train.jsonl, so rebuild its parts from what ships:
+    fact documents, held-out episodes rendered as the model reads them, and copy prompts with their answers."""
+    from attrilens.world import load_jsonl, render_episode
+
+    if (world / "train.jsonl").is_file():
+        return [r["text"] for r in load_jsonl(world / "train.jsonl")]
+    texts = [r["text"] for r in load_jsonl(world / "corpus.jsonl")]
+    for episode in load_jsonl(world / "episodes.jsonl", require=("context", "question", "answer")):
+        prompt, response = render_episode(episode)
+        texts.append(prompt + response)
+    texts += [r["prompt"] + r["target"] for r in load_jsonl(world / "copy_eval.jsonl", require=("prompt", "target"))]
+    return texts
+
+
 def run_benchmark(model: Path | None = None, world: Path | None = None, quick: bool = False,
                   lens_out: Path | None = None) -> dict:
     """Run all four parts; returns {"tables": {name: DataFrame}, "info": {...}}."""
@@ -375,7 +390,7 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
     world = Path(world) if world is not None else demo_world_dir()
     torch.manual_seed(cfg.seed)
     lm = LM.from_pretrained(model)
-    texts = [r["text"] for r in load_jsonl(world / "train.jsonl")]
+    texts = _training_texts(world)
     random.Random(cfg.seed).shuffle(texts)
     need = cfg.n_fit_texts + cfg.n_eval_seqs
     if len(texts) < need:

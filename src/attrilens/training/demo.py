@@ -1,7 +1,7 @@
 """The demo's training-data section: a small TrackStar index over the demo world's fact documents, and one trace.
 
 `python -m attrilens.training.demo` (re)builds the shipped index in `src/attrilens/assets/index/` from the demo
-target model and world (about 1–4 MB: d = 1024 fp16 features plus R^(-1/2) in thin form).
+target model and world (about 3.5 MB: d ≈ 4096 fp16 features plus R^(-1/2) in thin form).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from attrilens.paths import ASSETS
 from attrilens.training.result import TraceResult
 
 DEMO_INDEX = ASSETS / "index"
-DEMO_SETTINGS = {"method": "trackstar", "proj_dim": 1024, "block_len": 128, "shard_size": 1024, "dtype": "float16"}
+DEMO_SETTINGS = {"method": "trackstar", "proj_dim": 4096, "block_len": 128, "shard_size": 1024, "dtype": "float16"}
 DEMO_EVAL_QUERIES = 128  # queries whose gradients form R_eval (the first ones of queries.jsonl)
 
 
 def build_demo_index(lm: LM, out: Path | str = DEMO_INDEX, world_dir: Path | str | None = None,
                      model_dir: Path | str | None = None, progress: bool = True):
-    """TrackStar (d = 1024, fp16) over the world's fact documents, R_eval from its first queries: seconds on 2 cores."""
+    """TrackStar (d ≈ 4096, fp16) over the world's fact documents, R_eval from its first queries: seconds on 2 cores."""
     from attrilens.paths import demo_world_dir
     from attrilens.training.index import build_index
 
