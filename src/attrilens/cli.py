@@ -60,7 +60,7 @@ def train(
     arch: Annotated[str, typer.Option(help="gpt2 or llama.")] = "llama",
     layers: Annotated[int, typer.Option(help="Decoder blocks.")] = 4,
     width: Annotated[int, typer.Option(help="Residual width.")] = 128,
-    epochs: Annotated[int, typer.Option(help="Passes over the corpus.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Passes over the corpus (100: a 480-fact corpus reaches 70% recall in ~6 min on 2 cores).")] = 100,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and save everything) after this many minutes.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
     tokenizer: Annotated[Path | None, typer.Option(help="Reuse this model directory's tokenizer (e.g. to train a proxy).")] = None,
