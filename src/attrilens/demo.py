@@ -18,11 +18,17 @@ def _read_jsonl(path: Path) -> list[dict]:
     return load_jsonl(path, require=())
 
 
-def _pick_episode(world: Path) -> dict:
-    """A held-out reading-comprehension episode with a long context (the demo's context-lens example)."""
+def _pick_episode(lm: LM, world: Path, tries: int = 30) -> dict:
+    """The longest of the first held-out reading episodes that the model answers correctly (greedy)."""
+    from attrilens.world import render_episode
+
     episodes = _read_jsonl(world / "episodes.jsonl")
     held = [e for e in episodes if e.get("split", "heldout") == "heldout"] or episodes
-    return max(held[:50], key=lambda e: len(e["context"]))
+    for episode in sorted(held[:tries], key=lambda e: -len(e["context"])):
+        prompt, response = render_episode(episode)
+        if lm.generate(prompt, max_new_tokens=8, stop_strings=(".", "\n")).strip() == response.strip():
+            return episode
+    raise AttrilensError(f"The demo model answers none of {tries} held-out episodes. Rebuild the demo assets.")
 
 
 def _pick_fact(lm: LM, world: Path, tries: int = 40) -> tuple[dict, str]:
@@ -58,7 +64,7 @@ def run_demo(out: Path) -> Path:
     _log(f"loaded {lm} and proxy {proxy} in {time.perf_counter() - t0:.1f}s")
 
     documents = []
-    episode = _pick_episode(world)
+    episode = _pick_episode(lm, world)
     t = time.perf_counter()
     documents.append(context_section(lm, proxy, episode).to_dict())
     _log(f"context attribution: {time.perf_counter() - t:.1f}s")
