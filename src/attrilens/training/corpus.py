@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attrilens.errors import AttrilensError
+from attrilens.world.generate import iter_jsonl_lines
 
 
 @dataclass
@@ -86,24 +87,17 @@ def read_documents(path: Path) -> list[dict]:
         raise AttrilensError(f"Corpus file {str(path)!r} does not exist. Pass a JSONL file of {{\"id\", \"text\"}} lines.")
     docs = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AttrilensError(f"{path}:{lineno} is not valid JSON ({exc.msg}). Write one JSON object per line.") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
-                raise AttrilensError(f'{path}:{lineno} has no text. Give every corpus line a non-empty "text" string.')
-            doc_id = str(row.get("id", f"line-{lineno}"))
-            if "#" in doc_id:
-                raise AttrilensError(f"{path}:{lineno}: document id {doc_id!r} contains '#', which separates block numbers. "
-                                     "Rename the document.")
-            if doc_id in seen:
-                raise AttrilensError(f"{path}:{lineno}: document id {doc_id!r} occurs twice. Give every document a unique id.")
-            seen.add(doc_id)
-            docs.append({"id": doc_id, "text": row["text"]})
+    for lineno, row in iter_jsonl_lines(path):
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise AttrilensError(f'{path}:{lineno} has no text. Give every corpus line a non-empty "text" string.')
+        doc_id = str(row.get("id", f"line-{lineno}"))
+        if "#" in doc_id:
+            raise AttrilensError(f"{path}:{lineno}: document id {doc_id!r} contains '#', which separates block numbers. "
+                                 "Rename the document.")
+        if doc_id in seen:
+            raise AttrilensError(f"{path}:{lineno}: document id {doc_id!r} occurs twice. Give every document a unique id.")
+        seen.add(doc_id)
+        docs.append({"id": doc_id, "text": row["text"]})
     if not docs:
         raise AttrilensError(f"Corpus file {str(path)!r} has no documents. Give it at least one JSON line.")
     return docs

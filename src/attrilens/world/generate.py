@@ -366,12 +366,11 @@ def make_world(out: Path, seed: int = 0, n_entities: int = 80, n_train_episodes:
     return summary
 
 
-def iter_jsonl(path: Path, require: Iterable[str] = ()) -> Iterator[dict]:
-    """Yield the JSON objects of a JSONL file, raising AttrilensError on a line that is not a JSON object."""
+def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line of a JSONL file; bad JSON or a non-object is an error."""
     path = Path(path)
     if not path.is_file():
         raise AttrilensError(f"File not found: {path}. Check the path (make one with `attrilens world`).")
-    fields = list(require)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -383,14 +382,21 @@ def iter_jsonl(path: Path, require: Iterable[str] = ()) -> Iterator[dict]:
                                      "Write one JSON object per line.") from None
             if not isinstance(row, dict):
                 raise AttrilensError(f"{path}:{lineno} is not a JSON object. Write one JSON object per line.")
-            for field in fields:
-                if field not in row:
-                    raise AttrilensError(f'{path}:{lineno} has no "{field}" field. '
-                                         f'Give every line a "{field}".')
-                if field == "text" and not isinstance(row["text"], str):
-                    raise AttrilensError(f'{path}:{lineno} has a "text" that is not a string. '
-                                         'Make "text" a string.')
-            yield row
+            yield lineno, row
+
+
+def iter_jsonl(path: Path, require: Iterable[str] = ()) -> Iterator[dict]:
+    """Yield the JSON objects of a JSONL file, raising AttrilensError on a line that is not a JSON object."""
+    fields = list(require)
+    for lineno, row in iter_jsonl_lines(path):
+        for field in fields:
+            if field not in row:
+                raise AttrilensError(f'{path}:{lineno} has no "{field}" field. '
+                                     f'Give every line a "{field}".')
+            if field == "text" and not isinstance(row["text"], str):
+                raise AttrilensError(f'{path}:{lineno} has a "text" that is not a string. '
+                                     'Make "text" a string.')
+        yield row
 
 
 def load_jsonl(path: Path, require: Iterable[str] = ("text",)) -> list[dict]:
