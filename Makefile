@@ -25,7 +25,7 @@ test: install-dev lint
 bench: install-dev
 	$(PY) benchmarks/context.py
 	$(PY) benchmarks/training.py
-	$(PY) benchmarks/inspect.py
+	$(PY) benchmarks/patchscopes.py
 
 # Retrain the shipped demo models from scratch (slow: see docs/benchmarks.md for the time it took).
 demo-models: install

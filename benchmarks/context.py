@@ -6,15 +6,9 @@ target LOO and cost ratios against naive LOO measured in the same run.
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
-
-# benchmarks/inspect.py would shadow the standard library's `inspect` for every script run from this folder.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
-import argparse  # noqa: E402
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -5,15 +5,11 @@ Same code as `attrilens bench training` (attrilens.eval.training.run_benchmark);
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
 from pathlib import Path
-
-# benchmarks/inspect.py would shadow the standard library's `inspect` for every import below
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

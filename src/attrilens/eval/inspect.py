@@ -1,4 +1,4 @@
-"""Patchscopes benchmark on a demo model and its fact world (`attrilens bench inspect`, `benchmarks/inspect.py`).
+"""Patchscopes benchmark on a demo model and its fact world (`attrilens bench inspect`, `benchmarks/patchscopes.py`).
 
 1. Next-token decoding by layer on held-out (sequence, position) pairs of the demo corpus: precision@1 (the read-out's
    top-1 equals the model's own final top-1) and surprisal −log p_final(read-out top-1) for the logit lens, a

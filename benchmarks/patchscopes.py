@@ -1,15 +1,10 @@
-"""Patchscopes benchmark: `python benchmarks/inspect.py [--model DIR] [--world DIR] [--quick] [--json] [--save-lens F]`."""
+"""Patchscopes benchmark: `python benchmarks/patchscopes.py [--model DIR] [--world DIR] [--quick] [--json] [--save-lens F]`."""
 
 from __future__ import annotations
 
-import sys
-
-# This file is named like the standard library's `inspect`: keep its folder off the import path.
-sys.path[:] = [p for p in sys.path if p not in ("", __import__("os").path.dirname(__file__) or ".")]
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
