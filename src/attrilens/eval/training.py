@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
+import torch
 
 BENCH_CACHE = Path(os.environ.get("ATTRILENS_CACHE", Path.home() / ".cache" / "attrilens")) / "bench-training"
 
@@ -30,18 +34,6 @@ def prepare_bench_model(cache: Path = BENCH_CACHE, *, n_entities: int = 30, epoc
                       epochs=epochs, seq_len=128, batch_size=8, lr=3e-3, warmup_steps=30, vocab_size=768,
                       keep_checkpoints=3, progress=progress, threads=1))
     return model, world
-
-
-if __name__ == "__main__":  # pragma: no cover - convenience: prepare the cached model
-    m, w = prepare_bench_model()
-    print(json.dumps({"model": str(m), "world": str(w)}), file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 
 def _resolve(model: Path | None, world: Path | None, progress: bool) -> tuple[Path, Path, str]:
@@ -357,3 +349,8 @@ def query_latency(folder: Path, ns=(10_000, 100_000), d: int = 4096, reps: int =
         del shards
     shutil.rmtree(folder, ignore_errors=True)
     return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience: prepare the cached model
+    m, w = prepare_bench_model()
+    print(json.dumps({"model": str(m), "world": str(w)}), file=sys.stderr)
