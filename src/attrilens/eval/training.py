@@ -39,7 +39,9 @@ def prepare_bench_model(cache: Path = BENCH_CACHE, *, n_entities: int = 30, epoc
 def _resolve(model: Path | None, world: Path | None, progress: bool) -> tuple[Path, Path, str]:
     if model is not None:
         if world is None:
-            raise ValueError("Pass --world with --model (the fact world the model was trained on).")
+            from attrilens.errors import AttrilensError
+
+            raise AttrilensError("--model needs --world, the fact world the model was trained on. Pass both.")
         return Path(model), Path(world), f"given model {model}"
     from attrilens.errors import AttrilensError
     from attrilens.paths import demo_model_dir, demo_world_dir
