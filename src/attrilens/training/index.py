@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +45,12 @@ def _write_array(f, array: np.ndarray) -> None:
     np.lib.format.write_array(f, array, allow_pickle=False)
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> str:
-    """Write `array` to `path` via a fsynced temporary file and a rename; return the file's sha256."""
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through `write(tmp)`, fsync and rename: no reader ever sees a partial file; a full disk is named."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            _write_array(f, np.ascontiguousarray(array))
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
@@ -63,6 +62,16 @@ def _atomic_save(path: Path, array: np.ndarray) -> str:
     except BaseException:  # interrupted: never leave a torn file behind (a hard kill may; a rerun overwrites it)
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> str:
+    """Write `array` to `path` atomically (see `_atomic_write`); return the file's sha256."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            _write_array(f, np.ascontiguousarray(array))
+
+    _atomic_write(path, write)
     return _sha256(path)
 
 
@@ -75,15 +84,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise AttrilensError(f"Disk full while writing {path}. Free some space and rerun the same build.") from exc
-        raise
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n"))
 
 
 def _to_dtype(x: torch.Tensor, dtype: str, names: Sequence[str]) -> np.ndarray:
@@ -280,15 +281,7 @@ def build_index(
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise AttrilensError(f"Disk full while writing {path}. Free some space and rerun the same build.") from exc
-        raise
+    _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -306,9 +299,7 @@ def _build_faiss(out: Path, manifest: dict) -> None:
     index = faiss.IndexFlatIP(manifest["dim"])
     for s in sorted(manifest["shards"], key=lambda s: s["start"]):
         index.add(np.load(out / s["file"]).astype(np.float32))
-    tmp = out / "faiss.index.tmp"
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, out / "faiss.index")
+    _atomic_write(out / "faiss.index", lambda tmp: faiss.write_index(index, str(tmp)))
     manifest["faiss"] = "faiss.index"
 
 
