@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from attrilens.errors import AttrilensError
+from attrilens.lm import LM
 
 PRESETS = ("logit_lens", "tuned_lens", "token_identity", "token_identity_bare", "attribute_extraction",
            "entity_description", "cross_model", "multi_hop", "custom")
@@ -28,20 +29,19 @@ def _world_texts(world: Path | None, n: int = 200) -> list[str]:
 
 
 def run_inspect(
-    model: Path | None, prompt: str, preset: str | None = None, layer: int | None = None, position: int | None = None,
+    model: Path | LM | None, prompt: str, preset: str | None = None, layer: int | None = None, position: int | None = None,
     target_model: Path | None = None, target_prompt: str | None = None, target_layer: int | None = None,
     target_position: int = -1, relation: str | None = None, lens: Path | None = None, world: Path | None = None,
     top_k: int = 5, max_new_tokens: int = 0,
 ):
-    """The `inspect` verb as a function (CLI and tests share it)."""
+    """The `inspect` verb as a function (CLI, web app and tests share it); `model` is a directory or a loaded LM."""
     from attrilens.inspect import presets
     from attrilens.inspect.patchscope import Patchscope, sweep
-    from attrilens.lm import LM
 
     preset = preset or ("custom" if target_prompt or target_model else "logit_lens")
     if preset not in PRESETS:
         raise AttrilensError(f"Unknown preset {preset!r}. Choose from {', '.join(PRESETS)}.")
-    lm = LM.from_pretrained(_model_dir(model))
+    lm = model if isinstance(model, LM) else LM.from_pretrained(_model_dir(model))
     layers = None if layer is None else [layer]
     positions = None if position is None else [position]
     if preset == "logit_lens":

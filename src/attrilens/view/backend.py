@@ -190,10 +190,8 @@ class LensBackend:
     def inspect(self, req: InspectRequest) -> dict[str, Any]:
         """A patchscope run through the inspect lens's CLI function (same document as `attrilens inspect --json`)."""
         run = _lens("attrilens.inspect.commands", "run_inspect", "inspect")
-        if self.model_dir is None:
-            raise AttrilensError("No model: start the server with --model DIR to compute new results.")
         with self._lock:
-            return run(self.model_dir, req.prompt, preset=req.preset, layer=req.layer, position=req.position,
+            return run(self.lm(), req.prompt, preset=req.preset, layer=req.layer, position=req.position,
                        target_prompt=req.target_prompt).to_dict()
 
     def _index(self):
