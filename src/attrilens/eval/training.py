@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attrilens.world import load_jsonl
+
 BENCH_CACHE = Path(os.environ.get("ATTRILENS_CACHE", Path.home() / ".cache" / "attrilens")) / "bench-training"
 
 
@@ -54,10 +56,6 @@ def _resolve(model: Path | None, world: Path | None, progress: bool) -> tuple[Pa
         pass
     m, w = prepare_bench_model(progress=progress)
     return m, w, "bench model (2-layer Llama, width 96, trained on a 30-entity fact world)"
-
-
-def _load_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def _ranks(scores: np.ndarray) -> np.ndarray:
@@ -172,12 +170,12 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
     model_dir, world_dir, model_desc = _resolve(model, world, progress)
     lm = LM.from_pretrained(model_dir)
     docs = read_documents(world_dir / "corpus.jsonl")
-    queries = _load_jsonl(world_dir / "queries.jsonl")
+    queries = load_jsonl(world_dir / "queries.jsonl", require=())
     rng = np.random.default_rng(0)
     nq = n_queries or (40 if quick else min(len(queries), 180))
     sel = sorted(rng.choice(len(queries), size=min(nq, len(queries)), replace=False).tolist())
     queries = [queries[i] for i in sel]
-    facts = _load_jsonl(world_dir / "facts.jsonl")
+    facts = load_jsonl(world_dir / "facts.jsonl", require=())
     by_fact = {f["id"]: f for f in facts}
     statements = [{"id": q["fact"], "prompt": by_fact[q["fact"]]["prompt"], "target": by_fact[q["fact"]]["target"],
                    "gold": by_fact[q["fact"]]["docs"]} for q in queries if q.get("fact") in by_fact]

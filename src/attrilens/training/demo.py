@@ -6,7 +6,6 @@ target model and world (about 3.5 MB: d ≈ 4096 fp16 features plus R^(-1/2) in 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from attrilens.lm import LM
@@ -23,10 +22,10 @@ def build_demo_index(lm: LM, out: Path | str = DEMO_INDEX, world_dir: Path | str
     """TrackStar (d ≈ 4096, fp16) over the world's fact documents, R_eval from its first queries: seconds on 2 cores."""
     from attrilens.paths import demo_world_dir
     from attrilens.training.index import build_index
+    from attrilens.world import load_jsonl
 
     world = Path(world_dir) if world_dir is not None else demo_world_dir()
-    lines = (world / "queries.jsonl").read_text().splitlines()
-    queries = [json.loads(line) for line in lines if line.strip()][:DEMO_EVAL_QUERIES]
+    queries = load_jsonl(world / "queries.jsonl", require=("prompt", "target"))[:DEMO_EVAL_QUERIES]
     return build_index(lm, world / "corpus.jsonl", out, eval_queries=queries, model_dir=model_dir,
                        progress=progress, **DEMO_SETTINGS)
 

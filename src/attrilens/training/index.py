@@ -34,6 +34,7 @@ from attrilens.training.corpus import Corpus, make_corpus, read_documents
 from attrilens.training.gradients import Example
 from attrilens.training.methods import BM25Retriever, GradientMethod, MethodConfig, bm25_query_text
 from attrilens.training.result import TraceResult
+from attrilens.world.generate import iter_jsonl
 
 INDEX_SCHEMA = "attrilens/training-index/v1"
 FP16_MAX = 65504.0
@@ -161,7 +162,7 @@ def build_index(
     blocks = _as_corpus(corpus, lm, config.block_len)
     model_dir = Path(model_dir) if model_dir is not None else _default_model_dir(lm)
     if isinstance(eval_queries, (str, Path)):
-        eval_queries = [json.loads(line) for line in Path(eval_queries).read_text().splitlines() if line.strip()]
+        eval_queries = list(iter_jsonl(Path(eval_queries), require=("prompt", "target")))
     eval_queries = list(eval_queries or []) if config.method == "trackstar" else []  # only R_eval uses them
     eval_fp = hashlib.sha256(json.dumps([[q.get("prompt"), q.get("target")] for q in eval_queries]).encode()).hexdigest()
     identity = {
