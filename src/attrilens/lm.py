@@ -424,7 +424,6 @@ class LM:
         cache_mask: torch.Tensor | None = None,
         chunk_start: Sequence[int] | int = 0,
         keep_cache: bool = False,
-        grad: bool = False,
     ) -> RunOutput:
         from transformers import DynamicCache
 
@@ -443,8 +442,7 @@ class LM:
         mask = batch.attention_mask if cache_mask is None else torch.cat([cache_mask, batch.attention_mask], dim=1)
         if keep_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        ctx = torch.enable_grad() if grad else torch.no_grad()
-        with ctx, self._hooks(read, writes, store, applied):
+        with torch.no_grad(), self._hooks(read, writes, store, applied):
             out = self.model(
                 input_ids=batch.input_ids,
                 attention_mask=mask,
