@@ -103,15 +103,12 @@ def demo(
 
 def _register_lenses() -> None:
     """Each lens adds its verbs (and its `bench` sub-verb) from its own commands module."""
-    import importlib
+    from attrilens.context import commands as context_commands
+    from attrilens.inspect import commands as inspect_commands
+    from attrilens.training import commands as training_commands
+    from attrilens.view import commands as view_commands
 
-    for lens in ("context", "training", "inspect", "view"):
-        try:
-            module = importlib.import_module(f"attrilens.{lens}.commands")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"attrilens.{lens}.commands":
-                raise
-            continue  # this lens has not landed yet
+    for module in (context_commands, training_commands, inspect_commands, view_commands):
         module.register(app, bench_app)
 
 
