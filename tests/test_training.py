@@ -12,7 +12,7 @@ from attrilens.testing import ARCHS, random_ids, tiny_lm
 from attrilens.training.corpus import make_corpus, read_documents
 from attrilens.training.gradients import Example, Featurizer, weight_modules
 from attrilens.training.preconditioning import fit_whitening, mixing_lambda
-from attrilens.training.projection import gaussian, make_projections, project_full, side_length
+from attrilens.training.projection import allocate, gaussian, make_projections, project_full, side_length
 
 torch.set_num_threads(1)  # small ops: 2 threads on a loaded 2-core VM are far slower
 
@@ -96,6 +96,21 @@ def test_projection_is_seeded_and_sized():
     assert not torch.equal(gaussian(8, 5, 1, "a", "left"), gaussian(8, 5, 2, "a", "left"))
     with pytest.raises(AttrilensError, match="smaller than the 2 weight matrices"):
         side_length(shapes, 1)
+
+
+def test_proportional_allocation_follows_weight_size():
+    shapes = {"attn": (128, 128), "mlp": (352, 128), "unembed": (2048, 128)}
+    sides = allocate(shapes, 4096)
+    total = sum(a * b for a, b in sides.values())
+    assert 0.9 * 4096 < total <= 4096
+    share = {n: a * b / total for n, (a, b) in sides.items()}
+    size = {n: o * i / sum(o * i for o, i in shapes.values()) for n, (o, i) in shapes.items()}
+    for n in shapes:  # features in proportion to weights (up to rounding of the side lengths)
+        assert abs(share[n] - size[n]) < 0.1 * size[n] + 0.02
+    assert sides["unembed"][0] > 4 * allocate(shapes, 4096, "equal")["unembed"][0]  # LoGra: 36 × 36 for all
+    assert all(a >= 1 and b >= 1 for a, b in allocate(shapes, 3).values())
+    with pytest.raises(AttrilensError, match="allocation 'even'"):
+        allocate(shapes, 4096, "even")
 
 
 def _dense_inv_sqrt(r, delta):

@@ -40,6 +40,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="Examples per backward pass.")] = 16,
         dtype: Annotated[str, typer.Option(help="float16 or float32 feature shards.")] = "float16",
         seed: Annotated[int, typer.Option(help="Projection seed.")] = 0,
+        allocation: Annotated[str, typer.Option(help="Split of --proj-dim over the weights: proportional (to each "
+                                                     "weight's size) or equal (LoGra's one side length).")] = "proportional",
         lam: Annotated[float | None, typer.Option(help="TrackStar λ (default: eigenvalue-crossing rule).")] = None,
         no_correction: Annotated[bool, typer.Option(help="TrackStar without the Adam second-moment correction.")] = False,
         no_r: Annotated[bool, typer.Option(help="TrackStar without R^-1/2.")] = False,
@@ -63,7 +65,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         lm = load_any_lm(model)
         idx = build_index(lm, corpus, out, method=method, proj_dim=proj_dim or None, model_dir=model,
                           eval_queries=eval_queries, block_len=block_len, shard_size=shard_size, batch_size=batch_size,
-                          dtype=dtype, seed=seed, lam=lam, correction=not no_correction, use_r=not no_r,
+                          dtype=dtype, seed=seed, allocation=allocation, lam=lam, correction=not no_correction, use_r=not no_r,
                           unit_norm=not no_unit_norm, aggregate=aggregate, use_faiss=use_faiss, progress=not as_json)
         m = idx.manifest
         summary = {"index": str(out), "method": m["method"], "examples": len(idx), "dim": m.get("dim", 0),

@@ -128,11 +128,11 @@ class Featurizer:
     """Projected (optionally optimizer-corrected) per-example gradient features of one model."""
 
     def __init__(self, lm: LM, *, params: str = "linear", proj_dim: int | None = 4096, seed: int = 0,
-                 scales: dict[str, torch.Tensor] | None = None):
+                 scales: dict[str, torch.Tensor] | None = None, allocation: str = "proportional"):
         self.lm = lm
         self.modules = weight_modules(lm.model, params)
         self.shapes = {n: weight_shape(m) for n, m in self.modules.items()}
-        self.projections: dict[str, LayerProjection] = make_projections(self.shapes, proj_dim, seed)
+        self.projections: dict[str, LayerProjection] = make_projections(self.shapes, proj_dim, seed, allocation)
         self.dims = feature_dims(self.shapes, self.projections)
         self.dim = sum(self.dims.values())
         self.scales = scales

@@ -36,7 +36,7 @@ from attrilens.training.methods import BM25Retriever, GradientMethod, MethodConf
 from attrilens.training.result import TraceResult
 from attrilens.world.generate import iter_jsonl
 
-INDEX_SCHEMA = "attrilens/training-index/v1"
+INDEX_SCHEMA = "attrilens/training-index/v2"  # v2: projection allocation in the settings
 FP16_MAX = 65504.0
 
 

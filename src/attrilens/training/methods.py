@@ -16,6 +16,7 @@ from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.training.gradients import Example, Featurizer
 from attrilens.training.preconditioning import Whitening, adam_scales, fit_whitening
+from attrilens.training.projection import ALLOCATIONS
 
 METHODS = ("trackstar", "datainf", "tracin", "grad-dot", "grad-cos", "bm25")
 
@@ -27,6 +28,7 @@ class MethodConfig:
     method: str = "trackstar"
     proj_dim: int | None = 4096  # total projected features per checkpoint; None = full gradients
     seed: int = 0  # projection seed
+    allocation: str = "proportional"  # how proj_dim is split over the weights: proportional to size, or equal (LoGra)
     correction: bool = True  # trackstar: divide by √(Adam second moment)
     use_r: bool = True  # trackstar: apply (λR_eval + (1−λ)R_train)^(−1/2)
     unit_norm: bool = True  # trackstar: unit-normalise features
@@ -43,6 +45,8 @@ class MethodConfig:
             raise AttrilensError(f"Unknown method {self.method!r}. Choose one of {', '.join(METHODS)}.")
         if self.proj_dim is not None and self.proj_dim < 1:
             raise AttrilensError(f"proj_dim must be positive, got {self.proj_dim}.")
+        if self.allocation not in ALLOCATIONS:
+            raise AttrilensError(f"Unknown projection allocation {self.allocation!r}. Use one of {', '.join(ALLOCATIONS)}.")
         if self.aggregate not in ("mean", "median"):
             raise AttrilensError(f"aggregate must be 'mean' or 'median', not {self.aggregate!r}.")
         if self.batch_size < 1:
@@ -94,6 +98,7 @@ class GradientMethod:
         self.datainf_lambdas: torch.Tensor | None = None
         params = "lora" if config.method == "datainf" else "linear"
         proj = None if config.method == "datainf" else config.proj_dim
+        proj_kw = {"proj_dim": proj, "seed": config.seed, "allocation": config.allocation}
         self.views: list[tuple[Featurizer, float]] = []
         self.checkpoints: list[tuple[str, float]] = []
         if config.method == "tracin":
@@ -101,14 +106,14 @@ class GradientMethod:
             self.checkpoints = tracin_checkpoints(self.model_dir)
             for rel, lr in self.checkpoints:
                 view_lm = lm if rel == "" else _load_checkpoint_lm(self.model_dir / rel, lm.tokenizer)
-                self.views.append((Featurizer(view_lm, params=params, proj_dim=proj, seed=config.seed), lr**0.5))
+                self.views.append((Featurizer(view_lm, params=params, **proj_kw), lr**0.5))
         else:
             scales = None
             if config.method == "trackstar" and config.correction:
                 self._need_dir("TrackStar's optimizer correction")
-                base = Featurizer(lm, params=params, proj_dim=proj, seed=config.seed)
+                base = Featurizer(lm, params=params, **proj_kw)
                 scales = adam_scales(self.model_dir, lm.model, base.modules)
-            self.views.append((Featurizer(lm, params=params, proj_dim=proj, seed=config.seed, scales=scales), 1.0))
+            self.views.append((Featurizer(lm, params=params, scales=scales, **proj_kw), 1.0))
         self.block_dim = self.views[0][0].dim
         self.dim = self.block_dim * len(self.views)
         self.n_blocks = len(self.views)

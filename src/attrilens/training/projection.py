@@ -1,8 +1,12 @@
 """Seeded two-sided Gaussian projections, one pair per weight matrix: same seed and names ⇒ same features.
 
 A weight gradient G (out × in) is mapped to P_L G P_Rᵀ (k_o × k_i) with P_L ~ N(0, 1/k_o), P_R ~ N(0, 1/k_i),
-so E[⟨P_L G P_Rᵀ, P_L H P_Rᵀ⟩] = ⟨G, H⟩ (Johnson–Lindenstrauss). Per-layer sizes share one side length s,
-the largest with Σ_layers min(out, s)·min(in, s) ≤ d (LoGra's equal allocation).
+so E[⟨P_L G P_Rᵀ, P_L H P_Rᵀ⟩] = ⟨G, H⟩ (Johnson–Lindenstrauss). How the d features are split over the weights:
+- "proportional" (default): k_o = c·out, k_i = c·in with one scale c, so every weight gets features in proportion
+  to its size and the sketch is equally dense everywhere. With a vocabulary-sized unembedding (2048 × 128 in
+  the demo model, a quarter of its weights) this keeps the layer that carries most of the fact signal;
+- "equal": one side length s shared by all, the largest with Σ min(out, s)·min(in, s) ≤ d (LoGra's allocation),
+  which gives the unembedding as few features as a 128 × 128 attention matrix.
 """
 
 from __future__ import annotations
@@ -54,13 +58,46 @@ def side_length(shapes: Mapping[str, tuple[int, int]], d: int) -> int:
     return lo
 
 
-def make_projections(shapes: Mapping[str, tuple[int, int]], d: int | None, seed: int) -> dict[str, LayerProjection]:
+ALLOCATIONS = ("proportional", "equal")
+
+
+def proportional_sides(shapes: Mapping[str, tuple[int, int]], d: int) -> dict[str, tuple[int, int]]:
+    """(k_o, k_i) = (round(c·out), round(c·in)) clipped to [1, out] × [1, in], with the largest c keeping Σ k_o·k_i ≤ d."""
+    if d < len(shapes):
+        raise AttrilensError(f"proj_dim {d} is smaller than the {len(shapes)} weight matrices featurised. "
+                             f"Pass --proj-dim of at least {len(shapes)}.")
+
+    def sides(c: float) -> dict[str, tuple[int, int]]:
+        return {n: (min(o, max(1, round(c * o))), min(i, max(1, round(c * i)))) for n, (o, i) in shapes.items()}
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # the total is monotone in c: bisect on it
+        mid = (lo + hi) / 2
+        if sum(a * b for a, b in sides(mid).values()) <= d:
+            lo = mid
+        else:
+            hi = mid
+    return sides(lo)
+
+
+def allocate(shapes: Mapping[str, tuple[int, int]], d: int, allocation: str = "proportional") -> dict[str, tuple[int, int]]:
+    """Projected (k_o, k_i) of each weight for a total of at most d features."""
+    if allocation == "proportional":
+        return proportional_sides(shapes, d)
+    if allocation == "equal":
+        s = side_length(shapes, d)
+        return {n: (min(o, s), min(i, s)) for n, (o, i) in shapes.items()}
+    raise AttrilensError(f"Unknown projection allocation {allocation!r}. Use one of {', '.join(ALLOCATIONS)}.")
+
+
+def make_projections(shapes: Mapping[str, tuple[int, int]], d: int | None, seed: int,
+                     allocation: str = "proportional") -> dict[str, LayerProjection]:
     """Projections for each weight (name → (out, in)); d=None means no projection (full gradients)."""
     if d is None:
         return {name: LayerProjection(None, None) for name in shapes}
-    s = side_length(shapes, d)
+    sides = allocate(shapes, d, allocation)
     return {
-        name: LayerProjection(gaussian(min(o, s), o, seed, name, "left"), gaussian(min(i, s), i, seed, name, "right"))
+        name: LayerProjection(gaussian(sides[name][0], o, seed, name, "left"), gaussian(sides[name][1], i, seed, name, "right"))
         for name, (o, i) in shapes.items()
     }
 
