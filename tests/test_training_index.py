@@ -246,7 +246,7 @@ def test_tracin_aggregates_checkpoints(lm, model_dir, tmp_path):
     for agg in ("mean", "median"):
         idx = build_index(lm, docs, tmp_path / agg, method="tracin", proj_dim=128, block_len=12, aggregate=agg,
                           dtype="float32", progress=False)
-        want = per.mean(1) if agg == "mean" else per.median(1).values
+        want = per.mean(1) if agg == "mean" else (per[:, 0] + per[:, 1]) / 2  # median of two: their mean
         assert np.allclose(idx.scores(q), want.numpy(), rtol=1e-4, atol=1e-6)
 
 
@@ -254,26 +254,36 @@ def test_datainf_matches_closed_form_and_lora_finetune(lm, model_dir, tmp_path):
     from attrilens.training.lora import finetune_lora, load_lora_lm
 
     docs = _docs(12)
-    out = finetune_lora(model_dir, docs, tmp_path / "lora", epochs=1, batch_size=4, keep_checkpoints=1, progress=False)
+    out = finetune_lora(model_dir, docs, tmp_path / "lora", epochs=1, batch_size=4, keep_checkpoints=2, progress=False)
     info = json.loads((out / "training.json").read_text())
     assert (out / "adapter_model.safetensors").is_file() and (out / "optimizer.safetensors").is_file()
     assert info["checkpoints"] and (out / info["checkpoints"][0]["path"] / "adapter_config.json").is_file()
     llm = load_lora_lm(out)
     assert llm.fingerprint() != lm.fingerprint()
-    idx = build_index(llm, docs, tmp_path / "di", method="datainf", block_len=12, shard_size=5, dtype="float32",
-                      progress=False)
-    assert len(idx.shards) > 1
-    g = idx.method.views[0][0].features([Example.block(t) for t in idx.corpus.tokens]).double()
     q = Example.response(llm.encode_prompt("who founded the bank ?"), llm.encode_response(" ada"))
-    v = idx.method.views[0][0].features([q])[0].double()
-    want = torch.zeros(len(g), dtype=torch.float64)
-    n = len(g)
-    for a, b in idx.method.datainf_groups():
-        gl, vl = g[:, a:b], v[a:b]
-        lam = 0.1 * gl.pow(2).sum(1).mean() / (b - a)
-        r = sum(vl - (vl @ gl[i]) / (lam + gl[i] @ gl[i]) * gl[i] for i in range(n)) / (n * lam)
-        want += gl @ r
-    assert np.allclose(idx.scores(q), want.numpy(), rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+    views = [load_lora_lm(out / c["path"], base_dir=model_dir) for c in info["checkpoints"]] + [llm]
+    for agg in ("median", "mean"):
+        idx = build_index(llm, docs, tmp_path / f"di-{agg}", method="datainf", block_len=12, shard_size=5,
+                          dtype="float32", aggregate=agg, progress=False)
+        assert len(idx.shards) > 1 and len(idx.method.views) == len(views) == 3
+        per = []
+        for c, view in enumerate(views):  # DataInf's closed form at each checkpoint, written out
+            f = idx.method.views[c][0]
+            assert f.lm is view or f.lm.fingerprint() == view.fingerprint()
+            g = f.features([Example.block(t) for t in idx.corpus.tokens]).double()
+            v = f.features([q])[0].double()
+            want = torch.zeros(len(g), dtype=torch.float64)
+            n = len(g)
+            for a, b in idx.method.datainf_groups()[: len(idx.method.datainf_groups()) // len(views)]:
+                gl, vl = g[:, a:b], v[a:b]
+                lam = 0.1 * gl.pow(2).sum(1).mean() / (b - a)
+                r = sum(vl - (vl @ gl[i]) / (lam + gl[i] @ gl[i]) * gl[i] for i in range(n)) / (n * lam)
+                want += gl @ r
+            per.append(want)
+        per = torch.stack(per, 1)
+        assert not torch.allclose(per[:, 0], per[:, 2])  # the checkpoints differ
+        want = per.mean(1) if agg == "mean" else per.median(1).values
+        assert np.allclose(idx.scores(q), want.numpy(), rtol=1e-4, atol=1e-6 * float(want.abs().max()))
 
 
 def test_faiss_search_matches_exact_search(lm, tmp_path):

@@ -147,7 +147,9 @@ def _method_grid(quick: bool) -> list[tuple[str, dict]]:
             ("TrackStar", {"method": "trackstar", "proj_dim": 4096}),
             ("TrackStar − optimizer correction", {"method": "trackstar", "proj_dim": 4096, "correction": False}),
             ("TrackStar − R", {"method": "trackstar", "proj_dim": 4096, "use_r": False}),
-            ("TrackStar − unit norm", {"method": "trackstar", "proj_dim": 4096, "unit_norm": False})]
+            ("TrackStar − unit norm", {"method": "trackstar", "proj_dim": 4096, "unit_norm": False}),
+            ("TrackStar − size-proportional split (LoGra equal)",
+             {"method": "trackstar", "proj_dim": 4096, "allocation": "equal"})]
     grid += [(f"TrackStar d=2^{int(np.log2(d))}", {"method": "trackstar", "proj_dim": d}) for d in dims if d != 4096]
     return grid
 
@@ -258,10 +260,12 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
     rows = []
     dims = [2**8, 2**10, 2**12, 2**14] + ([] if quick else [2**16])
     for d in dims:
-        gm = GradientMethod(MethodConfig(method="trackstar", proj_dim=d, use_r=False, unit_norm=False), lm, model_dir)
-        s = (gm.raw(fq) @ gm.raw(bex).T).numpy()
-        rows.append({"d": d, "actual dim": gm.dim, "Spearman vs unprojected": float(np.mean(
-            [spearman(s[i], ref_scores[i]) for i in range(len(fq))])), "full dim": ref_gm.dim})
+        for allocation in ("proportional", "equal"):
+            gm = GradientMethod(MethodConfig(method="trackstar", proj_dim=d, use_r=False, unit_norm=False,
+                                             allocation=allocation), lm, model_dir)
+            s = (gm.raw(fq) @ gm.raw(bex).T).numpy()
+            rows.append({"d": d, "allocation": allocation, "actual dim": gm.dim, "Spearman vs unprojected": float(
+                np.mean([spearman(s[i], ref_scores[i]) for i in range(len(fq))])), "full dim": ref_gm.dim})
     tables["projection fidelity"] = pd.DataFrame(rows)
 
     # ---------------------------------------------------------------- speed

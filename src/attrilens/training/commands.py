@@ -46,7 +46,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         no_correction: Annotated[bool, typer.Option(help="TrackStar without the Adam second-moment correction.")] = False,
         no_r: Annotated[bool, typer.Option(help="TrackStar without R^-1/2.")] = False,
         no_unit_norm: Annotated[bool, typer.Option(help="TrackStar without unit normalisation.")] = False,
-        aggregate: Annotated[str, typer.Option(help="TracIn checkpoint aggregation: mean or median.")] = "mean",
+        aggregate: Annotated[str, typer.Option(help="TracIn / DataInf aggregation over checkpoints: mean or median.")] = "mean",
         use_faiss: Annotated[bool, typer.Option("--faiss", help="Also write an exact FAISS inner-product index.")] = False,
         threads: Annotated[int | None, typer.Option(help="torch threads (1 is fastest on a busy 2-core machine).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON only.")] = False,

@@ -305,6 +305,13 @@ def _build_faiss(out: Path, manifest: dict) -> None:
 
 
 # ---------------------------------------------------------------------- search
+def aggregate_checkpoints(per: torch.Tensor, how: str) -> torch.Tensor:
+    """Scores [N, checkpoints] → [N]: mean, or median (of an even count: the mean of the two middle values)."""
+    if per.shape[1] == 1:
+        return per[:, 0]
+    return per.mean(1) if how == "mean" else per.quantile(0.5, dim=1)
+
+
 def topk_merge(scores_iter, n_total: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k and bottom-k over streamed (row offset, scores) blocks: per-block selection, then a merge."""
     best_i, best_s, worst_i, worst_s = [], [], [], []
@@ -446,23 +453,26 @@ class TrainingIndex:
             return
         for offset, x in self._chunks():
             per = torch.stack([x[:, c * bd : (c + 1) * bd] @ q[c * bd : (c + 1) * bd] for c in range(nb)], dim=1)
-            s = per.mean(1) if m.get("aggregate", "mean") == "mean" else per.median(1).values
-            yield offset, s.numpy()
+            yield offset, aggregate_checkpoints(per, m.get("aggregate", "mean")).numpy()
 
     def _datainf_stream(self, q: torch.Tensor):
+        """DataInf per checkpoint (one closed-form r per LoRA layer), then mean or median over checkpoints."""
         groups = self.method.datainf_groups()
         lam = self.method.datainf_lambdas
         n = len(self)
+        bd, nb = self.method.block_dim, self.method.n_blocks
         acc = [torch.zeros(b - a, dtype=torch.float64) for a, b in groups]
         for _, x in self._chunks():
             for j, (a, b) in enumerate(groups):
                 g = x[:, a:b].double()
                 c = (g @ q[a:b].double()) / (lam[j] + g.pow(2).sum(1))
                 acc[j] += c @ g
-        r = torch.cat([(n * q[a:b].double() - acc[j]) / (n * lam[j]) for j, (a, b) in enumerate(groups)])
-        cols = torch.cat([torch.arange(a, b) for a, b in groups])
+        rs = [(n * q[a:b].double() - acc[j]) / (n * lam[j]) for j, (a, b) in enumerate(groups)]
         for offset, x in self._chunks():
-            yield offset, (x[:, cols].double() @ r).float().numpy()
+            per = torch.zeros(x.shape[0], nb, dtype=torch.float64)
+            for (a, b), r in zip(groups, rs, strict=True):
+                per[:, a // bd] += x[:, a:b].double() @ r
+            yield offset, aggregate_checkpoints(per, self.manifest.get("aggregate", "mean")).float().numpy()
 
     def query_vector(self, example: Example) -> torch.Tensor:
         return self.method.query(example)

@@ -35,7 +35,7 @@ class MethodConfig:
     lam: float | None = None  # trackstar: λ; None = where the eigenvalue curves cross
     k: int | None = None  # trackstar: crossing component; None = min(1000, min(n_eval, n_train)/2)
     damping: float = 0.1  # trackstar: δ = damping · trace(R)/rank(R)
-    aggregate: str = "mean"  # tracin: mean or median over checkpoints
+    aggregate: str = "mean"  # tracin, datainf: mean or median (LLM Attributor's default) over checkpoints
     datainf_scale: float = 0.1  # datainf: λ_l = scale · mean ‖g_l‖² / D_l
     block_len: int = 128
     batch_size: int = 16
@@ -85,6 +85,13 @@ def tracin_checkpoints(model_dir: Path) -> list[tuple[str, float]]:
     return out
 
 
+def _lora_checkpoints(model_dir: Path) -> bool:
+    """Whether a LoRA adapter directory lists saved adapter checkpoints in its training.json."""
+    info = Path(model_dir) / "training.json"
+    return (Path(model_dir) / "adapter_config.json").is_file() and info.is_file() and bool(
+        json.loads(info.read_text()).get("checkpoints"))
+
+
 class GradientMethod:
     """Features of a gradient-based method: raw (per example) → finished (index) and query vectors."""
 
@@ -107,6 +114,15 @@ class GradientMethod:
             for rel, lr in self.checkpoints:
                 view_lm = lm if rel == "" else _load_checkpoint_lm(self.model_dir / rel, lm.tokenizer)
                 self.views.append((Featurizer(view_lm, params=params, **proj_kw), lr**0.5))
+        elif config.method == "datainf" and self.model_dir is not None and _lora_checkpoints(self.model_dir):
+            # LLM Attributor: DataInf at every saved adapter checkpoint and the final one, scores aggregated
+            from attrilens.training.lora import load_lora_lm
+
+            base = json.loads((self.model_dir / "training.json").read_text())["base"]
+            self.checkpoints = tracin_checkpoints(self.model_dir)
+            for rel, _lr in self.checkpoints:
+                view_lm = lm if rel == "" else load_lora_lm(self.model_dir / rel, base_dir=base)
+                self.views.append((Featurizer(view_lm, params=params, **proj_kw), 1.0))
         else:
             scales = None
             if config.method == "trackstar" and config.correction:
@@ -177,13 +193,13 @@ class GradientMethod:
             self.datainf_lambdas = tensors["datainf.lambdas"]
 
     def datainf_groups(self) -> list[tuple[int, int]]:
-        """Column ranges of the LoRA layers (A and B of one adapted module form one layer)."""
+        """Column ranges of the LoRA layers (A and B of one adapted module form one layer), checkpoint by checkpoint."""
         groups: dict[str, list[int]] = {}
         for name, (a, b) in self.layer_slices.items():
             key = name.split(".lora_")[0]
             groups.setdefault(key, [a, b])
             groups[key][0], groups[key][1] = min(groups[key][0], a), max(groups[key][1], b)
-        return [tuple(v) for v in groups.values()]
+        return [(a + c * self.block_dim, b + c * self.block_dim) for c in range(self.n_blocks) for a, b in groups.values()]
 
 
 def bm25_query_text(prompt: str, response: str) -> str:
