@@ -270,6 +270,8 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
 
     # ---------------------------------------------------------------- speed
     tables["featurisation speed"] = featurisation_speed(model_dir, blocks, n=32 if quick else 64)
+    tables["featurisation speed by width"] = featurisation_scaling(lm.tokenizer, blocks,
+                                                                   widths=(128, 256) if quick else (128, 256, 512))
     tables["query latency"] = query_latency(work / "latency", ns=(10_000, 100_000), d=4096, reps=10 if quick else 20)
     return tables
 
@@ -308,6 +310,40 @@ def featurisation_speed(model_dir: Path, blocks, n: int = 64, proj_dim: int = 40
     frame["× vmap"] = frame["examples/s"] / ref
     frame["bytes/example (fp16)"] = plain.dim * 2
     return frame
+
+
+def featurisation_scaling(tokenizer, blocks, widths=(128, 256, 512), n: int = 32, proj_dim: int = 4096):
+    """Fast path vs vmap path by model width: randomly initialised 4-layer Llamas (vocabulary 2048), no correction.
+
+    The fast path costs about one training step whatever the width; the vmap path also forms every example's
+    full weight gradient, which grows as width², so the ratio grows with the model.
+    """
+    import pandas as pd
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from attrilens.lm import LM
+    from attrilens.training.gradients import Example, Featurizer
+
+    ex = [Example.block(t) for t in blocks.tokens[:n]]
+    rows = []
+    for width in widths:
+        torch.manual_seed(0)
+        cfg = LlamaConfig(hidden_size=width, intermediate_size=width * 11 // 4, num_hidden_layers=4,
+                          num_attention_heads=max(4, width // 64), vocab_size=len(tokenizer), max_position_embeddings=512,
+                          tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, attn_implementation="eager")
+        lm = LM(LlamaForCausalLM(cfg).eval(), tokenizer, name=f"random llama width {width}")
+        f = Featurizer(lm, proj_dim=proj_dim)
+        f.features(ex[:2])  # warm-up
+        f.features_vmap(ex[:2])
+        t0 = time.perf_counter()
+        f.features(ex, batch_size=16)
+        fast = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        f.features_vmap(ex, batch_size=16)
+        vmap = time.perf_counter() - t0
+        rows.append({"width": width, "parameters": lm.n_params(non_embedding=False), "fast examples/s": n / fast,
+                     "vmap examples/s": n / vmap, "fast ÷ vmap": vmap / fast})
+    return pd.DataFrame(rows)
 
 
 def query_latency(folder: Path, ns=(10_000, 100_000), d: int = 4096, reps: int = 20, shard_rows: int = 16384):
