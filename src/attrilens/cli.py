@@ -60,7 +60,10 @@ def train(
     arch: Annotated[str, typer.Option(help="gpt2 or llama.")] = "llama",
     layers: Annotated[int, typer.Option(help="Decoder blocks.")] = 4,
     width: Annotated[int, typer.Option(help="Residual width.")] = 128,
-    epochs: Annotated[int, typer.Option(help="Passes over the corpus (100: a 480-fact corpus reaches 70% recall in ~6 min on 2 cores).")] = 100,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the corpus (default 100 from scratch: see docs/benchmarks.md for "
+                                                    "what a 480-fact corpus reaches; 1 with --lora).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per optimizer step (default 4; 8 with --lora).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate (default 1e-2; 1e-3 with --lora).")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (and save everything) after this many minutes.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
     tokenizer: Annotated[Path | None, typer.Option(help="Reuse this model directory's tokenizer (e.g. to train a proxy).")] = None,
@@ -75,13 +78,15 @@ def train(
             raise AttrilensError("Fine-tuning needs both --base DIR and --lora. Pass both, or neither to train from scratch.")
         from attrilens.training.lora import finetune_lora
 
-        print(str(finetune_lora(base, corpus, out, r=lora_r, alpha=lora_alpha, epochs=epochs, seed=seed)))
+        given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
+        print(str(finetune_lora(base, corpus, out, r=lora_r, alpha=lora_alpha, seed=seed, **given)))
         return
     from attrilens.world.trainer import TrainConfig
     from attrilens.world.trainer import train as run_training
 
-    config = TrainConfig(corpus=corpus, out=out, arch=arch, layers=layers, width=width, epochs=epochs,
-                         max_minutes=max_minutes, seed=seed, tokenizer=tokenizer)
+    given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
+    config = TrainConfig(corpus=corpus, out=out, arch=arch, layers=layers, width=width, max_minutes=max_minutes,
+                         seed=seed, tokenizer=tokenizer, **given)
     print(str(run_training(config)))
 
 

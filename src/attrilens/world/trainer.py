@@ -51,7 +51,7 @@ class TrainConfig:
     width: int = 128
     heads: int = 4
     intermediate: int | None = None  # MLP width; default 4*width (gpt2) or 8/3*width rounded (llama)
-    epochs: int = 1
+    epochs: int = 100  # with batch 4 and lr 1e-2: a 480-fact corpus in minutes (docs/benchmarks.md)
     max_minutes: float | None = None  # stop cleanly (resumable) after this much training time in this call
     max_steps: int | None = None  # stop cleanly (resumable) once this many optimizer steps are done in total
     # Time-budgeted schedule: the cosine decay runs over max(step/total, minutes trained/schedule_minutes) and
@@ -62,8 +62,8 @@ class TrainConfig:
     init_from: Path | None = None  # start from this HF model dir (continued training; needs ``tokenizer``)
     vocab_size: int = 2048
     seq_len: int = 512
-    batch_size: int = 8
-    lr: float = 3e-3
+    batch_size: int = 4
+    lr: float = 1e-2
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.01
