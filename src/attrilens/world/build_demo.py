@@ -1,6 +1,9 @@
 """Rebuild the offline demo: fact world (fixed seed) → target + proxy models → evaluation → package assets.
 
-    python -m attrilens.world.build_demo --out runs/demo --phase1-minutes 28 --minutes 40 --proxy-minutes 8
+    python -m attrilens.world.build_demo --out runs/demo
+
+(the defaults are the shipped models' recipe: --phase1-minutes 30.1 --minutes 40 --proxy-minutes 8
+--phase3-minutes 95; about 2.5 hours on 2 cores).
 
 Every stage is resumable: rerunning the same command reuses the world, continues an interrupted training run
 from its ``resume.safetensors`` and skips finished ones. Progress goes to stderr; the evaluation is printed as
@@ -103,12 +106,13 @@ def package_world(src: Path, dst: Path, phase3: bool = False) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="scratch directory for the world and the runs")
-    p.add_argument("--phase1-minutes", type=float, default=None,
+    p.add_argument("--phase1-minutes", type=float, default=30.1,
                    help="time budget of target phase 1 (the LR schedule decays over it and training ends there)")
-    p.add_argument("--minutes", type=float, default=None, help="time budget of target phase 2")
-    p.add_argument("--proxy-minutes", type=float, default=None, help="time budget of the proxy run")
-    p.add_argument("--phase3-minutes", type=float, default=None,
-                   help="if given, continue the target for this long on fresh episodes (world3); it becomes the target")
+    p.add_argument("--minutes", type=float, default=40.0, help="time budget of target phase 2")
+    p.add_argument("--proxy-minutes", type=float, default=8.0, help="time budget of the proxy run")
+    p.add_argument("--phase3-minutes", type=float, default=95.0,
+                   help="continue the target for at most this long (3 epochs) on fresh episodes (world3); it becomes "
+                        "the target; 0 skips phase 3")
     p.add_argument("--target-epochs", type=int, default=TARGET["epochs"])
     p.add_argument("--proxy-epochs", type=int, default=PROXY["epochs"])
     p.add_argument("--assets", type=Path, default=ASSETS, help="where to package the models and the world")
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     _log("training the proxy model (same tokenizer)")
     proxy = train(TrainConfig(corpus=world / "train.jsonl", out=a.out / "proxy", tokenizer=target,
                               schedule_minutes=a.proxy_minutes, **{**PROXY, "epochs": a.proxy_epochs}, **common))
-    if a.phase3_minutes is not None:
+    if a.phase3_minutes:
         world3 = a.out / "world3"
         if not (world3 / "world.json").is_file():
             _log(f"making the world in {world3}")
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         _log(f"packaging into {a.assets}")
         package_model(target, a.assets / "models" / "target")
         package_model(proxy, a.assets / "models" / "proxy")
-        package_world(world, a.assets / "world", phase3=a.phase3_minutes is not None)
+        package_world(world, a.assets / "world", phase3=bool(a.phase3_minutes))
         (a.assets / "models" / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return report
