@@ -73,18 +73,18 @@ def train(
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
 ) -> None:
     """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU; resumable. With --base --lora: LoRA fine-tune."""
+    # unset options keep the defaults of whichever trainer runs (scratch: TrainConfig; --lora: finetune_lora)
+    given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
     if lora or base is not None:
         if base is None or not lora:
             raise AttrilensError("Fine-tuning needs both --base DIR and --lora. Pass both, or neither to train from scratch.")
         from attrilens.training.lora import finetune_lora
 
-        given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
         print(str(finetune_lora(base, corpus, out, r=lora_r, alpha=lora_alpha, seed=seed, **given)))
         return
     from attrilens.world.trainer import TrainConfig
     from attrilens.world.trainer import train as run_training
 
-    given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
     config = TrainConfig(corpus=corpus, out=out, arch=arch, layers=layers, width=width, max_minutes=max_minutes,
                          seed=seed, tokenizer=tokenizer, **given)
     print(str(run_training(config)))
