@@ -43,11 +43,16 @@ def gaussian(rows: int, cols: int, seed: int, name: str, side: str) -> torch.Ten
     return torch.randn(rows, cols, generator=g, dtype=torch.float32) / rows**0.5
 
 
-def side_length(shapes: Mapping[str, tuple[int, int]], d: int) -> int:
-    """Largest s with Σ min(out, s)·min(in, s) ≤ d (at least 1)."""
+def _check_dim(shapes: Mapping[str, tuple[int, int]], d: int) -> None:
+    """Every weight matrix needs at least one feature."""
     if d < len(shapes):
         raise AttrilensError(f"proj_dim {d} is smaller than the {len(shapes)} weight matrices featurised. "
                              f"Pass --proj-dim of at least {len(shapes)}.")
+
+
+def side_length(shapes: Mapping[str, tuple[int, int]], d: int) -> int:
+    """Largest s with Σ min(out, s)·min(in, s) ≤ d (at least 1)."""
+    _check_dim(shapes, d)
     lo, hi = 1, max(max(s) for s in shapes.values())
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -63,9 +68,7 @@ ALLOCATIONS = ("proportional", "equal")
 
 def proportional_sides(shapes: Mapping[str, tuple[int, int]], d: int) -> dict[str, tuple[int, int]]:
     """(k_o, k_i) = (round(c·out), round(c·in)) clipped to [1, out] × [1, in], with the largest c keeping Σ k_o·k_i ≤ d."""
-    if d < len(shapes):
-        raise AttrilensError(f"proj_dim {d} is smaller than the {len(shapes)} weight matrices featurised. "
-                             f"Pass --proj-dim of at least {len(shapes)}.")
+    _check_dim(shapes, d)
 
     def sides(c: float) -> dict[str, tuple[int, int]]:
         return {n: (min(o, max(1, round(c * o))), min(i, max(1, round(c * i)))) for n, (o, i) in shapes.items()}
