@@ -8,13 +8,14 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
-from attrilens.training.gradients import Example, Featurizer
+from attrilens.training.gradients import Example, Featurizer, weight_modules
 from attrilens.training.preconditioning import Whitening, adam_scales, fit_whitening
 from attrilens.training.projection import ALLOCATIONS
 
@@ -85,11 +86,12 @@ def tracin_checkpoints(model_dir: Path) -> list[tuple[str, float]]:
     return out
 
 
-def _lora_checkpoints(model_dir: Path) -> bool:
-    """Whether a LoRA adapter directory lists saved adapter checkpoints in its training.json."""
-    info = Path(model_dir) / "training.json"
-    return (Path(model_dir) / "adapter_config.json").is_file() and info.is_file() and bool(
-        json.loads(info.read_text()).get("checkpoints"))
+def _lora_base_with_checkpoints(model_dir: Path | None) -> str | None:
+    """The base model of a LoRA adapter directory whose training.json lists saved adapter checkpoints, else None."""
+    if model_dir is None or not (model_dir / "adapter_config.json").is_file() or not (model_dir / "training.json").is_file():
+        return None
+    info = json.loads((model_dir / "training.json").read_text())
+    return info["base"] if info.get("checkpoints") else None
 
 
 class GradientMethod:
@@ -108,27 +110,26 @@ class GradientMethod:
         proj_kw = {"proj_dim": proj, "seed": config.seed, "allocation": config.allocation}
         self.views: list[tuple[Featurizer, float]] = []
         self.checkpoints: list[tuple[str, float]] = []
+        load_checkpoint = None  # checkpoint dir → its LM, for the methods that use every saved checkpoint
         if config.method == "tracin":
             self._need_dir("TracIn")
-            self.checkpoints = tracin_checkpoints(self.model_dir)
-            for rel, lr in self.checkpoints:
-                view_lm = lm if rel == "" else _load_checkpoint_lm(self.model_dir / rel, lm.tokenizer)
-                self.views.append((Featurizer(view_lm, params=params, **proj_kw), lr**0.5))
-        elif config.method == "datainf" and self.model_dir is not None and _lora_checkpoints(self.model_dir):
+            load_checkpoint = partial(_load_checkpoint_lm, tokenizer=lm.tokenizer)
+        elif config.method == "datainf" and (lora_base := _lora_base_with_checkpoints(self.model_dir)) is not None:
             # LLM Attributor: DataInf at every saved adapter checkpoint and the final one, scores aggregated
             from attrilens.training.lora import load_lora_lm
 
-            base = json.loads((self.model_dir / "training.json").read_text())["base"]
+            load_checkpoint = partial(load_lora_lm, base_dir=lora_base)
+        if load_checkpoint is not None:
             self.checkpoints = tracin_checkpoints(self.model_dir)
-            for rel, _lr in self.checkpoints:
-                view_lm = lm if rel == "" else load_lora_lm(self.model_dir / rel, base_dir=base)
-                self.views.append((Featurizer(view_lm, params=params, **proj_kw), 1.0))
+            for rel, lr in self.checkpoints:
+                view_lm = lm if rel == "" else load_checkpoint(self.model_dir / rel)
+                weight = lr**0.5 if config.method == "tracin" else 1.0  # TracIn: √η_c on both sides of the dot
+                self.views.append((Featurizer(view_lm, params=params, **proj_kw), weight))
         else:
             scales = None
             if config.method == "trackstar" and config.correction:
                 self._need_dir("TrackStar's optimizer correction")
-                base = Featurizer(lm, params=params, **proj_kw)
-                scales = adam_scales(self.model_dir, lm.model, base.modules)
+                scales = adam_scales(self.model_dir, lm.model, weight_modules(lm.model, params))
             self.views.append((Featurizer(lm, params=params, scales=scales, **proj_kw), 1.0))
         self.block_dim = self.views[0][0].dim
         self.dim = self.block_dim * len(self.views)
