@@ -6,9 +6,7 @@ Same code as `attrilens bench training` (attrilens.eval.training.run_benchmark);
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,13 +19,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer queries and dimensions")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables as JSON")
     args = parser.parse_args()
-    from attrilens.eval.training import run_benchmark
+    from attrilens.eval.training import run_benchmark, write_tables
 
-    tables = run_benchmark(model=args.model, world=args.world, quick=args.quick)
-    for name, frame in tables.items():
-        sys.stdout.write(f"\n## {name}\n{frame.to_string(index=False)}\n")
-    if args.out:
-        args.out.write_text(json.dumps({k: v.to_dict(orient="records") for k, v in tables.items()}, indent=1, default=str))
+    write_tables(run_benchmark(model=args.model, world=args.world, quick=args.quick), args.out)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,15 @@ def _resolve(model: Path | None, world: Path | None, progress: bool) -> tuple[Pa
     return m, w, "bench model (2-layer Llama, width 96, trained on a 30-entity fact world)"
 
 
+def write_tables(tables: dict, out: Path | None = None) -> None:
+    """Print every table of a benchmark run on stdout (a `## name` heading each) and, given `out`, save them as JSON."""
+    for name, frame in tables.items():
+        sys.stdout.write(f"\n## {name}\n{frame.to_string(index=False)}\n")
+    if out is not None:
+        Path(out).write_text(json.dumps({k: v.to_dict(orient="records") for k, v in tables.items()}, indent=1,
+                                        default=str))
+
+
 def _ranks(scores: np.ndarray) -> np.ndarray:
     """Block indices, best first (ties broken by index)."""
     return np.lexsort((np.arange(len(scores)), -scores))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -118,10 +117,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="Also write the tables as JSON here.")] = None,
     ) -> None:
         """Fact tracing (MRR, recall@10), tail-patch, projection fidelity and speed of every method."""
-        from attrilens.eval.training import run_benchmark
+        from attrilens.eval.training import run_benchmark, write_tables
 
-        tables = run_benchmark(model=model, world=world, quick=quick)
-        for name, frame in tables.items():
-            sys.stdout.write(f"\n## {name}\n{frame.to_string(index=False)}\n")
-        if out is not None:
-            out.write_text(json.dumps({k: v.to_dict(orient="records") for k, v in tables.items()}, indent=1))
+        write_tables(run_benchmark(model=model, world=world, quick=quick), out)
