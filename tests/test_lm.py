@@ -104,14 +104,19 @@ def test_generation_with_patch_matches_manual_greedy(lm: LM):
     h = torch.randn(lm.d_model, generator=g) * 3
     patch = Patch(1, 1, 2, h)
     out = lm.generate_ids(prompts, max_new_tokens=5, patches=[patch], stop_at_eos=False)
-    # reference: re-run the whole sequence each step with the patch (no cache)
-    seq = list(prompts[1])
-    for _ in range(5):
-        logits = lm.run([seq], patches=[Patch(0, 1, 2, h)]).logits[0, -1]
-        seq.append(int(logits.argmax()))
-    assert out[1] == seq[len(prompts[1]) :]
-    plain = lm.generate_ids([prompts[0]], max_new_tokens=5, stop_at_eos=False)
-    assert out[0] == plain[0]
+
+    def assert_greedy(prompt, generated, patches):
+        """Each token is the argmax of a full re-run (no cache) up to float noise: the fixture's random weights
+        change from run to run and can leave two next-token logits within 1e-6 of each other."""
+        assert len(generated) == 5
+        seq = list(prompt)
+        for tok in generated:
+            logits = lm.run([seq], patches=patches).logits[0, -1]
+            assert float(logits[tok]) >= float(logits.max()) - 1e-4, (tok, int(logits.argmax()))
+            seq.append(tok)
+
+    assert_greedy(prompts[1], out[1], [Patch(0, 1, 2, h)])
+    assert_greedy(prompts[0], out[0], [])  # the patch of row 1 does not leak into row 0
 
 
 def test_bad_patches_raise(lm: LM):
