@@ -11,6 +11,7 @@ from attrilens.errors import AttrilensError
 from attrilens.testing import ARCHS, random_ids, tiny_lm
 from attrilens.training.corpus import make_corpus, read_documents
 from attrilens.training.gradients import Example, Featurizer, weight_modules
+from attrilens.training.methods import MethodConfig
 from attrilens.training.preconditioning import fit_whitening, mixing_lambda
 from attrilens.training.projection import allocate, gaussian, make_projections, project_full, side_length
 
@@ -118,15 +119,16 @@ def _dense_inv_sqrt(r, delta):
     return (v * (e.clamp(min=0) + delta).rsqrt()) @ v.T
 
 
+@pytest.mark.parametrize("damping", [0.2, 1e-2, 1e-4])  # 1e-2: the default; 1e-4: a ridge far below the spectrum
 @pytest.mark.parametrize("n_train", [10, 80])  # fewer rows than dims (thin path) and more (d × d path)
-def test_whitening_matches_dense_inverse_square_root(n_train):
+def test_whitening_matches_dense_inverse_square_root(n_train, damping):
     g = torch.Generator().manual_seed(n_train)
     d = 24
     train = torch.randn(n_train, d, generator=g) * torch.linspace(0.1, 3, d)
     ev = torch.randn(7, d, generator=g)
-    w = fit_whitening(train, ev, lam=0.3, damping=0.2)
+    w = fit_whitening(train, ev, lam=0.3, damping=damping)
     r = 0.7 * train.double().T @ train.double() / n_train + 0.3 * ev.double().T @ ev.double() / 7
-    delta = 0.2 * float(torch.trace(r)) / min(d, n_train + 7)  # mean non-zero eigenvalue (rank = rows or d)
+    delta = damping * float(torch.trace(r)) / min(d, n_train + 7)  # mean non-zero eigenvalue (rank = rows or d)
     x = torch.randn(5, d, generator=g)
     assert torch.allclose(w.apply(x).double(), x.double() @ _dense_inv_sqrt(r, delta), rtol=1e-4, atol=1e-5)
 
@@ -141,6 +143,8 @@ def test_mixing_lambda_crosses_eigenvalue_curves():
         fit_whitening(base, base, lam=1.5)
     with pytest.raises(AttrilensError, match="needs evaluation queries"):
         fit_whitening(base, None, lam=0.5)
+    with pytest.raises(AttrilensError, match="damping must be positive"):
+        MethodConfig(damping=0.0)
 
 
 def test_corpus_blocks_have_stable_ids_and_errors_name_the_line(tmp_path):

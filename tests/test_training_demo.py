@@ -10,14 +10,15 @@ from attrilens.lm import LM
 from attrilens.training.index import build_index
 from attrilens.world import load_jsonl
 
-N_QUERIES = 200  # hit@10 over 200 facts: std ≈ 0.035
-# Measured on the shipped (phase-3) target at d = 16384: hit@10 ≈ 0.42 (0.60 on the phase-2 model); a random
-# ranking gives ≈ 0.04. The issue asks for "most queries" (> 0.5): not reached on this model (see benchmarks.md),
-# so this checks the part that holds with margin — gold documents far above chance.
-MIN_HIT_AT_10 = 0.30
+N_EVAL = 128  # facts whose prompts fit R_eval; every other fact is scored
+PROJ_DIM = 65536  # the paper's d = 2^16
+# Measured on the shipped (phase-3) target at d = 2^16 with the default ridge (damping 1e-2), scoring the 352
+# facts outside R_eval, over four draws: hit@10 0.56–0.63, mean 0.60 (0.53 at 2^14, 0.37 at 2^12; a random ranking
+# gives ≈ 0.04). The issue asks for "most queries".
+MIN_HIT_AT_10 = 0.5
 
 
-def test_trackstar_puts_gold_documents_in_the_top_10_far_above_chance_on_demo_facts(tmp_path):
+def test_trackstar_puts_a_gold_document_in_the_top_10_for_most_demo_facts(tmp_path):
     """Statement prompts of facts (the wording the model completes; it answers none of the question wordings).
 
     R_eval comes from other facts' prompts than the ones scored; the facts are drawn afresh each run.
@@ -28,9 +29,9 @@ def test_trackstar_puts_gold_documents_in_the_top_10_far_above_chance_on_demo_fa
     facts = load_jsonl(world_dir / "facts.jsonl", require=("prompt", "target", "docs"))
     rng = np.random.default_rng()
     order = rng.permutation(len(facts))
-    scored = [facts[i] for i in order[:N_QUERIES]]
-    r_eval = [facts[i] for i in order[N_QUERIES:N_QUERIES + 128]]
-    idx = build_index(lm, world_dir / "corpus.jsonl", tmp_path / "idx", method="trackstar", proj_dim=16384,
+    r_eval = [facts[i] for i in order[:N_EVAL]]
+    scored = [facts[i] for i in order[N_EVAL:]]
+    idx = build_index(lm, world_dir / "corpus.jsonl", tmp_path / "idx", method="trackstar", proj_dim=PROJ_DIM,
                       model_dir=model_dir, eval_queries=r_eval, block_len=128, progress=False)
     hits = []
     for f in scored:

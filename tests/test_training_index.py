@@ -100,7 +100,7 @@ def test_trackstar_scores_match_the_formula(lm, model_dir, tmp_path):
     evr = gm.raw([Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"])) for q in QUERIES])
     lam = idx.manifest["lambda"]
     r = (1 - lam) * raw.double().T @ raw.double() / len(raw) + lam * evr.double().T @ evr.double() / len(evr)
-    delta = 0.1 * float(torch.trace(r)) / min(r.shape[0], len(raw) + len(evr))
+    delta = idx.manifest["settings"]["damping"] * float(torch.trace(r)) / min(r.shape[0], len(raw) + len(evr))
     e, v = torch.linalg.eigh(r)
     w = (v * (e.clamp(min=0) + delta).rsqrt()) @ v.T
     q = Example.response(lm.encode_prompt("who founded the bank ?"), lm.encode_response(" ada"))
@@ -324,6 +324,10 @@ def test_cli_index_build_and_trace(model_dir, tmp_path, monkeypatch, capsys):
                          str(tmp_path / "i"), "--method", "grad-cos", "--proj-dim", "64", "--block-len", "12", "--threads", "1", "--json")
     assert code == 0, err
     assert json.loads(out)["examples"] > 0
+    code, out, err = run("index", "build", "--model", str(model_dir), "--corpus", str(corpus), "--out",
+                         str(tmp_path / "t"), "--proj-dim", "64", "--block-len", "12", "--damping", "0.05", "--json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["settings"]["damping"] == 0.05
     code, out, err = run("trace", "--index", str(tmp_path / "i"), "--prompt", "who founded", "--target", " ada",
                          "--top-k", "3", "--tokens", "0", "--json")
     assert code == 0, err

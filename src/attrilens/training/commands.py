@@ -42,6 +42,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         allocation: Annotated[str, typer.Option(help="Split of --proj-dim over the weights: proportional (to each "
                                                      "weight's size) or equal (LoGra's one side length).")] = "proportional",
         lam: Annotated[float | None, typer.Option(help="TrackStar λ (default: eigenvalue-crossing rule).")] = None,
+        damping: Annotated[float, typer.Option(help="TrackStar ridge on R, a fraction of its mean non-zero eigenvalue "
+                                                    "(smaller: fact retrieval; larger: one-step influence).")] = 1e-2,
         no_correction: Annotated[bool, typer.Option(help="TrackStar without the Adam second-moment correction.")] = False,
         no_r: Annotated[bool, typer.Option(help="TrackStar without R^-1/2.")] = False,
         no_unit_norm: Annotated[bool, typer.Option(help="TrackStar without unit normalisation.")] = False,
@@ -64,8 +66,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         lm = load_any_lm(model)
         idx = build_index(lm, corpus, out, method=method, proj_dim=proj_dim or None, model_dir=model,
                           eval_queries=eval_queries, block_len=block_len, shard_size=shard_size, batch_size=batch_size,
-                          dtype=dtype, seed=seed, allocation=allocation, lam=lam, correction=not no_correction, use_r=not no_r,
-                          unit_norm=not no_unit_norm, aggregate=aggregate, use_faiss=use_faiss, progress=not as_json)
+                          dtype=dtype, seed=seed, allocation=allocation, lam=lam, damping=damping,
+                          correction=not no_correction, use_r=not no_r, unit_norm=not no_unit_norm, aggregate=aggregate,
+                          use_faiss=use_faiss, progress=not as_json)
         m = idx.manifest
         summary = {"index": str(out), "method": m["method"], "examples": len(idx), "dim": m.get("dim", 0),
                    "shards": len(m.get("shards", [])), "build_seconds": m.get("build_seconds"),

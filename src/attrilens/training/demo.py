@@ -14,18 +14,20 @@ from attrilens.training.result import TraceResult
 
 DEMO_INDEX = ASSETS / "index"
 DEMO_SETTINGS = {"method": "trackstar", "proj_dim": 4096, "block_len": 128, "shard_size": 1024, "dtype": "float16"}
-DEMO_EVAL_QUERIES = 128  # queries whose gradients form R_eval (the first ones of queries.jsonl)
+# R_eval's task is the one the demo explains: completing fact statements (the model answers none of the
+# question wordings of queries.jsonl); the first facts of facts.jsonl.
+DEMO_EVAL_QUERIES = 128
 
 
 def build_demo_index(lm: LM, out: Path | str = DEMO_INDEX, world_dir: Path | str | None = None,
                      model_dir: Path | str | None = None, progress: bool = True):
-    """TrackStar (d ≈ 4096, fp16) over the world's fact documents, R_eval from its first queries: seconds on 2 cores."""
+    """TrackStar (d ≈ 4096, fp16) over the world's fact documents, R_eval from its first fact statements: seconds."""
     from attrilens.paths import demo_world_dir
     from attrilens.training.index import build_index
     from attrilens.world import load_jsonl
 
     world = Path(world_dir) if world_dir is not None else demo_world_dir()
-    queries = load_jsonl(world / "queries.jsonl", require=("prompt", "target"))[:DEMO_EVAL_QUERIES]
+    queries = load_jsonl(world / "facts.jsonl", require=("prompt", "target"))[:DEMO_EVAL_QUERIES]
     return build_index(lm, world / "corpus.jsonl", out, eval_queries=queries, model_dir=model_dir,
                        progress=progress, **DEMO_SETTINGS)
 

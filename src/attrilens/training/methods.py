@@ -35,7 +35,9 @@ class MethodConfig:
     unit_norm: bool = True  # trackstar: unit-normalise features
     lam: float | None = None  # trackstar: λ; None = where the eigenvalue curves cross
     k: int | None = None  # trackstar: crossing component; None = min(1000, min(n_eval, n_train)/2)
-    damping: float = 0.1  # trackstar: δ = damping · trace(R)/rank(R)
+    # trackstar: δ = damping · trace(R)/rank(R). Smaller finds fact sources more often, larger tracks one-step
+    # influence (tail-patch) more closely; 1e-2 balances the two on the demo (sweep in docs/benchmarks.md)
+    damping: float = 1e-2
     aggregate: str = "mean"  # tracin, datainf: mean or median (LLM Attributor's default) over checkpoints
     datainf_scale: float = 0.1  # datainf: λ_l = scale · mean ‖g_l‖² / D_l
     block_len: int = 128
@@ -52,6 +54,9 @@ class MethodConfig:
             raise AttrilensError(f"aggregate must be 'mean' or 'median', not {self.aggregate!r}.")
         if self.batch_size < 1:
             raise AttrilensError(f"batch_size must be positive, got {self.batch_size}.")
+        if not self.damping > 0:
+            raise AttrilensError(f"damping must be positive (R is low-rank with fewer examples than dimensions), "
+                                 f"got {self.damping}. Use e.g. 1e-2.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -105,7 +105,7 @@ class Whitening:
 
 
 def fit_whitening(train_features: torch.Tensor, eval_features: torch.Tensor | None = None, *, lam: float | None = None,
-                  k: int | None = None, damping: float = 0.1) -> Whitening:
+                  k: int | None = None, damping: float = 1e-2) -> Whitening:
     """Fit TrackStar's (λR_eval + (1−λ)R_train + δI)^(−1/2); without eval features λ = 0."""
     if train_features.shape[0] == 0:
         raise AttrilensError("No training features to fit R on. Pass a non-empty corpus.")
