@@ -24,24 +24,26 @@ def sweep(dims: list[int], dampings: list[float], n_queries: int = 180, n_tail: 
     import torch
 
     from attrilens import paths
-    from attrilens.eval.training import TailPatcher, _plen, _ranks, fact_metrics
+    from attrilens.eval.training import (
+        QUESTIONS,
+        STATEMENTS,
+        TailPatcher,
+        _ranks,
+        benchmark_query_sets,
+        fact_metrics,
+    )
     from attrilens.lm import LM
     from attrilens.training.corpus import make_corpus, read_documents
     from attrilens.training.gradients import Example, Featurizer
     from attrilens.training.preconditioning import adam_scales, fit_whitening
-    from attrilens.world import load_jsonl
 
     torch.set_num_threads(1)
     model_dir, world_dir = paths.demo_model_dir("target"), paths.demo_world_dir()
     lm = LM.from_pretrained(model_dir)
     blocks = make_corpus(read_documents(world_dir / "corpus.jsonl"), lm.tokenizer, block_len=128)
-    queries = load_jsonl(world_dir / "queries.jsonl", require=("prompt", "target", "gold", "fact"))
     rng = np.random.default_rng(0)  # the same queries as the training benchmark
-    queries = [queries[i] for i in sorted(rng.choice(len(queries), size=min(n_queries, len(queries)), replace=False))]
-    facts = {f["id"]: f for f in load_jsonl(world_dir / "facts.jsonl", require=("prompt", "target", "docs"))}
-    sets = {"questions": queries,
-            "statements": [{"prompt": facts[q["fact"]]["prompt"], "target": facts[q["fact"]]["target"],
-                            "gold": facts[q["fact"]]["docs"]} for q in queries]}
+    query_sets = benchmark_query_sets(world_dir, n_queries, rng)
+    sets = {"questions": query_sets[QUESTIONS], "statements": query_sets[STATEMENTS]}
     patcher = TailPatcher(lm, model_dir)
     rand = {qi: rng.choice(len(blocks), size=10, replace=False) for qi in range(n_tail)}
     scales = adam_scales(model_dir, lm.model, Featurizer(lm, proj_dim=None).modules)
@@ -52,13 +54,8 @@ def sweep(dims: list[int], dampings: list[float], n_queries: int = 180, n_tail: 
         for set_name, qs in sets.items():
             qex = [Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"])) for q in qs]
             feats = fz.features(qex)
-
-            def tail(picks, qex=qex, set_name=set_name):
-                return float(np.mean([patcher.delta((set_name, qi), qex[qi].ids[:_plen(qex[qi])],
-                                                    qex[qi].ids[_plen(qex[qi]):], int(b), blocks.tokens[int(b)])
-                                      for qi in range(min(n_tail, len(qex))) for b in picks[qi]]))
-
-            random_tail = tail(rand)
+            tail_rows = list(range(min(n_tail, len(qex))))
+            random_tail = patcher.mean_delta(set_name, qex, blocks, rand, tail_rows)
             settings = [("no R", None, None)] + [(f"damping {g:g}", g, None) for g in dampings]
             settings += [(f"damping {g:g}, λ = 0", g, 0.0) for g in dampings]
             for label, damping, lam in settings:
@@ -69,10 +66,11 @@ def sweep(dims: list[int], dampings: list[float], n_queries: int = 180, n_tail: 
                     q, t, lam_used = w.apply(feats), w.apply(train), w.lam
                 scores = (torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(t, dim=1).T).numpy()
                 orders = [_ranks(s) for s in scores]
+                top10 = [o[:10] for o in orders]
                 m = np.array([fact_metrics(o, blocks.docs, qq["gold"]) for o, qq in zip(orders, qs, strict=True)])
                 rows.append({"queries": set_name, "d": fz.dim, "setting": label, "lambda": lam_used,
                              "MRR": m[:, 0].mean(), "hit@10": m[:, 2].mean(),
-                             "tail-patch": tail({qi: orders[qi][:10] for qi in range(n_tail)}) - random_tail})
+                             "tail-patch": patcher.mean_delta(set_name, qex, blocks, top10, tail_rows) - random_tail})
             print(f"[ridge] d={d} {set_name} done", file=sys.stderr, flush=True)
     df = pd.DataFrame(rows)
     base = df[df.setting == "no R"].set_index(["queries", "d"])

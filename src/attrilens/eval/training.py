@@ -67,6 +67,21 @@ def write_tables(tables: dict, out: Path | None = None) -> None:
                                         default=str))
 
 
+QUESTIONS, STATEMENTS = "questions (unseen wording)", "statements (training template prefix)"
+
+
+def benchmark_query_sets(world_dir: Path, n_queries: int, rng: np.random.Generator) -> dict[str, list[dict]]:
+    """The benchmark's queries: `n_queries` drawn from queries.jsonl by `rng` (question wording), and the same facts'
+    statement prompts from facts.jsonl; each {"id", "prompt", "target", "gold"}."""
+    queries = load_jsonl(world_dir / "queries.jsonl", require=())
+    sel = sorted(rng.choice(len(queries), size=min(n_queries, len(queries)), replace=False).tolist())
+    queries = [queries[i] for i in sel]
+    by_fact = {f["id"]: f for f in load_jsonl(world_dir / "facts.jsonl", require=())}
+    statements = [{"id": q["fact"], "prompt": by_fact[q["fact"]]["prompt"], "target": by_fact[q["fact"]]["target"],
+                   "gold": by_fact[q["fact"]]["docs"]} for q in queries if q.get("fact") in by_fact]
+    return {QUESTIONS: queries, STATEMENTS: statements}
+
+
 def _ranks(scores: np.ndarray) -> np.ndarray:
     """Block indices, best first (ties broken by index)."""
     return np.lexsort((np.arange(len(scores)), -scores))
@@ -145,6 +160,12 @@ class TailPatcher:
         self.cache[(qi, bi)] = d
         return d
 
+    def mean_delta(self, key: str, queries: list, blocks, picks: dict, rows: list[int]) -> float:
+        """Mean Δ log p over queries[qi] (Examples, target after the prompt) for qi in `rows`, and the blocks
+        picks[qi] of each; `key` names the query set so its cache entries stay apart from another set's."""
+        return float(np.mean([self.delta((key, qi), queries[qi].ids[:_plen(queries[qi])], queries[qi].ids[_plen(queries[qi]):],
+                                         int(b), blocks.tokens[int(b)]) for qi in rows for b in picks[qi]]))
+
 
 def _method_grid(quick: bool) -> list[tuple[str, dict]]:
     dims = [2**10, 2**12, 2**14] if quick else [2**10, 2**12, 2**14, 2**16]
@@ -181,16 +202,9 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
     model_dir, world_dir, model_desc = _resolve(model, world, progress)
     lm = LM.from_pretrained(model_dir)
     docs = read_documents(world_dir / "corpus.jsonl")
-    queries = load_jsonl(world_dir / "queries.jsonl", require=())
     rng = np.random.default_rng(0)
-    nq = n_queries or (40 if quick else min(len(queries), 180))
-    sel = sorted(rng.choice(len(queries), size=min(nq, len(queries)), replace=False).tolist())
-    queries = [queries[i] for i in sel]
-    facts = load_jsonl(world_dir / "facts.jsonl", require=())
-    by_fact = {f["id"]: f for f in facts}
-    statements = [{"id": q["fact"], "prompt": by_fact[q["fact"]]["prompt"], "target": by_fact[q["fact"]]["target"],
-                   "gold": by_fact[q["fact"]]["docs"]} for q in queries if q.get("fact") in by_fact]
-    query_sets = {"questions (unseen wording)": queries, "statements (training template prefix)": statements}
+    query_sets = benchmark_query_sets(world_dir, n_queries or (40 if quick else 180), rng)
+    queries = query_sets[QUESTIONS]
     n_tail = tail_queries or (15 if quick else 40)
     blocks = make_corpus(docs, lm.tokenizer, block_len=128)
     work = Path(workdir or tempfile.mkdtemp(prefix="attrilens-bench-"))
@@ -238,13 +252,9 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
         tq = list(range(min(n_tail, len(qset))))
         rand = {qi: rng.choice(len(blocks), size=10, replace=False) for qi in tq}
 
-        def mean_delta(picks, qex=qex, set_name=set_name, tq=tq):
-            return float(np.mean([patcher.delta((set_name, qi), qex[qi].ids[: _plen(qex[qi])], qex[qi].ids[_plen(qex[qi]):],
-                                                int(b), blocks.tokens[int(b)]) for qi in tq for b in picks[qi]]))
-
-        random_mean = mean_delta(rand)
+        random_mean = patcher.mean_delta(set_name, qex, blocks, rand, tq)
         for name, ords in tqdm(orders.items(), desc=f"tail-patch {set_name}", file=sys.stderr, disable=not progress):
-            top = mean_delta(ords)
+            top = patcher.mean_delta(set_name, qex, blocks, ords, tq)
             tp_rows.append({"queries": set_name, "method": name, "Δlogp top-10": top, "Δlogp random": random_mean,
                             "tail-patch (top-10 − random)": top - random_mean})
     ft = pd.DataFrame(ft_rows)
