@@ -12,7 +12,7 @@ from attrilens.inspect import InspectResult, Patchscope, fit_affine, presets, sw
 from attrilens.inspect.lenses import AffineMap, TunedLens
 from attrilens.inspect.patchscope import Query
 from attrilens.lm import LM, Patch
-from attrilens.testing import ARCHS, random_ids, tiny_lm
+from attrilens.testing import ARCHS, assert_greedy_continuation, random_ids, tiny_lm
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -90,8 +90,8 @@ def test_shared_prefix_path_matches_full_forward_with_real_patches(lm: LM):
 def test_patched_generation_equals_rerunning_the_patched_sequence(lm: LM):
     """Greedy generation with the patch at prefill = argmax of a full patched re-run at every step.
 
-    Each generated token must be the re-run's argmax up to float noise (the lm fixture's weights change from run
-    to run, and a random tiny model can have two next-token logits within 1e-6 of each other).
+    Up to float noise: the lm fixture's weights change from run to run, and a random tiny model can tie two
+    next-token logits.
     """
     src, tgt = _ids(lm, 8, seed=6), _ids(lm, 7, seed=7)
     ps = Patchscope(lm, progress=False)
@@ -99,11 +99,7 @@ def test_patched_generation_equals_rerunning_the_patched_sequence(lm: LM):
     ids = lm.generate_ids([tgt], max_new_tokens=4, patches=[Patch(0, 1, 2, ps.source_states([q])[0])], stop_at_eos=False)[0]
     h = lm.hidden_states([src], [1])[0][1][0, 3]
     assert len(ids) == 4
-    seq = list(tgt)
-    for tok in ids:
-        logits = lm.run([seq], patches=[Patch(0, 1, 2, h)]).logits[0, -1]
-        assert float(logits[tok]) >= float(logits.max()) - 1e-4, (tok, int(logits.argmax()))
-        seq.append(tok)
+    assert_greedy_continuation(lm, tgt, ids, [Patch(0, 1, 2, h)])
     text = ps.generate([q], max_new_tokens=4, stop_strings=())[0]
     assert text == lm.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
 

@@ -93,3 +93,13 @@ def random_ids(lm: LM, n: int, *, generator: torch.Generator) -> list[int]:
     """n random token ids, avoiding special tokens."""
     hi = len(lm.tokenizer)
     return torch.randint(2, hi, (n,), generator=generator).tolist()
+
+
+def assert_greedy_continuation(lm: LM, prompt: list[int], generated: list[int], patches=(), tol: float = 1e-4) -> None:
+    """Each generated token is the argmax of a full re-run of prompt + the tokens before it (no cache, `patches`
+    applied), up to `tol` in the logits: random tiny models can tie two next-token logits within float noise."""
+    seq = list(prompt)
+    for tok in generated:
+        logits = lm.run([seq], patches=list(patches)).logits[0, -1]
+        assert float(logits[tok]) >= float(logits.max()) - tol, f"token {tok} is not the argmax {int(logits.argmax())}"
+        seq.append(tok)
