@@ -29,4 +29,4 @@ bench: install-dev
 
 # Retrain the shipped demo models from scratch (slow: see docs/benchmarks.md for the time it took).
 demo-models: install
-	$(PY) -m attrilens.world.build_demo --out runs/demo-models
+	$(PY) -m attrilens.demo.build --out runs/demo-models

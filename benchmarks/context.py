@@ -1,6 +1,6 @@
 """Context-attribution benchmark: `python benchmarks/context.py [--model DIR] [--proxy DIR] [--world DIR] [--quick]`.
 
-The same code as `attrilens bench context` (attrilens.context.bench); prints the table of faithfulness to exact
+The same code as `attrilens bench context` (attrilens.bench.context); prints the table of faithfulness to exact
 target LOO and cost ratios against naive LOO measured in the same run.
 """
 
@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from attrilens.context.bench import run_benchmark
+    from attrilens.bench.context import run_benchmark
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=None, help="target model directory (default: demo target)")

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def cli() -> None:
     """Parse arguments and run the same code as `attrilens bench inspect`."""
-    from attrilens.eval.inspect import main
+    from attrilens.bench.patchscopes import main
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", type=Path, default=None, help="model directory (default: the demo target model)")

@@ -23,15 +23,15 @@ def sweep(dims: list[int], dampings: list[float], n_queries: int = 180, n_tail: 
     import pandas as pd
     import torch
 
-    from attrilens import paths
-    from attrilens.eval.training import (
+    from attrilens.bench.training import (
         QUESTIONS,
         STATEMENTS,
         TailPatcher,
-        _ranks,
         benchmark_query_sets,
-        fact_metrics,
+        rank_order,
+        retrieval_metrics,
     )
+    from attrilens.demo import paths
     from attrilens.lm import LM
     from attrilens.training.corpus import make_corpus, read_documents
     from attrilens.training.gradients import Example, Featurizer
@@ -65,9 +65,9 @@ def sweep(dims: list[int], dampings: list[float], n_queries: int = 180, n_tail: 
                     w = fit_whitening(train, feats, lam=lam, damping=damping)
                     q, t, lam_used = w.apply(feats), w.apply(train), w.lam
                 scores = (torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(t, dim=1).T).numpy()
-                orders = [_ranks(s) for s in scores]
+                orders = [rank_order(s) for s in scores]
                 top10 = [o[:10] for o in orders]
-                m = np.array([fact_metrics(o, blocks.docs, qq["gold"]) for o, qq in zip(orders, qs, strict=True)])
+                m = np.array([retrieval_metrics(o, blocks.docs, qq["gold"]) for o, qq in zip(orders, qs, strict=True)])
                 rows.append({"queries": set_name, "d": fz.dim, "setting": label, "lambda": lam_used,
                              "MRR": m[:, 0].mean(), "hit@10": m[:, 2].mean(),
                              "tail-patch": patcher.mean_delta(set_name, qex, blocks, top10, tail_rows) - random_tail})

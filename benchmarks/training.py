@@ -1,6 +1,6 @@
 """Lens 2 benchmark (thin wrapper): `python benchmarks/training.py [--model DIR --world DIR] [--quick] [--out F]`.
 
-Same code as `attrilens bench training` (attrilens.eval.training.run_benchmark); prints one table per metric.
+Same code as `attrilens bench training` (attrilens.bench.training.run_benchmark); prints one table per metric.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer queries and dimensions")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables as JSON")
     args = parser.parse_args()
-    from attrilens.eval.training import run_benchmark, write_tables
+    from attrilens.bench.training import run_benchmark, write_tables
 
     write_tables(run_benchmark(model=args.model, world=args.world, quick=args.quick), args.out)
 

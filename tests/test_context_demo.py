@@ -13,9 +13,9 @@ N_EPISODES = 20
 
 @pytest.mark.slow
 def test_gold_sentence_ranks_first_under_exact_loo_on_the_demo_reader():
-    from attrilens import paths
+    from attrilens.bench.context import is_correct, load_episodes
     from attrilens.context import ContextAttributor
-    from attrilens.context.bench import is_correct, load_episodes
+    from attrilens.demo import paths
     from attrilens.lm import LM
 
     model_dir, world_dir = paths.demo_model_dir("target"), paths.demo_world_dir()  # shipped: absent is a failure

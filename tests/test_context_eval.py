@@ -10,9 +10,9 @@ import random
 import pytest
 from typer.testing import CliRunner
 
-from attrilens.context.bench import default_settings, evaluate_episode, format_table, summarise
+from attrilens.bench.context import default_settings, evaluate_episode, format_table, summarise
+from attrilens.bench.metrics import average_precision, gold_hit, loo_outliers, ranking, spearman
 from attrilens.errors import AttrilensError
-from attrilens.eval.context import average_precision, gold_hit, loo_outliers, ranking, spearman
 from attrilens.testing import tiny_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

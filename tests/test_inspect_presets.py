@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
+from attrilens.demo.report import inspect_section
 from attrilens.errors import AttrilensError
-from attrilens.inspect import InspectResult, demo_section, presets
+from attrilens.inspect import InspectResult, presets
 from attrilens.inspect.patchscope import Patchscope
 from attrilens.lm import Patch
 from attrilens.testing import tiny_lm
@@ -24,7 +25,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from attrilens.world import make_world
+    from attrilens.demo.world import make_world
 
     out = tmp_path_factory.mktemp("world")
     make_world(out, seed=3, n_entities=6, n_train_episodes=4, n_heldout_episodes=2, n_copy_docs=2, n_copy_eval=2)
@@ -59,7 +60,7 @@ def test_attribute_extraction_patches_the_placeholder(lm):
 
 
 def test_entity_description_uses_world_facts(lm, world):
-    from attrilens.world import load_jsonl
+    from attrilens.jsonl import load_jsonl
 
     template = presets.description_template(world)
     first = load_jsonl(world / "facts.jsonl", require=())[0]
@@ -88,7 +89,7 @@ def test_cross_model_fits_affine_maps_between_depths():
 
 
 def test_demo_section_is_a_full_logit_lens_grid(lm):
-    res = demo_section(lm, "the capital of velmora is")
+    res = inspect_section(lm, "the capital of velmora is")
     assert isinstance(res, InspectResult) and res.preset == "logit_lens"
     assert len(res.cells) == (lm.n_layers + 1) * len(res.source_tokens)
     assert res.cost.forward_passes == 1
@@ -122,8 +123,8 @@ def test_cli_inspect_json_and_errors(tmp_path, lm):
 
 
 def test_multi_hop_items_put_the_bridge_entity_in_the_context(world):
-    from attrilens.eval.inspect import multi_hop_items
-    from attrilens.world import load_jsonl
+    from attrilens.bench.patchscopes import multi_hop_items
+    from attrilens.jsonl import load_jsonl
 
     facts = load_jsonl(world / "facts.jsonl", require=())
     items = multi_hop_items(facts, seed=0)

@@ -166,7 +166,7 @@ def test_serve_verb_checks_its_directories_before_starting(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from attrilens.view.commands import register
+    from attrilens.cli.serve import register
 
     app, bench = typer.Typer(), typer.Typer()
     register(app, bench)

@@ -14,8 +14,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from attrilens.demo.trainer import TrainConfig, train  # noqa: E402
 from attrilens.errors import AttrilensError  # noqa: E402
-from attrilens.world.trainer import TrainConfig, train  # noqa: E402
 
 TEXTS = ["The capital of Velmora is Kelmin.", "Velmora pays with a currency called the Dorn.",
          "cat -> cat\n1135 -> 1135\nhello -> hello", "The founder of Arvik was Tamsin Orlo.",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attrilens import paths
+from attrilens.demo import paths
+from attrilens.jsonl import load_jsonl
 from attrilens.lm import LM
 from attrilens.training.index import build_index
-from attrilens.world import load_jsonl
 
 N_EVAL = 128  # facts whose prompts fit R_eval; every other fact is scored
 PROJ_DIM = 65536  # the paper's d = 2^16

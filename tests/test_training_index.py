@@ -251,17 +251,17 @@ def test_tracin_aggregates_checkpoints(lm, model_dir, tmp_path):
 
 
 def test_datainf_matches_closed_form_and_lora_finetune(lm, model_dir, tmp_path):
-    from attrilens.training.lora import finetune_lora, load_lora_lm
+    from attrilens.demo.lora import finetune_lora
 
     docs = _docs(12)
     out = finetune_lora(model_dir, docs, tmp_path / "lora", epochs=1, batch_size=4, keep_checkpoints=2, progress=False)
     info = json.loads((out / "training.json").read_text())
     assert (out / "adapter_model.safetensors").is_file() and (out / "optimizer.safetensors").is_file()
     assert info["checkpoints"] and (out / info["checkpoints"][0]["path"] / "adapter_config.json").is_file()
-    llm = load_lora_lm(out)
+    llm = LM.from_pretrained(out)
     assert llm.fingerprint() != lm.fingerprint()
     q = Example.response(llm.encode_prompt("who founded the bank ?"), llm.encode_response(" ada"))
-    views = [load_lora_lm(out / c["path"], base_dir=model_dir) for c in info["checkpoints"]] + [llm]
+    views = [LM.from_pretrained(out / c["path"], base=model_dir) for c in info["checkpoints"]] + [llm]
     for agg in ("median", "mean"):
         idx = build_index(llm, docs, tmp_path / f"di-{agg}", method="datainf", block_len=12, shard_size=5,
                           dtype="float32", aggregate=agg, progress=False)

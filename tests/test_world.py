@@ -11,15 +11,15 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from attrilens.errors import AttrilensError  # noqa: E402
-from attrilens.world import (  # noqa: E402
-    PROMPT_TEMPLATE,
+from attrilens.context.template import PROMPT_TEMPLATE  # noqa: E402
+from attrilens.demo.world import (  # noqa: E402
     RELATIONS,
-    load_jsonl,
     make_world,
     render_episode,
     split_sentences,
 )
+from attrilens.errors import AttrilensError  # noqa: E402
+from attrilens.jsonl import load_jsonl  # noqa: E402
 
 FILES = ["corpus.jsonl", "facts.jsonl", "queries.jsonl", "episodes.jsonl", "copy_eval.jsonl", "train.jsonl",
          "world.json"]

@@ -134,6 +134,38 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """Whether a directory holds a peft LoRA adapter (rather than a whole model)."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def _load_model_and_tokenizer(path: Path, dtype: torch.dtype, attn_implementation: str | None):
+    """A causal LM and its tokenizer from a local save_pretrained directory, with one-line errors."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if not (path / "config.json").is_file():
+        raise AttrilensError(f"{str(path)!r} has no config.json. Pass a directory written by save_pretrained.")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - the message is what the user needs
+        raise AttrilensError(f"Cannot read the model config in {str(path)!r}: {exc}. Check config.json.") from exc
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise AttrilensError(
+            f"{str(path)!r} holds a {config.model_type!r} model, which is not a causal LM. "
+            "Pass a directory of an AutoModelForCausalLM model."
+        )
+    kwargs = {"local_files_only": True, "dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise AttrilensError(f"Cannot load the model or tokenizer in {str(path)!r}: {exc}.") from exc
+    return model, tokenizer
+
+
 class LM:
     """A causal LM and its tokenizer behind one interface (see module docstring for indexing)."""
 
@@ -164,35 +196,43 @@ class LM:
         device: str | torch.device = "cpu",
         attn_implementation: str | None = None,
         chat_template: bool | None = None,
+        base: str | os.PathLike | None = None,
     ) -> LM:
-        """Load a model directory (local only: no hub downloads) into an LM."""
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        """Load a model directory, or a LoRA adapter directory on its base model (local only: no hub downloads).
 
+        An adapter directory (with `adapter_config.json`) is loaded onto `base`, else onto the base its
+        `training.json` (written by `attrilens train --lora`) or its adapter config names.
+        """
         path = Path(path)
         if not path.is_dir():
             raise AttrilensError(f"Model directory {str(path)!r} does not exist. Pass a local Hugging Face model directory.")
-        if not (path / "config.json").is_file():
-            raise AttrilensError(f"{str(path)!r} has no config.json. Pass a directory written by save_pretrained.")
-        try:
-            config = AutoConfig.from_pretrained(path, local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - the message is what the user needs
-            raise AttrilensError(f"Cannot read the model config in {str(path)!r}: {exc}. Check config.json.") from exc
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-        if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            raise AttrilensError(
-                f"{str(path)!r} holds a {config.model_type!r} model, which is not a causal LM. "
-                "Pass a directory of an AutoModelForCausalLM model."
-            )
-        kwargs = {"local_files_only": True, "dtype": dtype}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise AttrilensError(f"Cannot load the model or tokenizer in {str(path)!r}: {exc}.") from exc
+        if is_adapter_dir(path):
+            return cls._from_adapter(path, base, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                                     chat_template=chat_template)
+        model, tokenizer = _load_model_and_tokenizer(path, dtype, attn_implementation)
         return cls(model.to(device), tokenizer, chat_template=chat_template, name=str(path))
+
+    @classmethod
+    def _from_adapter(cls, path: Path, base: str | os.PathLike | None, **kwargs) -> LM:
+        from peft import PeftModel
+
+        if base is None:
+            info = path / "training.json"
+            config = info if info.is_file() else path / "adapter_config.json"
+            try:
+                meta = json.loads(config.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise AttrilensError(f"Cannot read {config}: {exc}. Pass the adapter's base model directory.") from None
+            base = meta.get("base") or meta.get("base_model_name_or_path")
+        if not base or not Path(base).is_dir():
+            raise AttrilensError(f"The base model of the LoRA adapter in {str(path)!r} ({base}) is not a local directory. "
+                                 "Pass its base model directory.")
+        model, tokenizer = _load_model_and_tokenizer(Path(base), kwargs["dtype"], kwargs["attn_implementation"])
+        try:
+            inner = PeftModel.from_pretrained(model, str(path)).base_model.model
+        except Exception as exc:  # noqa: BLE001 - the message is what the user needs
+            raise AttrilensError(f"Cannot load the LoRA adapter in {str(path)!r} onto {base}: {exc}.") from exc
+        return cls(inner.eval().to(kwargs["device"]), tokenizer, chat_template=kwargs["chat_template"], name=str(path))
 
     # ------------------------------------------------------------------ facts
     @property
@@ -316,7 +356,7 @@ class LM:
         return Batch(ids.to(dev), mask.to(dev), pos.to(dev), [len(s) for s in sequences], offsets)
 
     # ------------------------------------------------------------------ forward with hooks
-    def _check_layer(self, layer: int) -> int:
+    def check_layer(self, layer: int) -> int:
         L = self.n_layers
         if not -(L + 1) <= layer <= L:
             raise AttrilensError(f"Layer {layer} is out of range: this model has layers 0..{L} (or -{L + 1}..-1).")
@@ -382,7 +422,7 @@ class LM:
         for p in patches:
             if not 0 <= p.row < n_rows:
                 raise AttrilensError(f"Patch row {p.row} is outside the batch of {n_rows} rows.")
-            layer = self._check_layer(p.layer)
+            layer = self.check_layer(p.layer)
             n = lengths[p.row]
             if not -n <= p.position < n:
                 raise AttrilensError(
@@ -427,7 +467,7 @@ class LM:
     ) -> RunOutput:
         from transformers import DynamicCache
 
-        read = [self._check_layer(x) for x in read_layers]
+        read = [self.check_layer(x) for x in read_layers]
         starts = [chunk_start] * len(batch.lengths) if isinstance(chunk_start, int) else list(chunk_start)
         full = [s + n for s, n in zip(starts, batch.lengths, strict=True)]
         plist = self._normalise_patches(patches, full, len(full))
@@ -475,7 +515,7 @@ class LM:
         """Residual states for every requested layer (default: all 0..L), as {layer: [B, T, d]} padded tensors."""
         layers = list(range(self.n_layers + 1)) if layers is None else list(layers)
         out = self.run(sequences, read_layers=layers, padding_side=padding_side)
-        return {self._check_layer(k): v for k, v in out.hidden.items()}, out
+        return {self.check_layer(k): v for k, v in out.hidden.items()}, out
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Logits from a residual state of the last layer's kind: final norm, then unembedding (the logit lens)."""

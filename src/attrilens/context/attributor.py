@@ -20,11 +20,11 @@ from attrilens.context.hierarchical import hierarchical_loo
 from attrilens.context.loo import Scorer, loo, make_scorer
 from attrilens.context.proxy import proxy_prune, proxy_response_ids
 from attrilens.context.result import ContextResult, SourceScore, additive_rescorer
+from attrilens.context.template import PROMPT_TEMPLATE
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.results import Cost
 from attrilens.spans import LEVELS, Sources
-from attrilens.world import PROMPT_TEMPLATE
 
 METHODS = ("loo", "cached", "hierarchical", "proxy", "proxy-pruning", "contextcite", "attention", "gradient")
 _BASELINES = ("contextcite", "attention", "gradient")
@@ -208,14 +208,3 @@ class ContextAttributor:
         drop, h = hierarchical_loo(scorer, paragraphs, src, k)
         details.update(paragraph_scores=h.paragraph_scores, kept_paragraphs=h.kept_paragraphs)
         return drop
-
-
-def demo_section(lm: LM, proxy: LM | None, episode: dict) -> ContextResult:
-    """The context lens on one reading episode for `attrilens demo`: the model's own answer, explained.
-
-    With a proxy: the proxy ranks the sentences and the target confirms its top 5 exactly; without: exact
-    cached LOO over every sentence.
-    """
-    method = "cached+proxy-pruning" if proxy is not None else "cached"
-    attributor = ContextAttributor(lm, proxy, method=method, level="sentence", top_k=5, max_new_tokens=8)
-    return attributor.attribute(episode["context"], episode["question"])

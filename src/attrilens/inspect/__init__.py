@@ -14,10 +14,9 @@ from attrilens.inspect.lenses import (
     fit_layer_maps,
 )
 from attrilens.inspect.patchscope import Patchscope, Query, sweep
-from attrilens.inspect.presets import demo_section
 from attrilens.inspect.result import Cell, InspectResult
 
 __all__ = [
     "AffineMap", "CallableMapping", "Cell", "Identity", "InspectResult", "LayerMaps", "Mapping", "Patchscope", "Query",
-    "TunedLens", "as_mapping", "collect_states", "demo_section", "fit_affine", "fit_layer_maps", "presets", "sweep",
+    "TunedLens", "as_mapping", "collect_states", "fit_affine", "fit_layer_maps", "presets", "sweep",
 ]

@@ -144,7 +144,7 @@ def token_rows(lm: LM, texts: Sequence[str], *, max_tokens: int = 128) -> list[l
 @torch.no_grad()
 def collect_states(lm: LM, rows: Sequence[Sequence[int]], layers: Sequence[int], *, batch_size: int = 16) -> dict[int, torch.Tensor]:
     """Residual states of every real token of `rows` at `layers`, as {layer: [N, d]} (rows concatenated in order)."""
-    out: dict[int, list[torch.Tensor]] = {lm._check_layer(x): [] for x in layers}
+    out: dict[int, list[torch.Tensor]] = {lm.check_layer(x): [] for x in layers}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         run = lm.run(chunk, read_layers=list(out), padding_side="right")
@@ -174,7 +174,7 @@ def fit_layer_maps(
         )
     xs = collect_states(source, rows, sorted({a for a, _ in pairs}))
     ys = xs if target is source else collect_states(target, rows, sorted({b for _, b in pairs}))
-    return LayerMaps({(a, b): fit_affine(xs[source._check_layer(a)], ys[target._check_layer(b)], ridge=ridge)
+    return LayerMaps({(a, b): fit_affine(xs[source.check_layer(a)], ys[target.check_layer(b)], ridge=ridge)
                       for a, b in pairs})
 
 

@@ -110,7 +110,7 @@ class Patchscope:
               target_position: int = -1, read_position: int | None = None) -> Query:
         """Build a validated Query (prompts as text or ids; target defaults to the source prompt at the same place)."""
         sids = _ids(source_prompt, self.source.encode_prompt)
-        layer = self.source._check_layer(layer)
+        layer = self.source.check_layer(layer)
         pos = _norm_position(position, len(sids), "source")
         if target_prompt is None:
             if self.target is not self.source and len(self.target.tokenizer) != len(self.source.tokenizer):
@@ -118,7 +118,7 @@ class Patchscope:
             tids, tpos = sids, pos if target_position == -1 else target_position
         else:
             tids, tpos = _ids(target_prompt, lambda t: encode_target(self.target, t)), target_position
-        tlayer = self.target._check_layer(layer if target_layer is None else target_layer)
+        tlayer = self.target.check_layer(layer if target_layer is None else target_layer)
         tpos = _norm_position(tpos, len(tids), "target")
         if read_position is None:
             read = tpos if target_prompt is None else len(tids) - 1

@@ -43,7 +43,7 @@ def _lens_grid(lm: LM, prompt: str | Sequence[int], preset: str, translate, laye
     cost = Cost()
     with Timer(cost):
         ids = _source_ids(lm, prompt)
-        layers = list(range(lm.n_layers + 1)) if layers is None else [lm._check_layer(x) for x in layers]
+        layers = list(range(lm.n_layers + 1)) if layers is None else [lm.check_layer(x) for x in layers]
         positions = list(range(len(ids))) if positions is None else [_norm_position(i, len(ids), "source") for i in positions]
         hs, _ = lm.hidden_states([ids], layers)
         cost.add(1, len(ids))
@@ -83,7 +83,7 @@ def token_identity(lm: LM, prompt: str | Sequence[int], *, bare: bool = False, l
 
 def relation_template(relation: str) -> str:
     """`The capital of x is` style target for a fact-world relation (its first statement template, cut at the value)."""
-    from attrilens.world import RELATIONS
+    from attrilens.demo.world import RELATIONS
 
     if relation not in RELATIONS:
         raise AttrilensError(f"Unknown relation {relation!r}. Choose from {sorted(RELATIONS)}.")
@@ -127,7 +127,8 @@ def description_template(world_dir: str | Path | None = None, n_shots: int = 3) 
     """Few-shot `entity: description` lines ending in `x:` — from the fact world's facts when a world is given."""
     shots = list(GENERIC_DESCRIPTIONS)
     if world_dir is not None:
-        from attrilens.world import RELATIONS, load_jsonl
+        from attrilens.demo.world import RELATIONS
+        from attrilens.jsonl import load_jsonl
 
         facts = load_jsonl(Path(world_dir) / "facts.jsonl", require=("entity", "relation", "value"))
         by_entity: dict[str, list[dict]] = {}
@@ -187,8 +188,3 @@ def multi_hop(lm: LM, hop1_prompt: str | Sequence[int], hop2_template: str, *, l
     queries = _placeholder_queries(ps, hop1_prompt, hop2_template, [layer], position, [target_layer])
     return ps.inspect(queries, preset="multi_hop", source_prompt=hop1_prompt if isinstance(hop1_prompt, str) else None,
                       target_prompt=hop2_template, top_k=top_k, max_new_tokens=max_new_tokens)
-
-
-def demo_section(lm: LM, prompt: str) -> InspectResult:
-    """The demo's Patchscopes panel: a logit-lens grid over every layer × position of a short prompt (one forward)."""
-    return logit_lens(lm, prompt, top_k=5)

@@ -7,29 +7,11 @@
 
 from __future__ import annotations
 
-import importlib
+from attrilens.training.corpus import Corpus, make_corpus
+from attrilens.training.gradients import Example, Featurizer
+from attrilens.training.index import TrainingIndex, build_index
+from attrilens.training.methods import METHODS, MethodConfig
+from attrilens.training.result import TraceResult
 
-_EXPORTS = {
-    "build_index": "attrilens.training.index",
-    "TrainingIndex": "attrilens.training.index",
-    "TraceResult": "attrilens.training.result",
-    "Corpus": "attrilens.training.corpus",
-    "make_corpus": "attrilens.training.corpus",
-    "Example": "attrilens.training.gradients",
-    "Featurizer": "attrilens.training.gradients",
-    "MethodConfig": "attrilens.training.methods",
-    "METHODS": "attrilens.training.methods",
-    "finetune_lora": "attrilens.training.lora",
-    "load_lora_lm": "attrilens.training.lora",
-    "demo_section": "attrilens.training.demo",
-    "build_demo_index": "attrilens.training.demo",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    """Import on first use, so `attrilens --help` does not pay for torch."""
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'attrilens.training' has no attribute {name!r}")
+__all__ = ["METHODS", "Corpus", "Example", "Featurizer", "MethodConfig", "TraceResult", "TrainingIndex", "build_index",
+           "make_corpus"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attrilens.errors import AttrilensError
-from attrilens.world.generate import iter_jsonl_lines
+from attrilens.jsonl import iter_jsonl_lines
 
 
 @dataclass

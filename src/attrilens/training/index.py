@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from attrilens.errors import AttrilensError
+from attrilens.jsonl import iter_jsonl
 from attrilens.lm import LM
 from attrilens.results import Cost
 from attrilens.training.corpus import Corpus, make_corpus, read_documents
 from attrilens.training.gradients import Example
 from attrilens.training.methods import BM25Retriever, GradientMethod, MethodConfig, bm25_query_text
 from attrilens.training.result import TraceResult
-from attrilens.world.generate import iter_jsonl
 
 INDEX_SCHEMA = "attrilens/training-index/v2"  # v2: projection allocation in the settings
 FP16_MAX = 65504.0

@@ -121,9 +121,7 @@ class GradientMethod:
             load_checkpoint = partial(_load_checkpoint_lm, tokenizer=lm.tokenizer)
         elif config.method == "datainf" and (lora_base := _lora_base_with_checkpoints(self.model_dir)) is not None:
             # LLM Attributor: DataInf at every saved adapter checkpoint and the final one, scores aggregated
-            from attrilens.training.lora import load_lora_lm
-
-            load_checkpoint = partial(load_lora_lm, base_dir=lora_base)
+            load_checkpoint = partial(LM.from_pretrained, base=lora_base)
         if load_checkpoint is not None:
             self.checkpoints = tracin_checkpoints(self.model_dir)
             for rel, lr in self.checkpoints:

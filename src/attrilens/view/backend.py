@@ -189,7 +189,7 @@ class LensBackend:
 
     def inspect(self, req: InspectRequest) -> dict[str, Any]:
         """A patchscope run through the inspect lens's CLI function (same document as `attrilens inspect --json`)."""
-        run = _lens("attrilens.inspect.commands", "run_inspect", "inspect")
+        run = _lens("attrilens.cli.patchscopes", "run_inspect", "inspect")
         with self._lock:
             return run(self.lm(), req.prompt, preset=req.preset, layer=req.layer, position=req.position,
                        target_prompt=req.target_prompt).to_dict()

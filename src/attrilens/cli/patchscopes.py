@@ -15,14 +15,14 @@ PRESETS = ("logit_lens", "tuned_lens", "token_identity", "token_identity_bare", 
 
 
 def _model_dir(model: Path | None) -> Path:
-    from attrilens.paths import demo_model_dir
+    from attrilens.demo.paths import demo_model_dir
 
     return model if model is not None else demo_model_dir("target")
 
 
 def _world_texts(world: Path | None, n: int = 200) -> list[str]:
-    from attrilens.paths import demo_world_dir
-    from attrilens.world import load_jsonl
+    from attrilens.demo.paths import demo_world_dir
+    from attrilens.jsonl import load_jsonl
 
     world = world if world is not None else demo_world_dir()
     return [r["text"] for r in load_jsonl(Path(world) / "corpus.jsonl")[:n]]
@@ -107,7 +107,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print only the result JSON.")] = False,
     ) -> None:
         """Patchscopes: patch hidden states of the prompt into a target prompt and read what they encode."""
-        from attrilens.cli import emit
+        from attrilens.cli.output import emit
 
         emit(run_inspect(model, prompt, preset, layer, position, target_model, target_prompt, target_layer,
                          target_position, relation, lens, world, top_k, max_new_tokens), as_json)
@@ -120,6 +120,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON only.")] = False,
     ) -> None:
         """Patchscopes benchmark: precision@1/surprisal by layer, attribute extraction, multi-hop, speed."""
-        from attrilens.eval.inspect import main
+        from attrilens.bench.patchscopes import main
 
         main(model=model, world=world, quick=quick, as_json=as_json)

@@ -14,7 +14,7 @@ def demo_model_dir(name: str = "target") -> Path:
     path = ASSETS / "models" / name
     if not (path / "config.json").is_file():
         raise AttrilensError(
-            f"The demo model {name!r} is not in {path}. Rebuild it with `python -m attrilens.world.build_demo`."
+            f"The demo model {name!r} is not in {path}. Rebuild it with `python -m attrilens.demo.build`."
         )
     return path
 
@@ -23,5 +23,5 @@ def demo_world_dir() -> Path:
     """Directory of the shipped fact world (corpus.jsonl, queries.jsonl, episodes.jsonl, facts.jsonl)."""
     path = ASSETS / "world"
     if not (path / "corpus.jsonl").is_file():
-        raise AttrilensError(f"The demo world is not in {path}. Rebuild it with `python -m attrilens.world.build_demo`.")
+        raise AttrilensError(f"The demo world is not in {path}. Rebuild it with `python -m attrilens.demo.build`.")
     return path

@@ -1,6 +1,6 @@
 """Rebuild the offline demo: fact world (fixed seed) → target + proxy models → evaluation → package assets.
 
-    python -m attrilens.world.build_demo --out runs/demo
+    python -m attrilens.demo.build --out runs/demo
 
 (the defaults are the shipped models' recipe: --phase1-minutes 30.1 --minutes 40 --proxy-minutes 8
 --phase3-minutes 95; about 2.5 hours on 2 cores).
@@ -26,12 +26,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the machine is shared: do not spin on busy cores
 
+from attrilens.demo.paths import ASSETS  # noqa: E402
+from attrilens.demo.trainer import TrainConfig, train  # noqa: E402
+from attrilens.demo.world.evaluate import evaluate_demo_model  # noqa: E402
+from attrilens.demo.world.generate import make_world  # noqa: E402
 from attrilens.errors import AttrilensError  # noqa: E402
-from attrilens.world.evaluate import evaluate_demo_model  # noqa: E402
-from attrilens.world.generate import make_world  # noqa: E402
-from attrilens.world.trainer import TrainConfig, train  # noqa: E402
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 WORLD = {"seed": 0, "n_entities": 80, "n_train_episodes": 8000, "n_heldout_episodes": 200, "n_copy_docs": 1500,
          "n_copy_eval": 200, "questions_per_episode": 6, "fact_repeats": 35}

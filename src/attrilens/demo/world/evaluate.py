@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from attrilens.bench.metrics import greedy_match
+from attrilens.demo.world.generate import render_episode, split_sentences
 from attrilens.errors import AttrilensError
-from attrilens.world.generate import load_jsonl, render_episode, split_sentences
+from attrilens.jsonl import load_jsonl
 
 
 def _load(model_dir: Path):
@@ -44,19 +46,12 @@ def greedy_complete(model, tok, prompts: list[str], max_new_tokens: int = 12, ba
     return [res[i] for i in range(len(prompts))]
 
 
-def _hit(completion: str, target: str) -> bool:
-    if not completion.startswith(target):
-        return False
-    rest = completion[len(target):]
-    return not rest or not rest[0].isalnum()
-
-
 def _accuracy(model, tok, prompts: list[str], targets: list[str]) -> tuple[float, list[bool]]:
     if not prompts:
         return math.nan, []
     n_new = max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets) + 2
     comps = greedy_complete(model, tok, prompts, max_new_tokens=n_new)
-    hits = [_hit(c, t) for c, t in zip(comps, targets, strict=True)]
+    hits = [greedy_match(c, t) for c, t in zip(comps, targets, strict=True)]
     return sum(hits) / len(hits), hits
 
 

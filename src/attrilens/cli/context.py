@@ -39,7 +39,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print only the result's JSON.")] = False,
     ) -> None:
         """Attribute a response to the sources of its context (exact LOO made fast, and baselines)."""
-        from attrilens.cli import emit
+        from attrilens.cli.output import emit
         from attrilens.context import ContextAttributor
         from attrilens.lm import LM
 
@@ -61,6 +61,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     ) -> None:
         """Faithfulness to exact target LOO and cost ratios vs naive LOO, for every method and setting."""
-        from attrilens.context.bench import run_benchmark
+        from attrilens.bench.context import run_benchmark
 
         run_benchmark(model=model, proxy=proxy, world=world, n_episodes=episodes, quick=quick, out=out, threads=threads)

@@ -7,21 +7,23 @@ import sys
 import time
 from pathlib import Path
 
+from attrilens.context import ContextAttributor, ContextResult
+from attrilens.demo.index import DEMO_INDEX, training_section
+from attrilens.demo.paths import demo_model_dir, demo_world_dir
+from attrilens.demo.world import render_episode
 from attrilens.errors import AttrilensError
+from attrilens.inspect import InspectResult, presets
+from attrilens.jsonl import load_jsonl
 from attrilens.lm import LM
-from attrilens.paths import ASSETS, demo_model_dir, demo_world_dir
+from attrilens.view import render_page
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    from attrilens.world import load_jsonl
-
     return load_jsonl(path, require=())
 
 
 def _pick_episode(lm: LM, world: Path, tries: int = 30) -> dict:
     """The longest of the first held-out reading episodes that the model answers correctly (greedy)."""
-    from attrilens.world import render_episode
-
     episodes = _read_jsonl(world / "episodes.jsonl")
     held = [e for e in episodes if e.get("split", "heldout") == "heldout"] or episodes
     for episode in sorted(held[:tries], key=lambda e: -len(e["context"])):
@@ -43,6 +45,22 @@ def _pick_fact(lm: LM, world: Path, tries: int = 40) -> tuple[dict, str]:
     )
 
 
+def context_section(lm: LM, proxy: LM | None, episode: dict) -> ContextResult:
+    """The context lens on one reading episode: the model's own answer, explained.
+
+    With a proxy: the proxy ranks the sentences and the target confirms its top 5 exactly; without: exact
+    cached LOO over every sentence.
+    """
+    method = "cached+proxy-pruning" if proxy is not None else "cached"
+    attributor = ContextAttributor(lm, proxy, method=method, level="sentence", top_k=5, max_new_tokens=8)
+    return attributor.attribute(episode["context"], episode["question"])
+
+
+def inspect_section(lm: LM, prompt: str) -> InspectResult:
+    """The Patchscopes panel: a logit-lens grid over every layer × position of a short prompt (one forward)."""
+    return presets.logit_lens(lm, prompt, top_k=5)
+
+
 def _log(msg: str) -> None:
     sys.stderr.write(f"[demo] {msg}\n")
     sys.stderr.flush()
@@ -50,11 +68,6 @@ def _log(msg: str) -> None:
 
 def run_demo(out: Path) -> Path:
     """Run every lens on the shipped models and world; write each result's JSON and one report.html."""
-    from attrilens.context import demo_section as context_section
-    from attrilens.inspect import demo_section as inspect_section
-    from attrilens.training import demo_section as training_section
-    from attrilens.view import render_page
-
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +84,7 @@ def run_demo(out: Path) -> Path:
 
     fact, generation = _pick_fact(lm, world)
     _log(f"explaining the generation {fact['prompt']!r} -> {generation!r}")
-    index_dir = ASSETS / "index"
+    index_dir = DEMO_INDEX
     if not (index_dir / "manifest.json").is_file():
         raise AttrilensError(f"The demo training-data index is missing from {index_dir}. Rebuild the demo assets.")
     t = time.perf_counter()

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from attrilens.bench.metrics import average_precision, gold_hit, greedy_match, loo_outliers, ranking, spearman
 from attrilens.context.attributor import ContextAttributor
 from attrilens.context.loo import CachedScorer
+from attrilens.demo.world import split_sentences
 from attrilens.errors import AttrilensError
-from attrilens.eval.context import average_precision, gold_hit, loo_outliers, ranking, spearman
+from attrilens.jsonl import load_jsonl
 from attrilens.lm import LM
 from attrilens.spans import Sources
-from attrilens.world import load_jsonl, split_sentences
 
 
 @dataclass
@@ -63,8 +64,8 @@ def default_settings(quick: bool = False) -> list[Setting]:
 
 
 def is_correct(response: str, answer: str) -> bool:
-    target = f" {answer}"
-    return response.startswith(target) and not response[len(target):][:1].isalnum()
+    """Whether the response gives the episode's answer (a leading space, then the word)."""
+    return greedy_match(response, f" {answer}")
 
 
 def _fits(lm: LM, episode: dict, room: int = 12) -> bool:
@@ -193,7 +194,7 @@ def run_benchmark(model: Path | None = None, proxy: Path | None = None, world: P
     if threads is not None:
         torch.set_num_threads(threads)
 
-    from attrilens.paths import demo_model_dir, demo_world_dir
+    from attrilens.demo.paths import demo_model_dir, demo_world_dir
 
     model = Path(model) if model is not None else demo_model_dir("target")
     world = Path(world) if world is not None else demo_world_dir()

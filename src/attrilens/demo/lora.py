@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of a trained model with peft (the model DataInf attributes), and loading it back as an `LM`.
+"""LoRA fine-tuning of a trained model with peft (the model DataInf attributes); `LM.from_pretrained(out)` loads it back.
 
 `finetune_lora(base_dir, corpus, out)` writes into `out`: the adapter (`adapter_config.json`,
 `adapter_model.safetensors`), the tokenizer, `optimizer.safetensors` (final AdamW `exp_avg_sq.<parameter
@@ -25,16 +25,6 @@ from attrilens.training.corpus import read_documents
 LORA_TARGETS = {"gpt2": ["c_attn"], "gpt_neox": ["query_key_value"]}  # everything else: q_proj, v_proj
 
 
-def _base_model(base_dir: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not (Path(base_dir) / "config.json").is_file():
-        raise AttrilensError(f"No model in {base_dir} (config.json missing). Pass a directory written by `attrilens train`.")
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
-    tok = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
-    return model, tok
-
-
 def lora_config(model_type: str, r: int = 8, alpha: int = 32, target_modules: Sequence[str] | None = None):
     """peft LoraConfig: r=8, α=32 on the attention query/value projections (GPT-2: the fused c_attn)."""
     from peft import LoraConfig
@@ -57,7 +47,8 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
         raise AttrilensError("r, alpha, epochs, batch_size and lr must be positive. Fix the arguments.")
     base_dir, out = Path(base_dir), Path(out)
     docs = read_documents(Path(corpus)) if isinstance(corpus, (str, Path)) else list(corpus)
-    model, tok = _base_model(base_dir)
+    base = LM.from_pretrained(base_dir)
+    model, tok = base.model, base.tokenizer
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, lora_config(model.config.model_type, r, alpha, target_modules))
     inner = peft_model.base_model.model
@@ -117,33 +108,3 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
     tmp.write_text(json.dumps(info) + "\n")
     os.replace(tmp, out / "training.json")
     return out
-
-
-def is_lora_dir(path: Path | str) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def load_lora_lm(adapter_dir: Path | str, base_dir: Path | str | None = None) -> LM:
-    """The base model with the LoRA adapter injected (peft), wrapped as an LM named after the adapter directory."""
-    from peft import PeftModel
-
-    adapter_dir = Path(adapter_dir)
-    if not is_lora_dir(adapter_dir):
-        raise AttrilensError(f"{adapter_dir} has no adapter_config.json. Pass a directory written by finetune_lora.")
-    if base_dir is None:
-        info = adapter_dir / "training.json"
-        if info.is_file():
-            base_dir = json.loads(info.read_text())["base"]
-        else:
-            base_dir = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    model, tok = _base_model(Path(base_dir))
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
-    inner = peft_model.base_model.model
-    return LM(inner.eval(), tok, name=str(adapter_dir))
-
-
-def load_any_lm(path: Path | str, attn_implementation: str | None = None) -> LM:
-    """A model directory or a LoRA adapter directory, as an LM."""
-    if is_lora_dir(path):
-        return load_lora_lm(path)
-    return LM.from_pretrained(path, attn_implementation=attn_implementation)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrilens.world import load_jsonl
+from attrilens.bench.metrics import rank_order, retrieval_metrics, spearman
+from attrilens.jsonl import load_jsonl
 
 BENCH_CACHE = Path(os.environ.get("ATTRILENS_CACHE", Path.home() / ".cache" / "attrilens")) / "bench-training"
 
@@ -24,8 +25,8 @@ BENCH_CACHE = Path(os.environ.get("ATTRILENS_CACHE", Path.home() / ".cache" / "a
 def prepare_bench_model(cache: Path = BENCH_CACHE, *, n_entities: int = 30, epochs: int = 120,
                         progress: bool = True) -> tuple[Path, Path]:
     """A small fact world (fact documents only) and a 2-layer Llama trained on it until it memorises (cached)."""
-    from attrilens.world.generate import make_world
-    from attrilens.world.trainer import TrainConfig, train
+    from attrilens.demo.trainer import TrainConfig, train
+    from attrilens.demo.world.generate import make_world
 
     world = cache / "world"
     if not (world / "corpus.jsonl").is_file():
@@ -45,8 +46,8 @@ def _resolve(model: Path | None, world: Path | None, progress: bool) -> tuple[Pa
 
             raise AttrilensError("--model needs --world, the fact world the model was trained on. Pass both.")
         return Path(model), Path(world), f"given model {model}"
+    from attrilens.demo.paths import demo_model_dir, demo_world_dir
     from attrilens.errors import AttrilensError
-    from attrilens.paths import demo_model_dir, demo_world_dir
 
     try:
         m = demo_model_dir("target")
@@ -80,28 +81,6 @@ def benchmark_query_sets(world_dir: Path, n_queries: int, rng: np.random.Generat
     statements = [{"id": q["fact"], "prompt": by_fact[q["fact"]]["prompt"], "target": by_fact[q["fact"]]["target"],
                    "gold": by_fact[q["fact"]]["docs"]} for q in queries if q.get("fact") in by_fact]
     return {QUESTIONS: queries, STATEMENTS: statements}
-
-
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    """Block indices, best first (ties broken by index)."""
-    return np.lexsort((np.arange(len(scores)), -scores))
-
-
-def fact_metrics(order: np.ndarray, block_docs: list[str], gold: list[str], k: int = 10) -> tuple[float, float, float]:
-    """(reciprocal rank of the first gold document, recall@k of the gold documents, hit@k)."""
-    docs = [block_docs[i] for i in order]
-    gold_set = set(gold)
-    rr = next((1.0 / (r + 1) for r, d in enumerate(docs) if d in gold_set), 0.0)
-    top = set(docs[:k])
-    return rr, len(top & gold_set) / len(gold_set), float(bool(top & gold_set))
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra = np.argsort(np.argsort(a)).astype(float)
-    rb = np.argsort(np.argsort(b)).astype(float)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    return float((ra * rb).sum() / np.sqrt((ra * ra).sum() * (rb * rb).sum()))
 
 
 class TailPatcher:
@@ -192,11 +171,11 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
     import pandas as pd
     from tqdm import tqdm
 
+    from attrilens.demo.lora import finetune_lora
     from attrilens.lm import LM
     from attrilens.training.corpus import make_corpus, read_documents
     from attrilens.training.gradients import Example
     from attrilens.training.index import build_index
-    from attrilens.training.lora import finetune_lora, load_lora_lm
 
     torch.set_num_threads(1)  # on this 2-core VM, 2 torch threads are ~40× slower for small ops under load
     model_dir, world_dir, model_desc = _resolve(model, world, progress)
@@ -227,7 +206,7 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
             if kw["method"] == "datainf":
                 if not (lora_dir / "adapter_config.json").is_file():
                     finetune_lora(model_dir, docs, lora_dir, epochs=2, lr=1e-3, progress=progress)
-                use_lm, mdir = load_lora_lm(lora_dir), lora_dir
+                use_lm, mdir = LM.from_pretrained(lora_dir), lora_dir
             idx = build_index(use_lm, blocks if kw["method"] != "datainf" else docs,
                               work / f"{set_name}-{name}".replace(" ", "_"), model_dir=mdir, eval_queries=qset,
                               block_len=128, progress=False, **{"proj_dim": None, **kw})
@@ -236,9 +215,9 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
             mets, ords = [], []
             for q, ex in zip(qset, qex, strict=True):
                 s = idx.scores(f"{q['prompt']} {q['target']}" if kw["method"] == "bm25" else ex)
-                o = _ranks(s)
+                o = rank_order(s)
                 ords.append(o[:10])
-                mets.append(fact_metrics(o, blocks.docs, q["gold"]))
+                mets.append(retrieval_metrics(o, blocks.docs, q["gold"]))
             m = np.array(mets)
             orders[name] = ords
             ft_rows.append({"queries": set_name, "method": name, "MRR": m[:, 0].mean(), "recall@10": m[:, 1].mean(),
@@ -246,7 +225,7 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
                             "lambda": idx.manifest.get("lambda"), "build_s": round(build_s, 1),
                             "query_s": round((time.perf_counter() - t1) / len(qset), 3)})
             log(f"[fact tracing/{set_name}] {name}: MRR {m[:, 0].mean():.3f} recall@10 {m[:, 1].mean():.3f}")
-        chance = np.mean([fact_metrics(rng.permutation(len(blocks)), blocks.docs, q["gold"]) for q in qset], axis=0)
+        chance = np.mean([retrieval_metrics(rng.permutation(len(blocks)), blocks.docs, q["gold"]) for q in qset], axis=0)
         ft_rows.append({"queries": set_name, "method": "random ranking", "MRR": chance[0], "recall@10": chance[1],
                         "hit@10": chance[2], "dim": 0})
         tq = list(range(min(n_tail, len(qset))))

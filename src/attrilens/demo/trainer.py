@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 
 from attrilens.errors import AttrilensError
-from attrilens.world.generate import load_jsonl
+from attrilens.jsonl import load_jsonl
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

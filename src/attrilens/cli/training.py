@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from attrilens.errors import AttrilensError
+from attrilens.lm import LM
 
 
 def _parse_ints(text: str | None, what: str) -> list[int] | None:
@@ -54,7 +55,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Featurise a training corpus into an on-disk index (resumable, atomic per shard)."""
         from attrilens.training.index import build_index
-        from attrilens.training.lora import load_any_lm
 
         if threads is not None:
             import torch
@@ -63,7 +63,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 raise AttrilensError(f"--threads must be at least 1, got {threads}.")
             torch.set_num_threads(threads)
 
-        lm = load_any_lm(model)
+        lm = LM.from_pretrained(model)
         idx = build_index(lm, corpus, out, method=method, proj_dim=proj_dim or None, model_dir=model,
                           eval_queries=eval_queries, block_len=block_len, shard_size=shard_size, batch_size=batch_size,
                           dtype=dtype, seed=seed, allocation=allocation, lam=lam, damping=damping,
@@ -90,9 +90,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print only the result JSON.")] = False,
     ) -> None:
         """Top-k training examples that support (and oppose) a response, from an index."""
-        from attrilens.cli import emit
+        from attrilens.cli.output import emit
         from attrilens.training.index import TrainingIndex
-        from attrilens.training.lora import load_any_lm
 
         mpath = index / "manifest.json"
         if not mpath.is_file():
@@ -105,7 +104,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         span_t = _parse_ints(span, "--span")
         if span_t is not None and len(span_t) != 2:
             raise AttrilensError(f"--span takes two integers start,end, got {span!r}.")
-        lm = load_any_lm(model_dir)
+        lm = LM.from_pretrained(model_dir)
         idx = TrainingIndex.open(index, lm, model_dir=model_dir)
         result = idx.trace(prompt, target=target, generate=generate, tokens=_parse_ints(tokens, "--tokens"),
                            span=tuple(span_t) if span_t else None, top_k=top_k, neighbours=neighbours,
@@ -120,6 +119,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="Also write the tables as JSON here.")] = None,
     ) -> None:
         """Fact tracing (MRR, recall@10), tail-patch, projection fidelity and speed of every method."""
-        from attrilens.eval.training import run_benchmark, write_tables
+        from attrilens.bench.training import run_benchmark, write_tables
 
         write_tables(run_benchmark(model=model, world=world, quick=quick), out)

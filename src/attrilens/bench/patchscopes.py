@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from attrilens.bench.metrics import greedy_match
 from attrilens.errors import AttrilensError
 from attrilens.inspect.lenses import LayerMaps, TunedLens, collect_states, fit_affine, token_rows
 from attrilens.inspect.patchscope import Patchscope, Query, encode_target
@@ -118,14 +119,6 @@ def next_token_table(lm: LM, fit_texts: list[str], eval_texts: list[str], cfg: B
 SOURCE_TEMPLATE = "Few maps show the borders of {e}"
 
 
-def _hit(text: str, target: str) -> bool:
-    """Greedy exact match: the continuation starts with the target and the word ends there."""
-    if not text.startswith(target):
-        return False
-    rest = text[len(target):]
-    return not rest or not rest[0].isalnum()
-
-
 def _split_entities(facts: list[dict], seed: int) -> tuple[set[str], set[str]]:
     entities = sorted({f["entity"] for f in facts})
     random.Random(seed).shuffle(entities)
@@ -155,16 +148,16 @@ def attribute_table(lm: LM, facts: list[dict], cfg: BenchConfig):
             queries.append(Query(sids, layer, len(sids) - 1, tuple(tids), layer, tpos, len(tids) - 1))
             golds.append(f["target"])
     gens = ps.generate(queries, max_new_tokens=n_new, stop_strings=("\n", "."))
-    hits = [_hit(g, t) for g, t in zip(gens, golds, strict=True)]
+    hits = [greedy_match(g, t) for g, t in zip(gens, golds, strict=True)]
     # no-patch control: the target prompt alone
     control = {}
     for rel, (tids, _) in targets.items():
         out = lm.generate_ids([tids], max_new_tokens=n_new, stop_strings=("\n", "."))[0]
         control[rel] = lm.tokenizer.decode(out, clean_up_tokenization_spaces=False)
-    control_acc = sum(_hit(control[f["relation"]], f["target"]) for f in test_facts) / len(test_facts)
+    control_acc = sum(greedy_match(control[f["relation"]], f["target"]) for f in test_facts) / len(test_facts)
     # memorisation reference: the fact's own statement prompt
     own = lm.generate_ids([lm.encode_prompt(f["prompt"]) for f in test_facts], max_new_tokens=n_new, stop_strings=("\n", "."))
-    own_acc = sum(_hit(lm.tokenizer.decode(o), f["target"]) for o, f in zip(own, test_facts, strict=True)) / len(test_facts)
+    own_acc = sum(greedy_match(lm.tokenizer.decode(o), f["target"]) for o, f in zip(own, test_facts, strict=True)) / len(test_facts)
     # per-layer linear probes: subject state → value, one multinomial logistic regression per relation and layer
     ents = sorted({f["entity"] for f in facts})
     rows_e = [lm.encode_prompt(SOURCE_TEMPLATE.format(e=e)) for e in ents]
@@ -201,7 +194,8 @@ def _fresh_names(taken: set[str], n: int, seed: int) -> list[str]:
 
 def multi_hop_items(facts: list[dict], seed: int) -> list[dict]:
     """Two-hop items: hop 1 from a context ("In K, the capital city is E."), hop 2 from memory (E's relation value)."""
-    from attrilens.world import PROMPT_TEMPLATE, RELATIONS
+    from attrilens.context.template import PROMPT_TEMPLATE
+    from attrilens.demo.world import RELATIONS
 
     taken = {f["entity"].lower() for f in facts} | {f["value"].lower() for f in facts}
     rng = random.Random(seed)
@@ -251,7 +245,7 @@ def multi_hop_table(lm: LM, facts: list[dict], cfg: BenchConfig, max_items: int 
     per_item: dict[int, list[bool]] = {}
     for k, ((it, pair), g) in enumerate(zip(meta, gens, strict=True)):
         split = "dev" if it["entity"] in dev else "test"
-        hit = _hit(g, it["answer"])
+        hit = greedy_match(g, it["answer"])
         acc.setdefault((split, pair), []).append(hit)
         if split == "test":
             per_item.setdefault(k // len(pairs), []).append(hit)
@@ -264,7 +258,7 @@ def multi_hop_table(lm: LM, facts: list[dict], cfg: BenchConfig, max_items: int 
         for s in range(0, len(prompts), cfg.chunk_size):
             outs += lm.generate_ids([lm.encode_prompt(p) for p in prompts[s : s + cfg.chunk_size]], max_new_tokens=n_new,
                                     stop_strings=("\n", "."))
-        return sum(_hit(lm.tokenizer.decode(o), g) for o, g in zip(outs, golds, strict=True)) / max(1, len(golds))
+        return sum(greedy_match(lm.tokenizer.decode(o), g) for o, g in zip(outs, golds, strict=True)) / max(1, len(golds))
 
     hop1 = gen_acc([it["hop1"] for it in test_items], [it["hop1_answer"] for it in test_items])
     vanilla = gen_acc([it["vanilla"] for it in test_items], [it["answer"] for it in test_items])
@@ -367,7 +361,8 @@ def speed_table(lm: LM, texts: list[str], cfg: BenchConfig, reps: int = 5):
 def _training_texts(world: Path) -> list[str]:
     """The world's training mixture; a shipped world has no train.jsonl, so rebuild its parts from what ships:
     fact documents, held-out episodes rendered as the model reads them, and copy prompts with their answers."""
-    from attrilens.world import load_jsonl, render_episode
+    from attrilens.demo.world import render_episode
+    from attrilens.jsonl import load_jsonl
 
     if (world / "train.jsonl").is_file():
         return [r["text"] for r in load_jsonl(world / "train.jsonl")]
@@ -382,8 +377,8 @@ def _training_texts(world: Path) -> list[str]:
 def run_benchmark(model: Path | None = None, world: Path | None = None, quick: bool = False,
                   lens_out: Path | None = None) -> dict:
     """Run all four parts; returns {"tables": {name: DataFrame}, "info": {...}}."""
-    from attrilens.paths import demo_model_dir, demo_world_dir
-    from attrilens.world import load_jsonl
+    from attrilens.demo.paths import demo_model_dir, demo_world_dir
+    from attrilens.jsonl import load_jsonl
 
     cfg = BenchConfig.quick() if quick else BenchConfig()
     model = Path(model) if model is not None else demo_model_dir("target")

@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from attrilens.context.template import PROMPT_TEMPLATE
 from attrilens.errors import AttrilensError
+from attrilens.jsonl import write_jsonl
 
-PROMPT_TEMPLATE = "Answer the question based on the provided context:\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
 QUERY_TEMPLATE = "Question: {question}\nAnswer:"
 
 # Every statement template ends with its value so that a prefix ("The capital of X is") is a memorisation probe.
@@ -171,6 +172,13 @@ class _Fact:
     value: str
 
 
+def relation_template(relation: str, placeholder: str = "x") -> str:
+    """`The capital of x is` style Patchscope target of a relation: its first statement template, cut at the value."""
+    if relation not in RELATIONS:
+        raise AttrilensError(f"Unknown relation {relation!r}. Choose from {sorted(RELATIONS)}.")
+    return RELATIONS[relation]["statements"][0].split("{v}")[0].rstrip().format(e=placeholder)
+
+
 def split_sentences(context: str) -> list[str]:
     """Split a context the way a simple sentence splitter does: after '.', '?' or '!' followed by whitespace."""
     parts = re.split(r"(?<=[.!?])\s+", context.strip())
@@ -236,15 +244,6 @@ def _copy_line(rng: random.Random) -> str:
 
 def _copy_doc(rng: random.Random) -> str:
     return "\n".join(f"{x} -> {x}" for x in (_copy_line(rng) for _ in range(rng.randint(4, 14))))
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    n = 0
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
 
 
 def make_world(out: Path, seed: int = 0, n_entities: int = 80, n_train_episodes: int = 2000,
@@ -356,56 +355,11 @@ def make_world(out: Path, seed: int = 0, n_entities: int = 80, n_train_episodes:
         "questions_per_episode": questions_per_episode, "fact_repeats": fact_repeats, "n_train": len(train),
         "episode_seed": episode_seed,
     }
-    _write_jsonl(out / "corpus.jsonl", corpus)
-    _write_jsonl(out / "facts.jsonl", fact_rows)
-    _write_jsonl(out / "queries.jsonl", query_rows)
-    _write_jsonl(out / "episodes.jsonl", episodes)
-    _write_jsonl(out / "copy_eval.jsonl", copy_eval)
-    _write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "corpus.jsonl", corpus)
+    write_jsonl(out / "facts.jsonl", fact_rows)
+    write_jsonl(out / "queries.jsonl", query_rows)
+    write_jsonl(out / "episodes.jsonl", episodes)
+    write_jsonl(out / "copy_eval.jsonl", copy_eval)
+    write_jsonl(out / "train.jsonl", train)
     (out / "world.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line of a JSONL file; bad JSON or a non-object is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise AttrilensError(f"File not found: {path}. Check the path (make one with `attrilens world`).")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AttrilensError(f"{path}:{lineno} is not valid JSON ({e.msg}). "
-                                     "Write one JSON object per line.") from None
-            if not isinstance(row, dict):
-                raise AttrilensError(f"{path}:{lineno} is not a JSON object. Write one JSON object per line.")
-            yield lineno, row
-
-
-def iter_jsonl(path: Path, require: Iterable[str] = ()) -> Iterator[dict]:
-    """Yield the JSON objects of a JSONL file, raising AttrilensError on a line that is not a JSON object."""
-    fields = list(require)
-    for lineno, row in iter_jsonl_lines(path):
-        for field in fields:
-            if field not in row:
-                raise AttrilensError(f'{path}:{lineno} has no "{field}" field. '
-                                     f'Give every line a "{field}".')
-            if field == "text" and not isinstance(row["text"], str):
-                raise AttrilensError(f'{path}:{lineno} has a "text" that is not a string. '
-                                     'Make "text" a string.')
-        yield row
-
-
-def load_jsonl(path: Path, require: Iterable[str] = ("text",)) -> list[dict]:
-    """Load a JSONL file of objects; by default every line must have a string "text" (a training corpus).
-
-    Pass ``require=()`` for files without text (queries, facts, episodes). Raises AttrilensError for a missing
-    file, an empty file, a line that is not JSON, or a line without a required field.
-    """
-    rows = list(iter_jsonl(path, require))
-    if not rows:
-        raise AttrilensError(f"{path} is empty. Give it at least one JSON line.")
-    return rows

@@ -1,6 +1,6 @@
 """The demo's training-data section: a small TrackStar index over the demo world's fact documents, and one trace.
 
-`python -m attrilens.training.demo` (re)builds the shipped index in `src/attrilens/assets/index/` from the demo
+`python -m attrilens.demo.index` (re)builds the shipped index in `src/attrilens/demo/assets/index/` from the demo
 target model and world (about 3.5 MB: d ≈ 4096 fp16 features plus R^(-1/2) in thin form).
 """
 
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from attrilens.demo.paths import ASSETS, demo_model_dir, demo_world_dir
+from attrilens.jsonl import load_jsonl
 from attrilens.lm import LM
-from attrilens.paths import ASSETS
+from attrilens.training.index import TrainingIndex, build_index
 from attrilens.training.result import TraceResult
 
 DEMO_INDEX = ASSETS / "index"
@@ -22,28 +24,20 @@ DEMO_EVAL_QUERIES = 128
 def build_demo_index(lm: LM, out: Path | str = DEMO_INDEX, world_dir: Path | str | None = None,
                      model_dir: Path | str | None = None, progress: bool = True):
     """TrackStar (d ≈ 4096, fp16) over the world's fact documents, R_eval from its first fact statements: seconds."""
-    from attrilens.paths import demo_world_dir
-    from attrilens.training.index import build_index
-    from attrilens.world import load_jsonl
-
     world = Path(world_dir) if world_dir is not None else demo_world_dir()
     queries = load_jsonl(world / "facts.jsonl", require=("prompt", "target"))[:DEMO_EVAL_QUERIES]
     return build_index(lm, world / "corpus.jsonl", out, eval_queries=queries, model_dir=model_dir,
                        progress=progress, **DEMO_SETTINGS)
 
 
-def demo_section(lm: LM, index_dir: Path | str, query: dict, *, top_k: int = 10,
-                 model_dir: Path | str | None = None) -> TraceResult:
+def training_section(lm: LM, index_dir: Path | str, query: dict, *, top_k: int = 10,
+                     model_dir: Path | str | None = None) -> TraceResult:
     """Trace one demo query ({"prompt", "target"}) through the demo index (proponents with neighbouring blocks)."""
-    from attrilens.training.index import TrainingIndex
-
     index = TrainingIndex.open(index_dir, lm, model_dir=model_dir)
     return index.trace(query["prompt"], target=query["target"], top_k=top_k, neighbours=True)
 
 
 if __name__ == "__main__":  # pragma: no cover - asset build step, run by hand once the demo model exists
-    from attrilens.paths import demo_model_dir
-
     model = demo_model_dir("target")
     idx = build_demo_index(LM.from_pretrained(model), model_dir=model)
     print(f"wrote {idx.path} ({len(idx)} blocks, d = {idx.manifest['dim']})")
