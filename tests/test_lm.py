@@ -208,3 +208,25 @@ def test_response_that_does_not_round_trip_is_rejected():
         lm.encode_response(" The Cat")
     with pytest.raises(AttrilensError, match="cannot be tokenized"):
         base.encode_response("caf\udce9")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_early_exit_is_the_logit_lens_at_its_layer(arch: str):
+    lm = tiny_lm(arch, seed=5, layers=3)
+    g = torch.Generator().manual_seed(len(arch))
+    rows = [random_ids(lm, 9, generator=g), random_ids(lm, 6, generator=g)]
+    for k in (1, 2):
+        proxy = lm.early_exit(k)
+        assert proxy.n_layers == k and proxy.exit_layer == k and lm.n_layers == 3
+        hs, _ = lm.hidden_states(rows, [k])
+        out = proxy.run(rows)
+        for r, ids in enumerate(rows):
+            want = lm.unembed(hs[k][r, : len(ids)])
+            assert (out.logits[r, : len(ids)] - want).abs().max() <= 1e-4
+        # the view shares weights and caches like any LM: prefix + extension equals a full pass
+        prefix = proxy.prefix_cache(rows[0][:5])
+        ext = proxy.extend(prefix, [3], [rows[0][3:]])
+        assert (ext.logits[0] - out.logits[0, 3:9]).abs().max() <= 1e-4
+    assert lm.run(rows).logits.shape == out.logits.shape  # the original model still has all its blocks
+    with pytest.raises(AttrilensError, match="keeps 1..2 of this model's 3 blocks"):
+        lm.early_exit(3)

@@ -13,7 +13,9 @@ count from the end of that row's sequence.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -36,6 +38,7 @@ ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     "mistral": ("model.embed_tokens", "model.layers", "model.norm"),
     "gemma": ("model.embed_tokens", "model.layers", "model.norm"),
     "gemma2": ("model.embed_tokens", "model.layers", "model.norm"),
+    "gemma3_text": ("model.embed_tokens", "model.layers", "model.norm"),
     "phi3": ("model.embed_tokens", "model.layers", "model.norm"),
     "olmo": ("model.embed_tokens", "model.layers", "model.norm"),
 }
@@ -51,6 +54,7 @@ class Architecture:
     blocks: nn.ModuleList
     final_norm: nn.Module | None
     unembed: nn.Module
+    blocks_path: str = ""  # module path of `blocks` inside the model (e.g. "model.layers")
 
 
 def _get(model: nn.Module, path: str) -> nn.Module | None:
@@ -67,7 +71,7 @@ def _locate(model: nn.Module) -> Architecture:
     if model_type in ARCHITECTURES:
         e, b, n = (_get(model, p) for p in ARCHITECTURES[model_type])
         if e is not None and isinstance(b, nn.ModuleList) and n is not None and unembed is not None:
-            return Architecture(model_type, e, b, n, unembed)
+            return Architecture(model_type, e, b, n, unembed, ARCHITECTURES[model_type][1])
     n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n_layers and n_layers:
@@ -75,7 +79,7 @@ def _locate(model: nn.Module) -> Architecture:
             norm = next((getattr(parent, a) for a in _NORM_NAMES if isinstance(getattr(parent, a, None), nn.Module)), None)
             embed = model.get_input_embeddings()
             if unembed is not None and embed is not None:
-                return Architecture(model_type, embed, module, norm, unembed)
+                return Architecture(model_type, embed, module, norm, unembed, name)
     raise AttrilensError(
         f"Cannot find the decoder blocks, final norm and unembedding of model type {model_type!r}. "
         "Add its module paths to attrilens.lm.ARCHITECTURES."
@@ -125,6 +129,19 @@ def _config_identity(config) -> dict:
         for k, v in config.to_dict().items()
         if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS and not k.startswith("output_")
     }
+
+
+def _shallow_module_copy(module: nn.Module) -> nn.Module:
+    """A new module object sharing `module`'s parameters, buffers and children, with its own child table."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    return clone
+
+
+def _output_cache(output) -> object:
+    """The KV cache a forward returned, under either name transformers has used for it."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -185,6 +202,9 @@ class LM:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.convert_ids_to_tokens(0)
         self._fingerprint: str | None = None
+        self.exit_layer: int | None = None  # set on an `early_exit` view: the blocks it keeps
+        # transformers ≥ 5.24 names the KV cache argument `cache` (the old `past_key_values` warns on every call)
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -252,6 +272,17 @@ class LM:
         return self.arch.embed.weight.shape[-1]
 
     @property
+    def sliding_window(self) -> int | None:
+        """The attention window of the model's sliding-window layers, or None when every layer attends globally."""
+        window = getattr(self.config, "sliding_window", None)
+        types = getattr(self.config, "layer_types", None)
+        if not window or (types is not None and "sliding_attention" not in types):
+            return None
+        if types is None and not getattr(self.config, "use_sliding_window", True):
+            return None
+        return int(window)
+
+    @property
     def max_length(self) -> int:
         c = self.config
         for key in ("max_position_embeddings", "n_positions", "n_ctx"):
@@ -259,6 +290,34 @@ class LM:
             if isinstance(value, int) and value > 0:
                 return value
         return 1 << 30
+
+    def early_exit(self, k: int) -> LM:
+        """This model cut after its first `k` blocks, then its own final norm and unembedding: a proxy with the
+        same tokenizer and no extra weights (cost ≈ k/L of a forward). Shares every parameter with this LM."""
+        if not isinstance(k, int) or not 1 <= k < self.n_layers:
+            raise AttrilensError(f"An early-exit proxy keeps 1..{self.n_layers - 1} of this model's {self.n_layers} "
+                                 f"blocks, not {k!r}. Pass early-exit:K with K in that range.")
+        config = copy.deepcopy(self.config)
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(getattr(config, key, None), int):
+                setattr(config, key, k)
+        for key in ("layer_types", "block_types"):  # per-layer lists (sliding/global attention) are cut too
+            if isinstance(getattr(config, key, None), list):
+                setattr(config, key, getattr(config, key)[:k])
+        root = _shallow_module_copy(self.model)
+        parent = root
+        *path, leaf = self.arch.blocks_path.split(".")
+        for part in path:
+            child = _shallow_module_copy(parent._modules[part])
+            parent._modules[part] = child
+            parent = child
+        parent._modules[leaf] = nn.ModuleList(list(self.arch.blocks)[:k])
+        for module in [root, *(root.get_submodule(".".join(path[: i + 1])) for i in range(len(path)))]:
+            if "config" in module.__dict__:
+                module.config = config
+        lm = LM(root, self.tokenizer, chat_template=self.use_chat_template, name=f"{self.name} [early exit after block {k}]")
+        lm.exit_layer = k
+        return lm
 
     def n_params(self, *, non_embedding: bool = True) -> int:
         """Parameter count, optionally without the embedding and unembedding matrices (the FLOP-proxy count)."""
@@ -285,9 +344,18 @@ class LM:
         return self._fingerprint
 
     # ------------------------------------------------------------------ tokens
-    def format_prompt(self, prompt: str) -> str:
+    def chat(self, chat_template: bool | None = None) -> bool:
+        """Whether a prompt is wrapped in the chat template: `chat_template` when given, else this LM's default."""
+        if chat_template is None:
+            return self.use_chat_template
+        if chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise AttrilensError("The chat template was asked for, but this model's tokenizer has none. "
+                                 "Pass --no-chat-template (chat_template=False).")
+        return bool(chat_template)
+
+    def format_prompt(self, prompt: str, chat_template: bool | None = None) -> str:
         """The prompt as the model sees it: wrapped in the chat template when one is in use."""
-        if not self.use_chat_template:
+        if not self.chat(chat_template):
             return prompt
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
@@ -302,18 +370,31 @@ class LM:
                 "Pass valid UTF-8 text without lone surrogates."
             ) from exc
 
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: str, chat_template: bool | None = None) -> list[int]:
         """Token ids of a prompt (chat template and special tokens applied as the model expects)."""
         if not prompt:
             raise AttrilensError("The prompt is empty. Pass a non-empty prompt.")
-        text = self.format_prompt(prompt)
-        ids = self._tokenize(text, add_special_tokens=not self.use_chat_template, what="prompt")
+        chat = self.chat(chat_template)
+        ids = self._tokenize(self.format_prompt(prompt, chat), add_special_tokens=not chat, what="prompt")
         if len(ids) > self.max_length:
             raise AttrilensError(
                 f"The prompt is {len(ids)} tokens, longer than the model's context of {self.max_length}. "
                 "Shorten the prompt or context."
             )
         return list(ids)
+
+    def prompt_span(self, prompt: str, chat_template: bool | None = None) -> tuple[list[int], int, int]:
+        """The prompt's token ids and the [start, end) tokens that hold the user's text itself (not the chat
+        template around it, nor a BOS): what positions given by a user index."""
+        chat = self.chat(chat_template)
+        ids = self.encode_prompt(prompt, chat)
+        text = self.format_prompt(prompt, chat)
+        at = text.rfind(prompt)
+        enc = self.tokenizer(text, add_special_tokens=not chat, return_offsets_mapping=True)
+        if list(enc["input_ids"]) != ids or at < 0:
+            return ids, 0, len(ids)  # a slow tokenizer has no offsets: the whole sequence is the user's
+        inside = [t for t, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < at + len(prompt) and b > at]
+        return (ids, inside[0], inside[-1] + 1) if inside else (ids, 0, len(ids))
 
     def encode_response(self, response: str) -> list[int]:
         """Token ids of a response; raises unless decoding them gives back the same text."""
@@ -481,14 +562,14 @@ class LM:
         applied = [0] * len(plist)
         mask = batch.attention_mask if cache_mask is None else torch.cat([cache_mask, batch.attention_mask], dim=1)
         if keep_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = DynamicCache()
         with torch.no_grad(), self._hooks(read, writes, store, applied):
             out = self.model(
                 input_ids=batch.input_ids,
                 attention_mask=mask,
                 position_ids=batch.position_ids,
-                past_key_values=cache,
                 use_cache=cache is not None,
+                **{self._cache_kwarg: cache},
             )
         for layer_writes in writes.values():
             for k, row, _, _ in layer_writes:
@@ -501,7 +582,7 @@ class LM:
         return RunOutput(
             logits=out.logits,
             hidden=store,
-            cache=out.past_key_values if cache is not None else None,
+            cache=_output_cache(out) if cache is not None else None,
             attention_mask=mask,
             lengths=batch.lengths,
             offsets=batch.offsets,
@@ -606,10 +687,12 @@ class LM:
             raise AttrilensError(f"Got {len(keep)} keep lengths for {len(suffixes)} suffixes; pass one per suffix.")
         if any(not 1 <= k <= n_prefix for k in keep):
             raise AttrilensError(f"keep lengths must lie in 1..{n_prefix} (the cached prefix), got {list(keep)}.")
-        width = max(keep)
         for k, s in zip(keep, suffixes, strict=True):
             self.check_length(k + len(s))
-        cache = DynamicCache(config=self.config)
+        if self.sliding_window is not None and len(set(keep)) > 1:
+            return self._extend_by_keep(prefix, keep, suffixes, read_layers=read_layers, patches=patches)
+        width = max(keep)
+        cache = DynamicCache()
         for i, layer in enumerate(prefix.cache.layers):
             cache.update(layer.keys[..., :width, :], layer.values[..., :width, :], i)
         cache.batch_repeat_interleave(len(suffixes))
@@ -626,6 +709,31 @@ class LM:
             cache_mask=cache_mask,
             chunk_start=list(keep),
         )
+
+    def _extend_by_keep(self, prefix: RunOutput, keep: Sequence[int], suffixes: Sequence[Sequence[int]], *,
+                        read_layers: Sequence[int], patches: Sequence[Patch]) -> RunOutput:
+        """`extend` one group of rows per keep length, stitched back in row order (right-padded).
+
+        Sliding-window layers place their window by cache index; a row that keeps fewer prefix tokens than
+        the batch's widest row would see its window shifted, so such models extend rows of equal keep together.
+        """
+        groups: dict[int, list[int]] = {}
+        for r, k in enumerate(keep):
+            groups.setdefault(k, []).append(r)
+        width = max(len(s) for s in suffixes)
+        logits = None
+        hidden: dict[int, torch.Tensor] = {}
+        for k, rows in groups.items():
+            local = {r: i for i, r in enumerate(rows)}
+            sub = [Patch(local[p.row], p.layer, p.position, p.value) for p in patches if p.row in local]
+            out = self.extend(prefix, [k] * len(rows), [suffixes[r] for r in rows], read_layers=read_layers,
+                              patches=sub)
+            if logits is None:
+                logits = out.logits.new_zeros((len(keep), width, out.logits.shape[-1]))
+            logits[rows, : out.logits.shape[1]] = out.logits
+            for layer, h in out.hidden.items():
+                hidden.setdefault(layer, h.new_zeros((len(keep), width, h.shape[-1])))[rows, : h.shape[1]] = h
+        return RunOutput(logits=logits, hidden=hidden, lengths=[len(s) for s in suffixes], offsets=[0] * len(keep))
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -647,10 +755,12 @@ class LM:
         """
         from transformers import DynamicCache
 
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise AttrilensError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}. Pass 1 or more.")
         batch = self.pad_batch(prompt_ids, padding_side="left")
         for n in batch.lengths:
             self.check_length(n + max_new_tokens, "prompt and generated tokens")
-        out = self._forward(batch, patches=patches, keep_cache=True, cache=DynamicCache(config=self.config))
+        out = self._forward(batch, patches=patches, keep_cache=True, cache=DynamicCache())
         gen = torch.Generator().manual_seed(seed)
         eos = self.tokenizer.eos_token_id
         mask = batch.attention_mask
@@ -679,19 +789,21 @@ class LM:
                 input_ids=tok[:, None].to(self.device),
                 attention_mask=mask,
                 position_ids=next_pos,
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_kwarg: cache},
             )
-            cache = step.past_key_values
+            cache = _output_cache(step)
             logits = step.logits[:, -1]
             next_pos = next_pos + 1
         if stop_at_eos:
             produced = [p[:-1] if p and p[-1] == eos else p for p in produced]
         return produced
 
-    def generate(self, prompt: str, *, max_new_tokens: int = 32, stop_strings: Sequence[str] = ("\n",), **kw) -> str:
+    def generate(self, prompt: str, *, max_new_tokens: int = 32, stop_strings: Sequence[str] = ("\n",),
+                 chat_template: bool | None = None, **kw) -> str:
         """Greedy response text for one prompt (stops at eos or any stop string, which is cut off)."""
-        ids = self.generate_ids([self.encode_prompt(prompt)], max_new_tokens=max_new_tokens, stop_strings=stop_strings, **kw)[0]
+        ids = self.generate_ids([self.encode_prompt(prompt, chat_template)], max_new_tokens=max_new_tokens,
+                                stop_strings=stop_strings, **kw)[0]
         text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
         for s in stop_strings:
             if s in text:

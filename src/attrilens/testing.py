@@ -9,7 +9,7 @@ import torch
 
 from attrilens.lm import LM
 
-ARCHS = ("gpt2", "gpt_neox", "llama", "qwen2", "mistral", "gemma")
+ARCHS = ("gpt2", "gpt_neox", "llama", "qwen2", "mistral", "gemma", "gemma3")
 
 _WORDS = (
     "the capital of velmora is quenth . who founded the bank ? answer : context paragraph sentence "
@@ -41,6 +41,7 @@ def tiny_tokenizer():
 def tiny_config(arch: str, *, layers: int = 2, width: int = 32, vocab: int = 300, max_len: int = 256):
     """A small fp32 config of the given architecture (random weights, 2 heads)."""
     from transformers import (
+        Gemma3TextConfig,
         GemmaConfig,
         GPT2Config,
         GPTNeoXConfig,
@@ -70,6 +71,10 @@ def tiny_config(arch: str, *, layers: int = 2, width: int = 32, vocab: int = 300
         return MistralConfig(num_key_value_heads=1, sliding_window=None, **dims)
     if arch == "gemma":
         return GemmaConfig(num_key_value_heads=1, head_dim=width // 2, **dims)
+    if arch == "gemma3":  # Gemma 3: sliding-window layers (window 4, so tests cross it) and global layers
+        return Gemma3TextConfig(num_key_value_heads=1, head_dim=width // 2, query_pre_attn_scalar=width // 2,
+                                sliding_window=4, layer_types=["sliding_attention" if i % 2 == 0 else "full_attention"
+                                                               for i in range(layers)], **dims)
     raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
 
 
