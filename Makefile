@@ -23,9 +23,9 @@ test: install-dev lint
 	$(PY) -m pytest -q
 
 bench: install-dev
-	$(PY) benchmarks/context.py
-	$(PY) benchmarks/training.py
-	$(PY) benchmarks/patchscopes.py
+	attrilens bench context --out bench-out
+	attrilens bench training --out bench-out
+	attrilens bench inspect --out bench-out
 
 # Retrain the shipped demo models from scratch (slow: see docs/benchmarks.md for the time it took).
 demo-models: install

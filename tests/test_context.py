@@ -81,10 +81,11 @@ def test_cached_loo_computes_fewer_tokens(llama):
     assert b.cost.tokens_computed < 0.8 * a.cost.tokens_computed
 
 
-@pytest.mark.parametrize("method", ["cached", "loo", "contextcite", "hierarchical"])
-def test_scores_invariant_to_batch_size(llama, method: str):
+@pytest.mark.parametrize(("method", "options"), [("cached", {}), ("loo", {}), ("contextcite", {"n_ablations": 12}),
+                                               ("hierarchical", {"top_k": 2})])
+def test_scores_invariant_to_batch_size(llama, method: str, options: dict):
     context = random_context(8)
-    runs = [ContextAttributor(llama, method=method, batch_size=b, n_ablations=12, top_k=2).attribute(
+    runs = [ContextAttributor(llama, method=method, batch_size=b, **options).attribute(
         context, "bank?", " ada tolm") for b in (1, 3, 16)]
     for r in runs[1:]:
         for x, y in zip(runs[0].scores, r.scores, strict=True):
@@ -191,7 +192,7 @@ def test_contextcite_is_seeded_and_rescorable(llama):
 def test_gradient_scores_match_autograd_on_one_source(llama):
     context, query, response = random_context(15), "bank?", " ada"
     r = ContextAttributor(llama, method="gradient").attribute(context, query, response)
-    from attrilens.context.baselines import prompt_token_owner
+    from attrilens.context.token_sources import prompt_token_owner
 
     src = Sources.split(context, "sentence")
     prompt = ContextAttributor(llama).prompt(query)

@@ -34,14 +34,16 @@ def world(tmp_path_factory):
 
 def test_token_identity_and_bare_targets(lm):
     res = presets.token_identity(lm, "the capital of velmora", layers=[0, 2], positions=[-1, 1])
-    assert res.preset == "token_identity" and res.target_prompt.endswith("hello -> hello\n?")
+    assert res.preset == "token-identity" and res.target_prompt.endswith("hello -> hello\n?")
     assert [(c.layer, c.target_layer) for c in res.cells] == [(0, 0), (0, 0), (2, 2), (2, 2)]
     bare = presets.token_identity(lm, "the capital of velmora", bare=True, layers=[1], positions=[-1])
-    assert bare.preset == "token_identity_bare" and bare.target_prompt == "?" and len(bare.cells) == 1
+    assert bare.preset == "token-identity-bare" and bare.target_prompt == "?" and len(bare.cells) == 1
 
 
 def test_attribute_extraction_patches_the_placeholder(lm):
-    assert presets.relation_template("capital") == "The capital of x is"
+    from attrilens.demo.world import relation_template
+
+    assert relation_template("capital") == "The capital of x is"
     tids, pos = presets.placeholder_target(lm, "The capital of x is")
     assert lm.tokenizer.decode([tids[pos]]).strip() == "x"
     res = presets.attribute_extraction(lm, "velmora", "capital", layers=[1], max_new_tokens=3)
@@ -60,19 +62,21 @@ def test_attribute_extraction_patches_the_placeholder(lm):
 
 
 def test_entity_description_uses_world_facts(lm, world):
+    from attrilens.demo.world.generate import description_shots
     from attrilens.jsonl import load_jsonl
 
-    template = presets.description_template(world)
+    shots = description_shots(world)
+    template = presets.description_template(shots)
     first = load_jsonl(world / "facts.jsonl", require=())[0]
     assert template.startswith(f"{first['entity']}: ") and template.endswith("\nx:")
-    res = presets.entity_description(lm, "velmora", layers=[2], world_dir=world, max_new_tokens=3)
+    res = presets.entity_description(lm, "velmora", layers=[2], shots=shots, max_new_tokens=3)
     assert res.target_prompt == template and res.cells[0].generation is not None
     assert presets.description_template(None).startswith("Paris: ")
 
 
 def test_multi_hop_single_cell(lm):
     res = presets.multi_hop(lm, "the capital of velmora is", "The currency of x is the", layer=2, target_layer=1)
-    assert [(c.layer, c.target_layer) for c in res.cells] == [(2, 1)] and res.preset == "multi_hop"
+    assert [(c.layer, c.target_layer) for c in res.cells] == [(2, 1)] and res.preset == "multi-hop"
 
 
 def test_cross_model_fits_affine_maps_between_depths():
@@ -90,7 +94,7 @@ def test_cross_model_fits_affine_maps_between_depths():
 
 def test_demo_section_is_a_full_logit_lens_grid(lm):
     res = inspect_section(lm, "the capital of velmora is")
-    assert isinstance(res, InspectResult) and res.preset == "logit_lens"
+    assert isinstance(res, InspectResult) and res.preset == "logit-lens"
     assert len(res.cells) == (lm.n_layers + 1) * len(res.source_tokens)
     assert res.cost.forward_passes == 1
     grid = res.grid()
@@ -110,7 +114,7 @@ def test_cli_inspect_json_and_errors(tmp_path, lm):
                               "--preset", "token_identity", "--layer", "1", "--position", "-1", "--json"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout)
-    assert doc["schema"] == "attrilens/inspect/v1" and doc["preset"] == "token_identity"
+    assert doc["schema"] == "attrilens/inspect/v1" and doc["preset"] == "token-identity"
     assert [(c["layer"], c["position"]) for c in doc["cells"]] == [(1, len(doc["source"]["tokens"]) - 1)]
     custom = runner.invoke(app, ["inspect", "--model", str(model_dir), "--prompt", "velmora", "--target-prompt",
                                  "cat -> cat\n?", "--layer", "2", "--target-layer", "0", "--json"])

@@ -1,4 +1,4 @@
-"""The web app's JSON API: same documents as the lenses, 413 over the size limit, 501 for a missing lens, no mixing."""
+"""The web app's JSON API: same documents as the lenses, 413 over the size limit, names checked against the registries, no mixing."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from live import LiveServer  # noqa: E402
 
 from attrilens.errors import AttrilensError  # noqa: E402
 from attrilens.server import create_app, load_report  # noqa: E402
-from attrilens.view.backend import LensBackend, LensUnavailable, _lens  # noqa: E402
+from attrilens.view.backend import LensBackend  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -48,7 +48,7 @@ class SlowEcho:
                 "opponents": []}
 
     def context(self, req):
-        raise LensUnavailable("The context lens is not available in this installation (test).")
+        return {"schema": "attrilens/context/v1", "method": req.method, "query": req.query}
 
     def inspect(self, req):
         raise AttrilensError(f"Layer {req.layer} is out of range. Pass 0..4.")
@@ -100,16 +100,13 @@ def test_bad_requests_say_what_is_wrong(client):
     assert r.status_code == 400 and "index: Extra inputs are not permitted" in r.json()["detail"]
     r = client.post("/api/inspect", json={"prompt": "p", "layer": 9})
     assert r.status_code == 400 and r.json()["detail"] == "Layer 9 is out of range. Pass 0..4."
-    assert client.post("/api/context", json={"context": "c", "query": "q"}).status_code == 501
-    assert client.post("/api/context", json={"context": "c", "query": "q"}).json()["detail"].startswith("The context lens")
+    r = client.post("/api/context", json={"context": "c", "query": "q", "method": "fastest"})
+    assert r.status_code == 400 and "Unknown" in r.json()["detail"] and "contextcite" in r.json()["detail"]
+    assert client.post("/api/context", json={"context": "c", "query": "q", "method": "proxy_pruning"}).status_code == 200
+    r = client.post("/api/inspect", json={"prompt": "p", "preset": "xray"})
+    assert r.status_code == 400 and "logit-lens" in r.json()["detail"]
+    assert client.post("/api/inspect", json={"prompt": "p", "preset": "logit_lens", "layer": 9}).status_code == 400
     assert client.get("/api/trace").status_code == 405
-
-
-def test_a_missing_lens_module_is_named():
-    with pytest.raises(LensUnavailable, match=r"The demo lens is not available .*attrilens\.nope\.x"):
-        _lens("attrilens.nope", "x", "demo")
-    with pytest.raises(LensUnavailable, match=r"attrilens\.errors\.nothing_here"):
-        _lens("attrilens.errors", "nothing_here", "demo")
 
 
 def test_without_a_model_compute_endpoints_explain_how_to_start():

@@ -11,7 +11,7 @@ from attrilens.errors import AttrilensError
 from attrilens.testing import ARCHS, random_ids, tiny_lm
 from attrilens.training.corpus import make_corpus, read_documents
 from attrilens.training.gradients import Example, Featurizer, weight_modules
-from attrilens.training.methods import MethodConfig
+from attrilens.training.methods.trackstar import TrackStarOptions
 from attrilens.training.preconditioning import fit_whitening, mixing_lambda
 from attrilens.training.projection import allocate, gaussian, make_projections, project_full, side_length
 
@@ -144,7 +144,7 @@ def test_mixing_lambda_crosses_eigenvalue_curves():
     with pytest.raises(AttrilensError, match="needs evaluation queries"):
         fit_whitening(base, None, lam=0.5)
     with pytest.raises(AttrilensError, match="damping must be positive"):
-        MethodConfig(damping=0.0)
+        TrackStarOptions(damping=0.0)
 
 
 def test_corpus_blocks_have_stable_ids_and_errors_name_the_line(tmp_path):

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.testing import tiny_lm
-from attrilens.training import index as index_mod
+from attrilens.training import store
 from attrilens.training.corpus import make_corpus
 from attrilens.training.gradients import Example, Featurizer
 from attrilens.training.index import TrainingIndex, build_index
@@ -86,7 +86,7 @@ def test_every_method_traces_with_the_v1_schema(lm, model_dir, tmp_path):
         assert TraceResult.from_json(res.to_json()).to_dict() == d
         assert len(res.to_frame()) == len(d["proponents"]) + len(d["opponents"])
     man = json.loads((tmp_path / "trackstar" / "manifest.json").read_text())
-    assert 0 < man["lambda"] < 1 and man["settings"]["seed"] == 0 and man["model"]["fingerprint"] == lm.fingerprint()
+    assert 0 < man["lambda"] < 1 and man["options"]["seed"] == 0 and man["model"]["fingerprint"] == lm.fingerprint()
     assert not (tmp_path / "trackstar" / "raw").exists()  # raw fp32 features are removed after R
 
 
@@ -96,15 +96,15 @@ def test_trackstar_scores_match_the_formula(lm, model_dir, tmp_path):
                       dtype="float32", progress=False)
     gm = idx.method
     blocks = idx.corpus
-    raw = gm.raw([Example.block(t) for t in blocks.tokens])
-    evr = gm.raw([Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"])) for q in QUERIES])
+    raw = gm.featurize([Example.block(t) for t in blocks.tokens])
+    evr = gm.featurize([Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"])) for q in QUERIES])
     lam = idx.manifest["lambda"]
     r = (1 - lam) * raw.double().T @ raw.double() / len(raw) + lam * evr.double().T @ evr.double() / len(evr)
-    delta = idx.manifest["settings"]["damping"] * float(torch.trace(r)) / min(r.shape[0], len(raw) + len(evr))
+    delta = idx.manifest["options"]["damping"] * float(torch.trace(r)) / min(r.shape[0], len(raw) + len(evr))
     e, v = torch.linalg.eigh(r)
     w = (v * (e.clamp(min=0) + delta).rsqrt()) @ v.T
     q = Example.response(lm.encode_prompt("who founded the bank ?"), lm.encode_response(" ada"))
-    qf = torch.nn.functional.normalize(gm.raw([q]).double() @ w, dim=1)[0]
+    qf = torch.nn.functional.normalize(gm.featurize([q]).double() @ w, dim=1)[0]
     tf = torch.nn.functional.normalize(raw.double() @ w, dim=1)
     assert np.allclose(idx.scores(q), (tf @ qf).numpy(), rtol=1e-4, atol=1e-5)
 
@@ -127,7 +127,7 @@ class _Boom(Exception):
 
 def _fail_on_write(monkeypatch, n_ok, exc):
     calls = {"n": 0}
-    real = index_mod._write_array
+    real = store.write_array
 
     def write(f, array):
         calls["n"] += 1
@@ -136,7 +136,7 @@ def _fail_on_write(monkeypatch, n_ok, exc):
             raise exc
         real(f, array)
 
-    monkeypatch.setattr(index_mod, "_write_array", write)
+    monkeypatch.setattr(store, "write_array", write)
 
 
 @pytest.mark.parametrize("n_ok", [1, 4])  # killed while featurising, and while applying R^-1/2
@@ -190,7 +190,7 @@ def test_mismatched_model_corpus_and_settings_are_errors(lm, tmp_path):
         build_index(lm, docs, tmp_path / "idx", method="grad-cos", proj_dim=96, block_len=12, progress=False)
     with pytest.raises(AttrilensError, match="not an attrilens index"):
         TrainingIndex.open(tmp_path, lm)
-    with pytest.raises(AttrilensError, match="Unknown method 'lissa'"):
+    with pytest.raises(AttrilensError, match="Unknown training-data method 'lissa'"):
         build_index(lm, docs, tmp_path / "x", method="lissa")
     with pytest.raises(AttrilensError, match="Unknown option.* projdim"):
         build_index(lm, docs, tmp_path / "x", method="grad-dot", projdim=8)
@@ -274,7 +274,7 @@ def test_datainf_matches_closed_form_and_lora_finetune(lm, model_dir, tmp_path):
             v = f.features([q])[0].double()
             want = torch.zeros(len(g), dtype=torch.float64)
             n = len(g)
-            for a, b in idx.method.datainf_groups()[: len(idx.method.datainf_groups()) // len(views)]:
+            for a, b in idx.method.layer_groups()[: len(idx.method.layer_groups()) // len(views)]:
                 gl, vl = g[:, a:b], v[a:b]
                 lam = 0.1 * gl.pow(2).sum(1).mean() / (b - a)
                 r = sum(vl - (vl @ gl[i]) / (lam + gl[i] @ gl[i]) * gl[i] for i in range(n)) / (n * lam)
@@ -292,16 +292,16 @@ def test_faiss_search_matches_exact_search(lm, tmp_path):
     a = idx.trace("who founded the bank ?", target=" ada", top_k=5)
     b = idx.trace("who founded the bank ?", target=" ada", top_k=5, use_faiss=True)
     # exact search multiplies fp16 unit-norm features in fp16 (scores rounded to ~1e-4); FAISS works in fp32
-    assert [p["score"] for p in a.proponents] == pytest.approx([p["score"] for p in b.proponents], abs=2e-3)
-    assert [p["score"] for p in a.opponents] == pytest.approx([p["score"] for p in b.opponents], abs=2e-3)
-    assert {p["id"] for p in a.proponents[:2]} == {p["id"] for p in b.proponents[:2]}
+    assert [p.score for p in a.proponents] == pytest.approx([p.score for p in b.proponents], abs=2e-3)
+    assert [p.score for p in a.opponents] == pytest.approx([p.score for p in b.opponents], abs=2e-3)
+    assert {p.id for p in a.proponents[:2]} == {p.id for p in b.proponents[:2]}
 
 
 def test_bm25_finds_the_document_with_the_words(lm, tmp_path):
     docs = _docs(20) + [{"id": "doc-gold", "text": "velmora founder ada velmora founder ada"}]
     idx = build_index(lm, docs, tmp_path / "bm", method="bm25", block_len=64, progress=False)
     res = idx.trace("velmora founder", target=" ada", top_k=3)
-    assert res.proponents[0]["id"] == "doc-gold" and res.opponents == []
+    assert res.proponents[0].id == "doc-gold" and res.opponents == []
 
 
 def test_cli_index_build_and_trace(model_dir, tmp_path, monkeypatch, capsys):
@@ -327,7 +327,7 @@ def test_cli_index_build_and_trace(model_dir, tmp_path, monkeypatch, capsys):
     code, out, err = run("index", "build", "--model", str(model_dir), "--corpus", str(corpus), "--out",
                          str(tmp_path / "t"), "--proj-dim", "64", "--block-len", "12", "--damping", "0.05", "--json")
     assert code == 0, err
-    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["settings"]["damping"] == 0.05
+    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["options"]["damping"] == 0.05
     code, out, err = run("trace", "--index", str(tmp_path / "i"), "--prompt", "who founded", "--target", " ada",
                          "--top-k", "3", "--tokens", "0", "--json")
     assert code == 0, err

@@ -151,6 +151,24 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+def length_batches(lengths: Sequence[int], max_rows: int, max_padding: float = 0.125) -> list[list[int]]:
+    """Row indices grouped for padded batches: sorted by length, at most `max_rows` rows, and a new batch whenever
+    padding would exceed `max_padding` of the batch — on a CPU, padded positions cost as much as real ones."""
+    if max_rows < 1:
+        raise AttrilensError(f"batch_size must be at least 1, got {max_rows}.")
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        rows = batches[-1] if batches else None
+        if rows and len(rows) < max_rows:
+            total = sum(lengths[j] for j in rows) + lengths[i]
+            if 1 - total / (lengths[i] * (len(rows) + 1)) <= max_padding:
+                rows.append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
 def is_adapter_dir(path: str | os.PathLike) -> bool:
     """Whether a directory holds a peft LoRA adapter (rather than a whole model)."""
     return (Path(path) / "adapter_config.json").is_file()
@@ -218,14 +236,20 @@ class LM:
         chat_template: bool | None = None,
         base: str | os.PathLike | None = None,
     ) -> LM:
-        """Load a model directory, or a LoRA adapter directory on its base model (local only: no hub downloads).
+        """Load a registered model name (`attrilens models list`), a model directory, or a LoRA adapter directory on
+        its base model (local only: no hub downloads).
 
         An adapter directory (with `adapter_config.json`) is loaded onto `base`, else onto the base its
         `training.json` (written by `attrilens train --lora`) or its adapter config names.
         """
+        from attrilens import models
+
+        if str(path) in models.MODELS:  # a registered real model, converted once into the cache (./name: a folder)
+            path = models.get(str(path))
         path = Path(path)
         if not path.is_dir():
-            raise AttrilensError(f"Model directory {str(path)!r} does not exist. Pass a local Hugging Face model directory.")
+            raise AttrilensError(f"Model directory {str(path)!r} does not exist. Pass a local Hugging Face model "
+                                 f"directory or a registered model name ({', '.join(models.MODELS)}).")
         if is_adapter_dir(path):
             return cls._from_adapter(path, base, dtype=dtype, device=device, attn_implementation=attn_implementation,
                                      chat_template=chat_template)
@@ -545,7 +569,11 @@ class LM:
         cache_mask: torch.Tensor | None = None,
         chunk_start: Sequence[int] | int = 0,
         keep_cache: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> RunOutput:
+        """One forward of a padded batch (continuing `cache` when given); with `logits_at` ([B, K] columns of this
+        chunk) the unembedding runs only there and the logits are [B, K, V] — a vocabulary-sized product per
+        token is a fifth of a small model's cost."""
         from transformers import DynamicCache
 
         read = [self.check_layer(x) for x in read_layers]
@@ -563,13 +591,16 @@ class LM:
         mask = batch.attention_mask if cache_mask is None else torch.cat([cache_mask, batch.attention_mask], dim=1)
         if keep_cache and cache is None:
             cache = DynamicCache()
+        extra = {self._cache_kwarg: cache}
+        if logits_at is not None:
+            extra["logits_to_keep"] = logits_at.to(batch.input_ids.device)
         with torch.no_grad(), self._hooks(read, writes, store, applied):
             out = self.model(
                 input_ids=batch.input_ids,
                 attention_mask=mask,
                 position_ids=batch.position_ids,
                 use_cache=cache is not None,
-                **{self._cache_kwarg: cache},
+                **extra,
             )
         for layer_writes in writes.values():
             for k, row, _, _ in layer_writes:
@@ -637,31 +668,37 @@ class LM:
         batch_size: int = 8,
         padding_side: str = "right",
     ) -> list[torch.Tensor]:
-        """Token-id version of `logprobs`: batched, padded with masks and position ids."""
-        results: list[torch.Tensor] = []
-        for start in range(0, len(prompt_ids), batch_size):
-            ps = prompt_ids[start : start + batch_size]
-            rs = response_ids[start : start + batch_size]
-            seqs = [list(p) + list(r) for p, r in zip(ps, rs, strict=True)]
-            for s in seqs:
-                self.check_length(len(s))
-            batch = self.pad_batch(seqs, padding_side=padding_side)
-            logits = self._forward(batch).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
-            for row, (p, r) in enumerate(zip(ps, rs, strict=True)):
-                o = batch.offsets[row]
-                idx = torch.arange(len(p) - 1, len(p) + len(r) - 1, device=logp.device) + o
-                tgt = torch.as_tensor(list(r), device=logp.device)
-                results.append(logp[row, idx, tgt].cpu())
+        """Token-id version of `logprobs`: batched by similar length, padded with masks and position ids; the
+        unembedding runs only at the positions that predict response tokens."""
+        if padding_side not in ("left", "right"):
+            raise AttrilensError(f"padding_side must be 'left' or 'right', not {padding_side!r}.")
+        results: list[torch.Tensor | None] = [None] * len(prompt_ids)
+        seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+        for s in seqs:
+            self.check_length(len(s))
+        for rows in length_batches([len(s) for s in seqs], batch_size):
+            batch = self.pad_batch([seqs[i] for i in rows], padding_side=padding_side)
+            width = max(len(response_ids[i]) for i in rows)
+            cols = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                first = batch.offsets[r] + len(prompt_ids[i]) - 1  # the column predicting response token 0
+                n = len(response_ids[i])
+                cols[r] = torch.arange(first, first + width).clamp(max=first + n - 1)
+            logp = torch.log_softmax(self._forward(batch, logits_at=cols).logits.float(), dim=-1)
+            for r, i in enumerate(rows):
+                tgt = torch.as_tensor(list(response_ids[i]), device=logp.device)
+                results[i] = logp[r, torch.arange(len(tgt), device=logp.device), tgt].cpu()
         return results
 
     # ------------------------------------------------------------------ prefix cache
     @torch.no_grad()
-    def prefix_cache(self, prefix_ids: Sequence[int], *, read_layers: Sequence[int] = ()) -> RunOutput:
-        """Run a prefix once (batch of one) and keep its KV cache for `extend`."""
+    def prefix_cache(self, prefix_ids: Sequence[int], *, read_layers: Sequence[int] = (),
+                     logits_at: Sequence[int] | None = None) -> RunOutput:
+        """Run a prefix once (batch of one) and keep its KV cache for `extend` (logits only at `logits_at` if given)."""
         self.check_length(len(prefix_ids), "prefix")
         batch = self.pad_batch([prefix_ids])
-        return self._forward(batch, read_layers=read_layers, keep_cache=True)
+        cols = None if logits_at is None else torch.as_tensor([list(logits_at)], dtype=torch.long)
+        return self._forward(batch, read_layers=read_layers, keep_cache=True, logits_at=cols)
 
     @torch.no_grad()
     def extend(
@@ -672,13 +709,15 @@ class LM:
         *,
         read_layers: Sequence[int] = (),
         patches: Sequence[Patch] = (),
+        logits_at: Sequence[Sequence[int]] | None = None,
     ) -> RunOutput:
         """Continue each suffix from the first `keep[r]` tokens of a cached prefix, all rows in one forward.
 
         Rows may keep different prefix lengths: the cache is cropped to max(keep), the positions a row does
         not keep are masked out, and the row's suffix takes positions keep[r], keep[r]+1, ... — the same
         computation as running prefix[:keep[r]] + suffix from scratch. Suffixes are right-padded. Logits
-        are for the suffix positions only; patches use positions in the full (kept prefix + suffix) row.
+        are for the suffix positions only (or, with `logits_at`, for those suffix positions of each row, the
+        same count per row); patches use positions in the full (kept prefix + suffix) row.
         """
         from transformers import DynamicCache
 
@@ -690,12 +729,13 @@ class LM:
         for k, s in zip(keep, suffixes, strict=True):
             self.check_length(k + len(s))
         if self.sliding_window is not None and len(set(keep)) > 1:
-            return self._extend_by_keep(prefix, keep, suffixes, read_layers=read_layers, patches=patches)
-        width = max(keep)
-        cache = DynamicCache()
-        for i, layer in enumerate(prefix.cache.layers):
-            cache.update(layer.keys[..., :width, :], layer.values[..., :width, :], i)
-        cache.batch_repeat_interleave(len(suffixes))
+            return self._extend_by_keep(prefix, keep, suffixes, read_layers=read_layers, patches=patches,
+                                        logits_at=logits_at)
+        width, rows = max(keep), len(suffixes)
+        # one copy of the kept prefix per row, made when the cache is built (expand is a view)
+        cache = DynamicCache(ddp_cache_data=[
+            (layer.keys[..., :width, :].expand(rows, -1, -1, -1), layer.values[..., :width, :].expand(rows, -1, -1, -1))
+            for layer in prefix.cache.layers])
         cache_mask = torch.zeros((len(suffixes), width), dtype=torch.long, device=self.device)
         for r, k in enumerate(keep):
             cache_mask[r, :k] = 1
@@ -708,10 +748,12 @@ class LM:
             cache=cache,
             cache_mask=cache_mask,
             chunk_start=list(keep),
+            logits_at=None if logits_at is None else torch.as_tensor([list(c) for c in logits_at], dtype=torch.long),
         )
 
     def _extend_by_keep(self, prefix: RunOutput, keep: Sequence[int], suffixes: Sequence[Sequence[int]], *,
-                        read_layers: Sequence[int], patches: Sequence[Patch]) -> RunOutput:
+                        read_layers: Sequence[int], patches: Sequence[Patch],
+                        logits_at: Sequence[Sequence[int]] | None) -> RunOutput:
         """`extend` one group of rows per keep length, stitched back in row order (right-padded).
 
         Sliding-window layers place their window by cache index; a row that keeps fewer prefix tokens than
@@ -727,9 +769,10 @@ class LM:
             local = {r: i for i, r in enumerate(rows)}
             sub = [Patch(local[p.row], p.layer, p.position, p.value) for p in patches if p.row in local]
             out = self.extend(prefix, [k] * len(rows), [suffixes[r] for r in rows], read_layers=read_layers,
-                              patches=sub)
+                              patches=sub, logits_at=None if logits_at is None else [logits_at[r] for r in rows])
             if logits is None:
-                logits = out.logits.new_zeros((len(keep), width, out.logits.shape[-1]))
+                cols = width if logits_at is None else len(logits_at[0])
+                logits = out.logits.new_zeros((len(keep), cols, out.logits.shape[-1]))
             logits[rows, : out.logits.shape[1]] = out.logits
             for layer, h in out.hidden.items():
                 hidden.setdefault(layer, h.new_zeros((len(keep), width, h.shape[-1])))[rows, : h.shape[1]] = h

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from attrilens.errors import AttrilensError
-from attrilens.view.backend import REQUESTS, Backend, LensBackend, LensUnavailable, dispatch
+from attrilens.view.backend import REQUESTS, Backend, LensBackend, dispatch
 from attrilens.view.page import render_page
 
 DEFAULT_PORT = 8765
@@ -80,8 +80,6 @@ def create_app(backend: Backend | None = None, *, model_dir: Path | str | None =
         try:
             with compute_lock:  # one model, one computation at a time; each request builds its own result
                 doc = dispatch(backend, kind, payload)
-        except LensUnavailable as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=501)
         except AttrilensError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)
         return JSONResponse(doc)

@@ -1,4 +1,4 @@
-"""Patchscopes benchmark on a demo model and its fact world (`attrilens bench inspect`, `benchmarks/patchscopes.py`).
+"""Patchscopes benchmark on a demo model and its fact world (`attrilens bench inspect`).
 
 1. Next-token decoding by layer on held-out (sequence, position) pairs of the demo corpus: precision@1 (the read-out's
    top-1 equals the model's own final top-1) and surprisal −log p_final(read-out top-1) for the logit lens, a
@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import random
 import sys
 import threading
@@ -23,10 +21,12 @@ from pathlib import Path
 import torch
 
 from attrilens.bench.metrics import greedy_match
+from attrilens.bench.report import Report, machine
+from attrilens.demo.world import relation_template
 from attrilens.errors import AttrilensError
 from attrilens.inspect.lenses import LayerMaps, TunedLens, collect_states, fit_affine, token_rows
 from attrilens.inspect.patchscope import Patchscope, Query, encode_target
-from attrilens.inspect.presets import BARE, TOKEN_IDENTITY, placeholder_target, relation_template
+from attrilens.inspect.presets import BARE, TOKEN_IDENTITY, placeholder_target
 from attrilens.lm import LM, Patch
 
 
@@ -375,8 +375,12 @@ def _training_texts(world: Path) -> list[str]:
 
 
 def run_benchmark(model: Path | None = None, world: Path | None = None, quick: bool = False,
-                  lens_out: Path | None = None) -> dict:
-    """Run all four parts; returns {"tables": {name: DataFrame}, "info": {...}}."""
+                  lens_out: Path | None = None) -> Report:
+    """Run all four parts on a model (default: the demo target) and its fact world; `lens_out` saves the tuned lens.
+
+    Tables: next_token (long form: method, layer, precision@1, surprisal) and its layer × method pivots,
+    attribute_extraction, multi_hop, speed.
+    """
     from attrilens.demo.paths import demo_model_dir, demo_world_dir
     from attrilens.jsonl import load_jsonl
 
@@ -400,6 +404,9 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
     tables = {}
     _log("[inspect bench] 1/4 next-token decoding by layer")
     tables["next_token"], info["next_token"] = next_token_table(lm, fit_texts, eval_texts, cfg, lens_out)
+    for metric in ("precision@1", "surprisal"):
+        pivot = tables["next_token"].pivot(index="layer", columns="method", values=metric)
+        tables[f"next_token_{metric.replace('@', '_at_')}_by_layer"] = pivot.reset_index().rename_axis(columns=None)
     _log("[inspect bench] 2/4 attribute extraction")
     tables["attribute_extraction"], info["attribute_extraction"] = attribute_table(lm, facts, cfg)
     _log("[inspect bench] 3/4 multi-hop")
@@ -407,32 +414,9 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
     _log("[inspect bench] 4/4 speed")
     tables["speed"], info["speed"] = speed_table(lm, eval_texts, cfg, reps=3 if quick else 5)
     info["seconds"] = round(time.perf_counter() - t0, 1)
-    return {"tables": tables, "info": info}
-
-
-def format_report(report: dict) -> str:
-    """The tables as text (next-token table pivoted to layer × method)."""
-    out = []
-    nt = report["tables"]["next_token"]
-    for metric in ("precision@1", "surprisal"):
-        out.append(f"## next-token {metric} by layer (higher is better)" if metric == "precision@1"
-                   else f"## next-token {metric} by layer (nats, lower is better)")
-        out.append(nt.pivot(index="layer", columns="method", values=metric).round(3).to_string())
-    for name in ("attribute_extraction", "multi_hop", "speed"):
-        out.append(f"## {name.replace('_', ' ')}")
-        out.append(report["tables"][name].round(4).to_string(index=False))
-    out.append("## info")
-    out.append(json.dumps(report["info"], indent=1, default=str))
-    return "\n\n".join(out)
-
-
-def main(model: Path | None = None, world: Path | None = None, quick: bool = False, as_json: bool = False,
-         lens_out: Path | None = None) -> dict:
-    """Run and print (tables, or JSON with --json)."""
-    report = run_benchmark(model, world, quick, lens_out)
-    if as_json:
-        doc = {"info": report["info"], "tables": {k: v.to_dict(orient="records") for k, v in report["tables"].items()}}
-        sys.stdout.write(json.dumps(doc, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)) + "\n")
-    else:
-        sys.stdout.write(format_report(report) + "\n")
-    return report
+    info["machine"] = machine()
+    header = (f"# Patchscopes benchmark{' (quick)' if quick else ''}: {model.name} on {world.name}\n\n"
+              "Next token by layer on held-out (sequence, position) pairs: precision@1 (higher is better) and surprisal "
+              "(nats, lower is better), long form and pivoted layer × method. Attribute extraction and multi-hop: "
+              "greedy exact match. Speed: seconds (timings are noisy on a shared machine).")
+    return Report("inspect", tables, info, header)

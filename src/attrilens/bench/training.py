@@ -1,8 +1,10 @@
 """Lens 2 benchmark: fact tracing (MRR, recall@10), tail-patch, projection fidelity and speed of every method.
 
-Run `attrilens bench training [--model DIR --world DIR] [--quick]` or `python benchmarks/training.py`. Without a
-model it uses the demo target model when it exists, else trains (once, cached) a small Llama on a small fact
-world with the project's trainer, so that facts are memorised and gold documents are known.
+Run `attrilens bench training [--model DIR --world DIR] [--quick] [--out DIR]`. The method rows come from the
+registry (`TDA_METHODS`, each class's `benchmark_variants`). Without a model it uses the demo target model when
+it exists, else trains (once, cached) a small Llama on a small fact world with the project's trainer, so that
+facts are memorised and gold documents are known. `attrilens bench training --damping-sweep` runs TrackStar's
+ridge sweep (`damping_sweep`) instead.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from attrilens.bench.metrics import rank_order, retrieval_metrics, spearman
+from attrilens.bench.report import Report, machine
 from attrilens.jsonl import load_jsonl
+from attrilens.training.methods import TDA_METHODS, TDAMethod
 
 BENCH_CACHE = Path(os.environ.get("ATTRILENS_CACHE", Path.home() / ".cache" / "attrilens")) / "bench-training"
 
@@ -57,15 +62,6 @@ def _resolve(model: Path | None, world: Path | None, progress: bool) -> tuple[Pa
         pass
     m, w = prepare_bench_model(progress=progress)
     return m, w, "bench model (2-layer Llama, width 96, trained on a 30-entity fact world)"
-
-
-def write_tables(tables: dict, out: Path | None = None) -> None:
-    """Print every table of a benchmark run on stdout (a `## name` heading each) and, given `out`, save them as JSON."""
-    for name, frame in tables.items():
-        sys.stdout.write(f"\n## {name}\n{frame.to_string(index=False)}\n")
-    if out is not None:
-        Path(out).write_text(json.dumps({k: v.to_dict(orient="records") for k, v in tables.items()}, indent=1,
-                                        default=str))
 
 
 QUESTIONS, STATEMENTS = "questions (unseen wording)", "statements (training template prefix)"
@@ -146,36 +142,24 @@ class TailPatcher:
                                          int(b), blocks.tokens[int(b)]) for qi in rows for b in picks[qi]]))
 
 
-def _method_grid(quick: bool) -> list[tuple[str, dict]]:
-    dims = [2**10, 2**12, 2**14] if quick else [2**10, 2**12, 2**14, 2**16]
-    grid = [("BM25", {"method": "bm25"}),
-            ("grad-dot", {"method": "grad-dot", "proj_dim": 4096}),
-            ("grad-cos", {"method": "grad-cos", "proj_dim": 4096}),
-            ("TracIn", {"method": "tracin", "proj_dim": 4096}),
-            ("DataInf (LoRA)", {"method": "datainf"}),
-            ("TrackStar", {"method": "trackstar", "proj_dim": 4096}),
-            ("TrackStar − optimizer correction", {"method": "trackstar", "proj_dim": 4096, "correction": False}),
-            ("TrackStar − R", {"method": "trackstar", "proj_dim": 4096, "use_r": False}),
-            ("TrackStar − unit norm", {"method": "trackstar", "proj_dim": 4096, "unit_norm": False}),
-            ("TrackStar − size-proportional split (LoGra equal)",
-             {"method": "trackstar", "proj_dim": 4096, "allocation": "equal"})]
-    grid += [(f"TrackStar d=2^{int(np.log2(d))}", {"method": "trackstar", "proj_dim": d}) for d in dims if d != 4096]
-    return grid
+def method_grid(quick: bool) -> list[tuple[str, type[TDAMethod], dict[str, Any]]]:
+    """(row label, method class, options) of every registered method's benchmark variants, in registry order."""
+    return [(label, cls, opts) for _, cls in TDA_METHODS.items() for label, opts in cls.benchmark_variants(quick)]
 
 
 def run_benchmark(model: Path | None = None, world: Path | None = None, quick: bool = False, progress: bool = True,
-                  n_queries: int | None = None, tail_queries: int | None = None, workdir: Path | None = None) -> dict:
-    """Every table of the lens-2 benchmark, as {name: DataFrame}."""
+                  n_queries: int | None = None, tail_queries: int | None = None, workdir: Path | None = None) -> Report:
+    """Every table of the lens-2 benchmark: fact tracing, tail-patch, projection fidelity, featurisation and search speed."""
     import tempfile
 
     import pandas as pd
     from tqdm import tqdm
 
-    from attrilens.demo.lora import finetune_lora
     from attrilens.lm import LM
     from attrilens.training.corpus import make_corpus, read_documents
     from attrilens.training.gradients import Example
     from attrilens.training.index import build_index
+    from attrilens.training.methods import Query
 
     torch.set_num_threads(1)  # on this 2-core VM, 2 torch threads are ~40× slower for small ops under load
     model_dir, world_dir, model_desc = _resolve(model, world, progress)
@@ -187,35 +171,42 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
     n_tail = tail_queries or (15 if quick else 40)
     blocks = make_corpus(docs, lm.tokenizer, block_len=128)
     work = Path(workdir or tempfile.mkdtemp(prefix="attrilens-bench-"))
-    tables: dict = {"setup": pd.DataFrame([{"model": model_desc, "model_dir": str(model_dir), "world": str(world_dir),
-                                            "blocks": len(blocks), "queries": len(queries),
-                                            "tail_patch_queries": n_tail, "threads": torch.get_num_threads()}])}
+    setup = {"model": model_desc, "model_dir": str(model_dir), "world": str(world_dir), "blocks": len(blocks),
+             "queries": len(queries), "tail_patch_queries": n_tail, "threads": torch.get_num_threads()}
+    tables: dict = {"setup": pd.DataFrame([setup])}
     log = (lambda *a: print(*a, file=sys.stderr)) if progress else (lambda *a: None)
+    lora: dict[str, Any] = {}  # the LoRA fine-tune, made once for the methods that declare needs_lora
+
+    def model_for(cls: type[TDAMethod]) -> tuple[LM, Path]:
+        if not cls.needs_lora:
+            return lm, model_dir
+        if not lora:
+            from attrilens.demo.lora import finetune_lora
+
+            lora_dir = work / "lora"
+            if not (lora_dir / "adapter_config.json").is_file():
+                finetune_lora(model_dir, docs, lora_dir, epochs=2, lr=1e-3, progress=progress)
+            lora.update(lm=LM.from_pretrained(lora_dir), dir=lora_dir)
+        return lora["lm"], lora["dir"]
 
     # ---------------------------------------------------------------- fact tracing + tail-patch, per query set
-    lora_dir = work / "lora"
     patcher = TailPatcher(lm, model_dir)
     ft_rows, tp_rows = [], []
     for set_name, qset in query_sets.items():
         qex = [Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"]), name=q["id"])
                for q in qset]
         orders = {}
-        for name, kw in _method_grid(quick):
+        for name, cls, opts in method_grid(quick):
             t0 = time.perf_counter()
-            use_lm, mdir = lm, model_dir
-            if kw["method"] == "datainf":
-                if not (lora_dir / "adapter_config.json").is_file():
-                    finetune_lora(model_dir, docs, lora_dir, epochs=2, lr=1e-3, progress=progress)
-                use_lm, mdir = LM.from_pretrained(lora_dir), lora_dir
-            idx = build_index(use_lm, blocks if kw["method"] != "datainf" else docs,
-                              work / f"{set_name}-{name}".replace(" ", "_"), model_dir=mdir, eval_queries=qset,
-                              block_len=128, progress=False, **{"proj_dim": None, **kw})
+            use_lm, mdir = model_for(cls)
+            idx = build_index(use_lm, blocks, work / f"{set_name}-{name}".replace(" ", "_"), method=cls.name,
+                              model_dir=mdir, eval_queries=qset, block_len=blocks.block_len, progress=False,
+                              **{"proj_dim": None, **opts})
             build_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             mets, ords = [], []
             for q, ex in zip(qset, qex, strict=True):
-                s = idx.scores(f"{q['prompt']} {q['target']}" if kw["method"] == "bm25" else ex)
-                o = rank_order(s)
+                o = rank_order(idx.scores(Query(example=ex, text=f"{q['prompt']} {q['target']}")))
                 ords.append(o[:10])
                 mets.append(retrieval_metrics(o, blocks.docs, q["gold"]))
             m = np.array(mets)
@@ -247,31 +238,105 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
            for q in queries]
 
     # ---------------------------------------------------------------- projection fidelity
-    from attrilens.training.methods import GradientMethod, MethodConfig
-
-    fq = qex[: (10 if quick else 30)]
-    ref_gm = GradientMethod(MethodConfig(method="trackstar", proj_dim=None, use_r=False, unit_norm=False), lm, model_dir)
-    bex = [Example.block(t, blocks.block_id(i)) for i, t in enumerate(blocks.tokens)]
-    ref_train, ref_q = ref_gm.raw(bex), ref_gm.raw(fq)
-    ref_scores = (ref_q @ ref_train.T).numpy()
-    del ref_train
-    rows = []
-    dims = [2**8, 2**10, 2**12, 2**14] + ([] if quick else [2**16])
-    for d in dims:
-        for allocation in ("proportional", "equal"):
-            gm = GradientMethod(MethodConfig(method="trackstar", proj_dim=d, use_r=False, unit_norm=False,
-                                             allocation=allocation), lm, model_dir)
-            s = (gm.raw(fq) @ gm.raw(bex).T).numpy()
-            rows.append({"d": d, "allocation": allocation, "actual dim": gm.dim, "Spearman vs unprojected": float(
-                np.mean([spearman(s[i], ref_scores[i]) for i in range(len(fq))])), "full dim": ref_gm.dim})
-    tables["projection fidelity"] = pd.DataFrame(rows)
+    tables["projection fidelity"] = projection_fidelity(lm, model_dir, blocks, qex[: (10 if quick else 30)],
+                                                        [2**8, 2**10, 2**12, 2**14] + ([] if quick else [2**16]))
 
     # ---------------------------------------------------------------- speed
     tables["featurisation speed"] = featurisation_speed(model_dir, blocks, n=32 if quick else 64)
     tables["featurisation speed by width"] = featurisation_scaling(lm.tokenizer, blocks,
                                                                    widths=(128, 256) if quick else (128, 256, 512))
     tables["query latency"] = query_latency(work / "latency", ns=(10_000, 100_000), d=4096, reps=10 if quick else 20)
-    return tables
+    header = (f"# Training-data attribution benchmark{' (quick)' if quick else ''}\n\n{model_desc}: {len(blocks)} "
+              f"blocks, {len(queries)} queries, tail-patch on {n_tail}. Speed tables are timings on this machine.")
+    return Report("training", tables, {**setup, "quick": quick, "machine": machine()}, header)
+
+
+def projection_fidelity(lm, model_dir: Path, blocks, queries: list, dims: list[int]):
+    """Spearman of projected vs unprojected gradient dot products (Adam-corrected, no R), per d and allocation."""
+    import pandas as pd
+
+    from attrilens.training.gradients import Example
+    from attrilens.training.methods.trackstar import TrackStar, TrackStarOptions
+
+    def raw_features(**options):
+        return TrackStar(TrackStarOptions(use_r=False, unit_norm=False, **options), lm, model_dir)
+
+    ref = raw_features(proj_dim=None)
+    bex = [Example.block(t, blocks.block_id(i)) for i, t in enumerate(blocks.tokens)]
+    ref_train, ref_q = ref.featurize(bex), ref.featurize(queries)
+    ref_scores = (ref_q @ ref_train.T).numpy()
+    del ref_train
+    rows = []
+    for d in dims:
+        for allocation in ("proportional", "equal"):
+            m = raw_features(proj_dim=d, allocation=allocation)
+            s = (m.featurize(queries) @ m.featurize(bex).T).numpy()
+            rows.append({"d": d, "allocation": allocation, "actual dim": m.dim, "Spearman vs unprojected": float(
+                np.mean([spearman(s[i], ref_scores[i]) for i in range(len(queries))])), "full dim": ref.dim})
+    return pd.DataFrame(rows)
+
+
+def damping_sweep(model: Path | None = None, world: Path | None = None, dims: tuple[int, ...] = (4096, 65536),
+                  dampings: tuple[float, ...] = (1e-3, 1e-2, 0.1, 1.0), n_queries: int = 180, n_tail: int = 40,
+                  progress: bool = True) -> Report:
+    """TrackStar's ridge on R: MRR, hit@10 and tail-patch (top-10 − random) by damping and λ rule, per d.
+
+    The benchmark's protocol (same queries, R_eval = the query set); features are computed once per d and R is
+    refitted per setting, so a sweep costs one featurisation per d. Ratios are against "no R" in the same run.
+    """
+    import pandas as pd
+
+    from attrilens.lm import LM
+    from attrilens.training.corpus import make_corpus, read_documents
+    from attrilens.training.gradients import Example, Featurizer
+    from attrilens.training.preconditioning import adam_scales, fit_whitening
+
+    torch.set_num_threads(1)
+    model_dir, world_dir, model_desc = _resolve(model, world, progress)
+    lm = LM.from_pretrained(model_dir)
+    blocks = make_corpus(read_documents(world_dir / "corpus.jsonl"), lm.tokenizer, block_len=128)
+    rng = np.random.default_rng(0)  # the same queries as the training benchmark
+    query_sets = benchmark_query_sets(world_dir, n_queries, rng)
+    sets = {"questions": query_sets[QUESTIONS], "statements": query_sets[STATEMENTS]}
+    patcher = TailPatcher(lm, model_dir)
+    rand = {qi: rng.choice(len(blocks), size=10, replace=False) for qi in range(n_tail)}
+    scales = adam_scales(model_dir, lm.model, Featurizer(lm, proj_dim=None).modules)
+    rows = []
+    for d in dims:
+        fz = Featurizer(lm, proj_dim=d, scales=scales)
+        train = fz.features([Example.block(t) for t in blocks.tokens])
+        for set_name, qs in sets.items():
+            qex = [Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"])) for q in qs]
+            feats = fz.features(qex)
+            tail_rows = list(range(min(n_tail, len(qex))))
+            random_tail = patcher.mean_delta(set_name, qex, blocks, rand, tail_rows)
+            settings = [("no R", None, None)] + [(f"damping {g:g}", g, None) for g in dampings]
+            settings += [(f"damping {g:g}, λ = 0", g, 0.0) for g in dampings]
+            for label, damping, lam in settings:
+                if damping is None:
+                    q, t, lam_used = feats, train, float("nan")
+                else:
+                    w = fit_whitening(train, feats, lam=lam, damping=damping)
+                    q, t, lam_used = w.apply(feats), w.apply(train), w.lam
+                scores = (torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(t, dim=1).T).numpy()
+                orders = [rank_order(s) for s in scores]
+                top10 = [o[:10] for o in orders]
+                m = np.array([retrieval_metrics(o, blocks.docs, qq["gold"]) for o, qq in zip(orders, qs, strict=True)])
+                rows.append({"queries": set_name, "d": fz.dim, "setting": label, "lambda": lam_used,
+                             "MRR": m[:, 0].mean(), "hit@10": m[:, 2].mean(),
+                             "tail-patch": patcher.mean_delta(set_name, qex, blocks, top10, tail_rows) - random_tail})
+            if progress:
+                print(f"[ridge] d={d} {set_name} done", file=sys.stderr, flush=True)
+    df = pd.DataFrame(rows)
+    base = df[df.setting == "no R"].set_index(["queries", "d"])
+    key = list(zip(df["queries"], df["d"], strict=True))
+    df["MRR ÷ no R"] = df["MRR"].to_numpy() / base.loc[key, "MRR"].to_numpy()
+    df["tail-patch ÷ no R"] = df["tail-patch"].to_numpy() / base.loc[key, "tail-patch"].to_numpy()
+    info = {"model": model_desc, "model_dir": str(model_dir), "world": str(world_dir), "dims": list(dims),
+            "dampings": list(dampings), "queries": n_queries, "tail_patch_queries": n_tail, "machine": machine()}
+    header = (f"# TrackStar ridge sweep\n\n{model_desc}: {n_queries} queries per set, R_eval = the query set, "
+              f"tail-patch on {n_tail}; δ = damping × the mean non-zero eigenvalue of R.")
+    return Report("training-ridge", {"ridge": df}, info, header)
 
 
 def _plen(ex) -> int:
@@ -350,7 +415,8 @@ def query_latency(folder: Path, ns=(10_000, 100_000), d: int = 4096, reps: int =
 
     import pandas as pd
 
-    from attrilens.training.index import _atomic_save, search_dot
+    from attrilens.training.search import search_dot
+    from attrilens.training.store import atomic_save
 
     rows = []
     g = np.random.default_rng(0)
@@ -363,7 +429,7 @@ def query_latency(folder: Path, ns=(10_000, 100_000), d: int = 4096, reps: int =
             arr = g.standard_normal((rows_i, d), dtype=np.float32)
             arr = (arr / np.linalg.norm(arr, axis=1, keepdims=True)).astype(np.float16)  # unit rows, as TrackStar's
             p = folder / f"shard-{i:05d}.npy"
-            _atomic_save(p, arr)
+            atomic_save(p, arr)
             paths.append((start, p))
         reads = []
         for _ in range(3):

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from attrilens.cli.output import JsonFlag, choices_help, emit
+from attrilens.context.spec import method_names
 from attrilens.errors import AttrilensError
+
+METHOD_HELP = ("An estimator, alone or with wrappers joined by '+' (e.g. cached+hierarchical+proxy-pruning; "
+               "'loo' alone = naive exact LOO; default cached).")
 
 
 def _read_context(path: Path) -> str:
+    """The context file's text; a missing or non-UTF-8 file is a one-line error naming the fix."""
     if not path.is_file():
         raise AttrilensError(f"Context file {str(path)!r} does not exist. Pass --context-file with a text file.")
     try:
@@ -28,18 +35,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         context_file: Annotated[Path, typer.Option(help="UTF-8 text file with the context.")],
         query: Annotated[str, typer.Option(help="The question the response answers.")],
         response: Annotated[str | None, typer.Option(help="Response to explain; default: the model's greedy answer.")] = None,
-        method: Annotated[str, typer.Option(help="loo|cached|hierarchical|proxy|proxy-pruning|contextcite|attention|"
-                                                 "gradient, or LOO options joined by '+'.")] = "cached",
+        method: Annotated[str, typer.Option(help=choices_help(METHOD_HELP, method_names()))] = "cached",
         proxy: Annotated[Path | None, typer.Option(help="Proxy model directory (same tokenizer) for proxy methods.")] = None,
         level: Annotated[str, typer.Option(help="paragraph|sentence|word.")] = "sentence",
         top_k: Annotated[int, typer.Option(help="Paragraphs kept (hierarchical) / sources confirmed (proxy-pruning).")] = 3,
         batch_size: Annotated[int, typer.Option(help="Ablated prompts per forward pass.")] = 8,
         n_ablations: Annotated[int, typer.Option(help="Random ablations for contextcite.")] = 64,
         seed: Annotated[int, typer.Option(help="Seed for generation sampling and contextcite masks.")] = 0,
-        as_json: Annotated[bool, typer.Option("--json", help="Print only the result's JSON.")] = False,
+        max_new_tokens: Annotated[int, typer.Option(help="Most tokens of the generated response (without --response).")] = 32,
+        as_json: JsonFlag = False,
     ) -> None:
         """Attribute a response to the sources of its context (exact LOO made fast, and baselines)."""
-        from attrilens.cli.output import emit
         from attrilens.context import ContextAttributor
         from attrilens.lm import LM
 
@@ -47,7 +53,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         target = LM.from_pretrained(model)
         proxy_lm = LM.from_pretrained(proxy) if proxy is not None else None
         attributor = ContextAttributor(target, proxy_lm, method=method, level=level, top_k=top_k,
-                                       batch_size=batch_size, n_ablations=n_ablations, seed=seed)
+                                       batch_size=batch_size, n_ablations=n_ablations, seed=seed,
+                                       max_new_tokens=max_new_tokens)
         emit(attributor.attribute(text, query, response), as_json)
 
     @bench.command("context")
@@ -57,10 +64,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         world: Annotated[Path | None, typer.Option(help="World directory with episodes.jsonl (default: the demo world).")] = None,
         episodes: Annotated[int, typer.Option(help="Held-out episodes (with >= 20 sentences) to evaluate.")] = 50,
         quick: Annotated[bool, typer.Option(help="A fast smoke run: 6 episodes, fewer settings.")] = False,
-        out: Annotated[Path | None, typer.Option(help="Also write the table (markdown) and per-episode rows (JSON) here.")] = None,
+        out: Annotated[Path | None, typer.Option(help="Also write context-bench.md and context-bench.json here.")] = None,
         threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+        as_json: JsonFlag = False,
     ) -> None:
         """Faithfulness to exact target LOO and cost ratios vs naive LOO, for every method and setting."""
         from attrilens.bench.context import run_benchmark
 
-        run_benchmark(model=model, proxy=proxy, world=world, n_episodes=episodes, quick=quick, out=out, threads=threads)
+        report = run_benchmark(model=model, proxy=proxy, world=world, n_episodes=episodes, quick=quick, threads=threads)
+        sys.stdout.write(report.to_json() + "\n" if as_json else report.to_text())
+        if out is not None:
+            report.write(out)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from attrilens.errors import AttrilensError
+from attrilens.cli.output import JsonFlag
+from attrilens.inspect import InspectResult, presets
 from attrilens.lm import LM
-
-PRESETS = ("logit_lens", "tuned_lens", "token_identity", "token_identity_bare", "attribute_extraction",
-           "entity_description", "cross_model", "multi_hop", "custom")
 
 
 def _model_dir(model: Path | None) -> Path:
@@ -28,98 +27,81 @@ def _world_texts(world: Path | None, n: int = 200) -> list[str]:
     return [r["text"] for r in load_jsonl(Path(world) / "corpus.jsonl")[:n]]
 
 
-def run_inspect(
-    model: Path | LM | None, prompt: str, preset: str | None = None, layer: int | None = None, position: int | None = None,
-    target_model: Path | None = None, target_prompt: str | None = None, target_layer: int | None = None,
-    target_position: int = -1, relation: str | None = None, lens: Path | None = None, world: Path | None = None,
-    top_k: int = 5, max_new_tokens: int = 0,
-):
-    """The `inspect` verb as a function (CLI, web app and tests share it); `model` is a directory or a loaded LM."""
-    from attrilens.inspect import presets
-    from attrilens.inspect.patchscope import Patchscope, sweep
+def world_options(preset: type[presets.Preset], world: Path | None, with_target: bool) -> dict[str, Any]:
+    """What the fact world gives a preset that takes it: its relation templates, its description shots (with
+    --world), texts to fit cross-model maps on (with a target model; default: the demo world's corpus)."""
+    from attrilens.demo.world import RELATIONS, relation_template
+    from attrilens.demo.world.generate import description_shots
 
-    preset = preset or ("custom" if target_prompt or target_model else "logit_lens")
-    if preset not in PRESETS:
-        raise AttrilensError(f"Unknown preset {preset!r}. Choose from {', '.join(PRESETS)}.")
+    takes = set(preset.option_names())
+    out: dict[str, Any] = {}
+    if "relations" in takes:
+        out["relations"] = {r: relation_template(r) for r in RELATIONS}
+    if "shots" in takes and world is not None:
+        out["shots"] = description_shots(world)
+    if "texts" in takes and with_target:
+        out["texts"] = _world_texts(world)
+    return out
+
+
+def run_inspect(model: Path | LM | None, prompt: str, preset: str | None = None, *, target_model: Path | None = None,
+                world: Path | None = None, **options: Any) -> InspectResult:
+    """The `inspect` verb as a function: load the model(s) (`model` may be a loaded LM), add what the fact world
+    gives the preset, and call `presets.run` with the other options (None = not given)."""
+    cls = presets.preset_for(preset, target_prompt=options.get("target_prompt"), target_model=target_model)
     lm = model if isinstance(model, LM) else LM.from_pretrained(_model_dir(model))
-    layers = None if layer is None else [layer]
-    positions = None if position is None else [position]
-    if preset == "logit_lens":
-        return presets.logit_lens(lm, prompt, layers=layers, positions=positions, top_k=top_k)
-    if preset == "tuned_lens":
-        if lens is None:
-            raise AttrilensError("The tuned_lens preset needs --lens FILE (a lens trained with TunedLens.train).")
-        return presets.tuned_lens(lm, prompt, lens, layers=layers, positions=positions, top_k=top_k)
-    if preset in ("token_identity", "token_identity_bare"):
-        return presets.token_identity(lm, prompt, bare=preset.endswith("bare"), layers=layers, positions=positions,
-                                      top_k=top_k, max_new_tokens=max_new_tokens)
-    if preset == "attribute_extraction":
-        return presets.attribute_extraction(lm, prompt, relation if target_prompt is None else None, template=target_prompt,
-                                            layers=layers, position=-1 if position is None else position, top_k=top_k,
-                                            max_new_tokens=max_new_tokens or 6)
-    if preset == "entity_description":
-        return presets.entity_description(lm, prompt, layers=layers, position=-1 if position is None else position,
-                                          world_dir=world, max_new_tokens=max_new_tokens or 16, top_k=top_k)
-    if preset == "multi_hop":
-        if target_prompt is None or layer is None or target_layer is None:
-            raise AttrilensError("multi_hop needs --target-prompt (with an 'x'), --layer and --target-layer.")
-        return presets.multi_hop(lm, prompt, target_prompt, layer=layer, target_layer=target_layer,
-                                 position=-1 if position is None else position, top_k=top_k,
-                                 max_new_tokens=max_new_tokens or 6)
-    target = LM.from_pretrained(target_model) if target_model is not None else lm
-    if preset == "cross_model":
-        if target_model is None:
-            raise AttrilensError("cross_model needs --target-model DIR (the model the proxy's states are read through).")
-        return presets.cross_model(lm, target, prompt, texts=_world_texts(world), positions=positions, top_k=top_k)
-    mapping = None
-    if target.d_model != lm.d_model:
-        mapping = presets.fit_cross_model(lm, target, _world_texts(world))
-    ps = Patchscope(lm, target, mapping)
-    if mapping is not None:
-        pairs = sorted(mapping.maps)
-        return sweep(ps, prompt, target_prompt, over="layer_layer", layers=[a for a, _ in pairs] if layer is None else layers,
-                     positions=positions, target_layers=[b for _, b in pairs] if target_layer is None else [target_layer],
-                     target_position=target_position, top_k=top_k, max_new_tokens=max_new_tokens, preset="custom")
-    return sweep(ps, prompt, target_prompt, layers=layers, positions=positions,
-                 target_layers=None if target_layer is None else [target_layer], target_position=target_position,
-                 top_k=top_k, max_new_tokens=max_new_tokens, preset="custom")
+    target = None if target_model is None else LM.from_pretrained(target_model)
+    given = {**world_options(cls, world, target is not None), **options}
+    return presets.run(cls.name, lm, prompt, target_model=target, **given)
+
+
+def preset_help() -> str:
+    """The --preset help: the default, then every registered preset with its summary."""
+    return ("Patchscope preset (default: custom with --target-prompt or --target-model, else logit-lens). "
+            + "; ".join(presets.PRESETS.describe().splitlines()) + ".")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add `inspect` to the app and `inspect` to the bench group."""
-
     @app.command("inspect")
     def inspect_cmd(
         prompt: Annotated[str, typer.Option(help="Source prompt whose hidden states are inspected.")],
         model: Annotated[Path | None, typer.Option(help="Source model directory (default: the demo target model).")] = None,
-        preset: Annotated[str | None, typer.Option(help=f"One of {', '.join(PRESETS)}.")] = None,
+        preset: Annotated[str | None, typer.Option(help=preset_help())] = None,
         layer: Annotated[int | None, typer.Option(help="Source layer ℓ (0 = embeddings, L = last block); default all.")] = None,
         position: Annotated[int | None, typer.Option(help="Source position i (negative counts from the end); default all.")] = None,
         target_model: Annotated[Path | None, typer.Option(help="Target model directory (cross-model patching).")] = None,
         target_prompt: Annotated[str | None, typer.Option(help="Target prompt T (default: the source prompt).")] = None,
         target_layer: Annotated[int | None, typer.Option(help="Target layer ℓ* (default: ℓ).")] = None,
-        target_position: Annotated[int, typer.Option(help="Target position i* (default: last token).")] = -1,
-        relation: Annotated[str, typer.Option(help="Fact-world relation for attribute_extraction.")] = "capital",
-        lens: Annotated[Path | None, typer.Option(help="Tuned-lens safetensors file for the tuned_lens preset.")] = None,
+        target_position: Annotated[int | None, typer.Option(help="Target position i* (default: last token).")] = None,
+        relation: Annotated[str | None, typer.Option(help="Fact-world relation for attribute-extraction (default: capital).")] = None,
+        lens: Annotated[Path | None, typer.Option(help="Tuned-lens safetensors file for the tuned-lens preset.")] = None,
         world: Annotated[Path | None, typer.Option(help="Fact-world directory (descriptions, cross-model fitting).")] = None,
-        top_k: Annotated[int, typer.Option(help="Top tokens per cell.")] = 5,
-        max_new_tokens: Annotated[int, typer.Option(help="Also generate this many tokens from each patched target.")] = 0,
-        as_json: Annotated[bool, typer.Option("--json", help="Print only the result JSON.")] = False,
+        top_k: Annotated[int | None, typer.Option(help="Top tokens per cell (default: 5).")] = None,
+        max_new_tokens: Annotated[int | None, typer.Option(
+            help="Also generate this many tokens from each patched target (default: the preset's).")] = None,
+        as_json: JsonFlag = False,
     ) -> None:
         """Patchscopes: patch hidden states of the prompt into a target prompt and read what they encode."""
         from attrilens.cli.output import emit
 
-        emit(run_inspect(model, prompt, preset, layer, position, target_model, target_prompt, target_layer,
-                         target_position, relation, lens, world, top_k, max_new_tokens), as_json)
+        emit(run_inspect(model, prompt, preset, target_model=target_model, world=world, layer=layer, position=position,
+                         target_prompt=target_prompt, target_layer=target_layer, target_position=target_position,
+                         relation=relation, lens=lens, top_k=top_k, max_new_tokens=max_new_tokens), as_json)
 
     @bench.command("inspect")
     def bench_inspect(
         model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo target model).")] = None,
         world: Annotated[Path | None, typer.Option(help="Fact-world directory (default: the demo world).")] = None,
         quick: Annotated[bool, typer.Option(help="Fewer pairs and steps (a smoke run).")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON only.")] = False,
+        out: Annotated[Path | None, typer.Option(help="Also write inspect-bench.md and inspect-bench.json here.")] = None,
+        save_lens: Annotated[Path | None, typer.Option(help="Write the tuned lens trained here (safetensors).")] = None,
+        as_json: JsonFlag = False,
     ) -> None:
         """Patchscopes benchmark: precision@1/surprisal by layer, attribute extraction, multi-hop, speed."""
-        from attrilens.bench.patchscopes import main
+        from attrilens.bench.patchscopes import run_benchmark
 
-        main(model=model, world=world, quick=quick, as_json=as_json)
+        report = run_benchmark(model, world, quick=quick, lens_out=save_lens)
+        sys.stdout.write(report.to_json() + "\n" if as_json else report.to_text())
+        if out is not None:
+            report.write(out)

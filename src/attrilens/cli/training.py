@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from attrilens.cli.output import JsonFlag, choices_help, emit, emit_summary
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.training.methods import TDA_METHODS, TDAMethod
 
 
 def _parse_ints(text: str | None, what: str) -> list[int] | None:
@@ -19,6 +22,44 @@ def _parse_ints(text: str | None, what: str) -> list[int] | None:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise AttrilensError(f"{what} must be comma-separated integers like 0,2,3, got {text!r}.") from None
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _parse_value(key: str, text: str, hint: Any) -> Any:
+    """One --option value parsed to its field's type (int, float, bool, str, or one of those or None)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    kind = args[0] if args else hint
+    if optional and text.strip().lower() in ("none", "null"):
+        return None
+    if kind is bool and text.strip().lower() in _TRUE + _FALSE:
+        return text.strip().lower() in _TRUE
+    try:
+        if kind in (int, float, str):
+            return kind(text)
+    except ValueError:
+        pass
+    type_name = " or ".join([getattr(a, "__name__", str(a)) for a in args or [hint]] + (["none"] if optional else []))
+    raise AttrilensError(f"--option {key}={text!r}: {key} takes {type_name}. Pass e.g. --option {key}=VALUE "
+                         f"with a {type_name} value.")
+
+
+def method_options(method: type[TDAMethod], pairs: list[str]) -> dict[str, Any]:
+    """`--option KEY=VALUE` pairs → the method's options (fields of its Options dataclass, parsed to their types)."""
+    hints = typing.get_type_hints(method.Options)
+    valid = method.option_names()
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise AttrilensError(f"--option takes KEY=VALUE, got {pair!r}. Pass e.g. --option {valid[-1]}=VALUE.")
+        if key not in valid:
+            raise AttrilensError(f"Unknown option {key!r} for {method.name}. Valid options: {', '.join(valid)}.")
+        out[key] = _parse_value(key, text, hints[key])
+    return out
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -32,26 +73,34 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         model: Annotated[Path, typer.Option(help="Model directory (or LoRA adapter directory for datainf).")],
         corpus: Annotated[Path, typer.Option(help='JSONL corpus, one {"id","text"} document per line.')],
         out: Annotated[Path, typer.Option(help="Index directory (created; an unfinished build there is resumed).")],
-        method: Annotated[str, typer.Option(help="trackstar|datainf|tracin|grad-dot|grad-cos|bm25.")] = "trackstar",
-        proj_dim: Annotated[int, typer.Option(help="Projected features per checkpoint (0 = no projection).")] = 4096,
+        method: Annotated[str, typer.Option(help=choices_help("Attribution method.", TDA_METHODS.names()))] = "trackstar",
+        proj_dim: Annotated[int, typer.Option(help="Projected features per checkpoint (0 = no projection; "
+                                                   "methods that project).")] = 4096,
         eval_queries: Annotated[Path | None, typer.Option(help="JSONL queries {prompt,target} for TrackStar's R_eval.")] = None,
         block_len: Annotated[int, typer.Option(help="Tokens per training block.")] = 128,
         shard_size: Annotated[int, typer.Option(help="Blocks per shard file.")] = 1024,
         batch_size: Annotated[int, typer.Option(help="Examples per backward pass.")] = 16,
         dtype: Annotated[str, typer.Option(help="float16 or float32 feature shards.")] = "float16",
-        seed: Annotated[int, typer.Option(help="Projection seed.")] = 0,
-        allocation: Annotated[str, typer.Option(help="Split of --proj-dim over the weights: proportional (to each "
-                                                     "weight's size) or equal (LoGra's one side length).")] = "proportional",
+        seed: Annotated[int | None, typer.Option(help="Projection seed (default 0).")] = None,
+        allocation: Annotated[str | None, typer.Option(help="Split of --proj-dim over the weights: proportional (to "
+                                                            "each weight's size, the default) or equal (LoGra's one "
+                                                            "side length).")] = None,
         lam: Annotated[float | None, typer.Option(help="TrackStar λ (default: eigenvalue-crossing rule).")] = None,
-        damping: Annotated[float, typer.Option(help="TrackStar ridge on R, a fraction of its mean non-zero eigenvalue "
-                                                    "(smaller: fact retrieval; larger: one-step influence).")] = 1e-2,
-        no_correction: Annotated[bool, typer.Option(help="TrackStar without the Adam second-moment correction.")] = False,
-        no_r: Annotated[bool, typer.Option(help="TrackStar without R^-1/2.")] = False,
-        no_unit_norm: Annotated[bool, typer.Option(help="TrackStar without unit normalisation.")] = False,
-        aggregate: Annotated[str, typer.Option(help="TracIn / DataInf aggregation over checkpoints: mean or median.")] = "mean",
+        damping: Annotated[float | None, typer.Option(help="TrackStar ridge on R, a fraction of its mean non-zero "
+                                                           "eigenvalue (default 0.01; smaller: fact retrieval; "
+                                                           "larger: one-step influence).")] = None,
+        correction: Annotated[bool | None, typer.Option("--correction/--no-correction", help="TrackStar's Adam "
+                                                        "second-moment correction (default on).")] = None,
+        use_r: Annotated[bool | None, typer.Option("--r/--no-r", help="TrackStar's R^-1/2 (default on).")] = None,
+        unit_norm: Annotated[bool | None, typer.Option("--unit-norm/--no-unit-norm", help="TrackStar's unit "
+                                                       "normalisation (default on).")] = None,
+        aggregate: Annotated[str | None, typer.Option(help="TracIn / DataInf aggregation over checkpoints: mean "
+                                                           "(default) or median.")] = None,
+        option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE: set any option of the method's options "
+                                                               "(repeatable), e.g. --option datainf_scale=0.2.")] = None,
         use_faiss: Annotated[bool, typer.Option("--faiss", help="Also write an exact FAISS inner-product index.")] = False,
         threads: Annotated[int | None, typer.Option(help="torch threads (1 is fastest on a busy 2-core machine).")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON only.")] = False,
+        as_json: JsonFlag = False,
     ) -> None:
         """Featurise a training corpus into an on-disk index (resumable, atomic per shard)."""
         from attrilens.training.index import build_index
@@ -62,18 +111,22 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             if threads < 1:
                 raise AttrilensError(f"--threads must be at least 1, got {threads}.")
             torch.set_num_threads(threads)
-
+        cls = TDA_METHODS.get(method)
+        flags = {"seed": seed, "allocation": allocation, "lam": lam, "damping": damping, "correction": correction,
+                 "use_r": use_r, "unit_norm": unit_norm, "aggregate": aggregate}
+        options = {k: v for k, v in flags.items() if v is not None}
+        extra = method_options(cls, option or [])
+        twice = sorted(set(extra) & (set(options) | {"block_len", "proj_dim"}))
+        if twice:
+            raise AttrilensError(f"{', '.join(twice)} given both as --option and as its own flag. Pass it once.")
         lm = LM.from_pretrained(model)
-        idx = build_index(lm, corpus, out, method=method, proj_dim=proj_dim or None, model_dir=model,
-                          eval_queries=eval_queries, block_len=block_len, shard_size=shard_size, batch_size=batch_size,
-                          dtype=dtype, seed=seed, allocation=allocation, lam=lam, damping=damping,
-                          correction=not no_correction, use_r=not no_r, unit_norm=not no_unit_norm, aggregate=aggregate,
-                          use_faiss=use_faiss, progress=not as_json)
+        idx = build_index(lm, corpus, out, method=cls.name, proj_dim=proj_dim or None, model_dir=model,
+                          eval_queries=eval_queries, shard_size=shard_size, batch_size=batch_size, dtype=dtype,
+                          use_faiss=use_faiss, progress=not as_json, block_len=block_len, **options, **extra)
         m = idx.manifest
-        summary = {"index": str(out), "method": m["method"], "examples": len(idx), "dim": m.get("dim", 0),
-                   "shards": len(m.get("shards", [])), "build_seconds": m.get("build_seconds"),
-                   "lambda": m.get("lambda")}
-        print(json.dumps(summary, indent=None if as_json else 2))
+        emit_summary({"index": str(out), "method": m["method"], "examples": len(idx), "dim": m.get("dim", 0),
+                      "shards": len(m.get("shards", [])), "build_seconds": m.get("build_seconds"),
+                      "lambda": m.get("lambda")}, as_json)
 
     @app.command()
     def trace(
@@ -81,16 +134,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         prompt: Annotated[str, typer.Option(help="The prompt.")],
         target: Annotated[str | None, typer.Option(help="The response to attribute (teacher-forced).")] = None,
         generate: Annotated[bool, typer.Option(help="Attribute the model's own greedy response instead.")] = False,
+        max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate with --generate (at least 1).")] = 24,
         tokens: Annotated[str | None, typer.Option(help="Only these response token indices count, e.g. 0,1.")] = None,
         span: Annotated[str | None, typer.Option(help="Only response tokens overlapping this character span start,end.")] = None,
         top_k: Annotated[int, typer.Option(help="Proponents and opponents to return.")] = 10,
         model: Annotated[Path | None, typer.Option(help="Model directory (default: the one the index was built with).")] = None,
         neighbours: Annotated[bool, typer.Option(help="Include the neighbouring blocks' texts.")] = False,
         use_faiss: Annotated[bool, typer.Option("--faiss", help="Search with the index's FAISS index.")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print only the result JSON.")] = False,
+        as_json: JsonFlag = False,
     ) -> None:
         """Top-k training examples that support (and oppose) a response, from an index."""
-        from attrilens.cli.output import emit
         from attrilens.training.index import TrainingIndex
 
         mpath = index / "manifest.json"
@@ -104,11 +157,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         span_t = _parse_ints(span, "--span")
         if span_t is not None and len(span_t) != 2:
             raise AttrilensError(f"--span takes two integers start,end, got {span!r}.")
+        if max_new_tokens < 1:
+            raise AttrilensError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
         lm = LM.from_pretrained(model_dir)
         idx = TrainingIndex.open(index, lm, model_dir=model_dir)
         result = idx.trace(prompt, target=target, generate=generate, tokens=_parse_ints(tokens, "--tokens"),
                            span=tuple(span_t) if span_t else None, top_k=top_k, neighbours=neighbours,
-                           use_faiss=use_faiss)
+                           use_faiss=use_faiss, max_new_tokens=max_new_tokens)
         emit(result, as_json)
 
     @bench.command("training")
@@ -116,9 +171,25 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo target model).")] = None,
         world: Annotated[Path | None, typer.Option(help="Fact world directory (default: the demo world).")] = None,
         quick: Annotated[bool, typer.Option(help="Fewer queries and dimensions (minutes, not tens of minutes).")] = False,
-        out: Annotated[Path | None, typer.Option(help="Also write the tables as JSON here.")] = None,
+        damping_sweep: Annotated[bool, typer.Option("--damping-sweep", help="Run TrackStar's ridge sweep (damping × λ rule × d) "
+                                                         "instead of the method benchmark.")] = False,
+        sweep_dim: Annotated[list[int] | None, typer.Option(help="Projection size of the ridge sweep (repeatable; "
+                                                                 "default 4096 and 65536, --quick: 4096).")] = None,
+        sweep_damping: Annotated[list[float] | None, typer.Option(help="Damping of the ridge sweep (repeatable; "
+                                                                       "default 0.001 0.01 0.1 1).")] = None,
+        out: Annotated[Path | None, typer.Option(help="Also write the report here (training-bench.md and .json).")] = None,
+        as_json: JsonFlag = False,
     ) -> None:
-        """Fact tracing (MRR, recall@10), tail-patch, projection fidelity and speed of every method."""
-        from attrilens.bench.training import run_benchmark, write_tables
+        """Fact tracing (MRR, recall@10), tail-patch, projection fidelity and speed of every registered method."""
+        from attrilens.bench import training as bench_mod
 
-        write_tables(run_benchmark(model=model, world=world, quick=quick), out)
+        if damping_sweep:
+            n_queries, n_tail = (40, 15) if quick else (180, 40)
+            dims = tuple(sweep_dim or ([4096] if quick else [4096, 65536]))
+            report = bench_mod.damping_sweep(model, world, dims=dims, n_queries=n_queries, n_tail=n_tail,
+                                             dampings=tuple(sweep_damping or (1e-3, 1e-2, 0.1, 1.0)))
+        else:
+            report = bench_mod.run_benchmark(model=model, world=world, quick=quick)
+        print(report.to_json() if as_json else report.to_text())
+        if out is not None:
+            report.write(out)

@@ -4,6 +4,7 @@
 prompt from scratch (batched, padded). The cached scorer runs the base prompt + response once, keeps its
 KV cache, and for each ablated prompt recomputes only the tokens from the first one that differs (AttriBoT),
 with the suffixes of one batch continued from the shared cache in a single forward (`LM.extend`).
+Asking a scorer for the base of the context it last based on reuses that result (no new pass).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from attrilens.lm import LM
+from attrilens.lm import LM, length_batches
 from attrilens.results import Cost, Timer
 from attrilens.spans import Sources
 
@@ -36,15 +37,21 @@ class Scorer:
         self.batch_size = max(1, int(batch_size))
         self.cost = cost if cost is not None else Cost()
         self.progress = progress
+        self.base_context: str | None = None
+        self.base_logprobs: torch.Tensor | None = None
 
     def encode(self, context: str) -> list[int]:
+        """The prompt ids for a context (the prompt plus the response must fit the model)."""
         ids = self.lm.encode_prompt(self.prompt(context))
         self.lm.check_length(len(ids) + len(self.response_ids))
         return ids
 
     def base(self, context: str) -> torch.Tensor:
         """Per-token log p of the response under `context` (the reference every ablation is compared with)."""
-        return self.score([context])[0]
+        if context != self.base_context:
+            self.base_logprobs = self.score([context])[0]
+            self.base_context = context
+        return self.base_logprobs
 
     def score(self, contexts: Sequence[str]) -> torch.Tensor:
         """[len(contexts), T] per-token log p of the response under each context."""
@@ -64,13 +71,17 @@ class CachedScorer(Scorer):
     cached = True
 
     def base(self, context: str) -> torch.Tensor:
+        """Per-token log p under `context`, keeping the KV cache of prompt + response for the ablations."""
+        if context == self.base_context:
+            return self.base_logprobs
         with Timer(self.cost):
             self.base_ids = self.encode(context)
             full = self.base_ids + self.response_ids
-            self.prefix = self.lm.prefix_cache(full)
-            self.cost.add(1, len(full))
             n = len(self.base_ids)
-            self.base_logprobs = _token_logprobs(self.prefix.logits[0, n - 1 : len(full) - 1], self.response_ids)
+            self.prefix = self.lm.prefix_cache(full, logits_at=range(n - 1, len(full) - 1))
+            self.cost.add(1, len(full))
+            self.base_logprobs = _token_logprobs(self.prefix.logits[0], self.response_ids)
+            self.base_context = context
         return self.base_logprobs
 
     def keep_length(self, prompt_ids: Sequence[int]) -> int:
@@ -86,7 +97,8 @@ class CachedScorer(Scorer):
         return min(d, len(prompt_ids) - 1)
 
     def score(self, contexts: Sequence[str]) -> torch.Tensor:
-        if not hasattr(self, "prefix"):
+        """[len(contexts), T] per-token log p, each prompt continued from the base pass's cache."""
+        if self.base_context is None:
             raise RuntimeError("CachedScorer.base(context) must run before score().")
         with Timer(self.cost):
             ids = [self.encode(c) for c in contexts]
@@ -95,39 +107,32 @@ class CachedScorer(Scorer):
             fresh = [i for i, k in enumerate(keep) if k < 1]
             if fresh:
                 out[fresh] = self._naive([ids[i] for i in fresh])
-            # Sort by suffix length so that a batch pads little.
-            order = sorted((i for i, k in enumerate(keep) if k >= 1), key=lambda i: len(ids[i]) - keep[i])
             T = len(self.response_ids)
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                suffixes = [ids[i][keep[i] :] + self.response_ids for i in rows]
-                ext = self.lm.extend(self.prefix, [keep[i] for i in rows], suffixes)
-                self.cost.add(len(rows), sum(len(s) for s in suffixes))
+            reuse = [i for i, k in enumerate(keep) if k >= 1]
+            suffix = {i: ids[i][keep[i] :] + self.response_ids for i in reuse}
+            for group in length_batches([len(suffix[i]) for i in reuse], self.batch_size):
+                rows = [reuse[g] for g in group]
+                # the suffix column whose logit predicts response token 0, then the T - 1 after it
+                first = [len(ids[i]) - 1 - keep[i] for i in rows]
+                ext = self.lm.extend(self.prefix, [keep[i] for i in rows], [suffix[i] for i in rows],
+                                     logits_at=[range(f, f + T) for f in first])
+                self.cost.add(len(rows), sum(len(suffix[i]) for i in rows))
                 for r, i in enumerate(rows):
-                    first = len(ids[i]) - 1 - keep[i]  # suffix position whose logit predicts response token 0
-                    out[i] = _token_logprobs(ext.logits[r, first : first + T], self.response_ids)
+                    out[i] = _token_logprobs(ext.logits[r], self.response_ids)
             return out
 
 
-def make_scorer(lm: LM, prompt: Callable[[str], str], response_ids: Sequence[int], *, cached: bool,
-                batch_size: int = 8, cost: Cost | None = None) -> Scorer:
-    """A naive or cached scorer for one (model, prompt template, response)."""
-    cls = CachedScorer if cached else Scorer
-    return cls(lm, prompt, response_ids, batch_size=batch_size, cost=cost)
-
-
 def loo(scorer: Scorer, sources: Sources, *, base_drop: Sequence[int] = (), candidates: Sequence[int] | None = None,
-        base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Leave-one-out inside the context C' = context with `base_drop` already removed.
 
     Returns (base per-token log p [T], per-source per-token log-prob drop [S, T]); sources not in
     `candidates` (or in `base_drop`) get NaN rows. score(s) = Σ_t drop[s, t] = LL(r | C') − LL(r | C' ∖ s).
-    Pass `base` when this scorer has already run `base()` on C' (its cache is reused).
+    When the scorer's last base was C' already, that pass (and its cache) is reused.
     """
     base_drop = list(base_drop)
     cand = [i for i in (range(len(sources)) if candidates is None else candidates) if i not in set(base_drop)]
-    if base is None:
-        base = scorer.base(sources.ablate(base_drop))
+    base = scorer.base(sources.ablate(base_drop))
     ablated = scorer.score([sources.ablate([*base_drop, i]) for i in cand])
     drop = torch.full((len(sources), len(scorer.response_ids)), float("nan"))
     if cand:

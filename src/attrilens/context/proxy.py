@@ -1,11 +1,10 @@
-"""Proxy LOO and proxy pruning: a smaller model ranks the sources, the target confirms the top-K exactly."""
+"""The proxy model's side of proxy LOO and proxy pruning: the response as its tokens, and its drops."""
 
 from __future__ import annotations
 
 import torch
 
-from attrilens.context.hierarchical import top_k_indices
-from attrilens.context.loo import Scorer, loo
+from attrilens.context.run import AttributionRun, SourceDrops
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.spans import Sources
@@ -34,14 +33,12 @@ def proxy_response_ids(target: LM, proxy: LM, response: str, target_ids: list[in
         ) from None
 
 
-def proxy_prune(target_scorer: Scorer, fine: Sources, proxy_scores: torch.Tensor, top_k: int,
-                ) -> tuple[torch.Tensor, list[int]]:
-    """Target LOO on the proxy's global top-K sources inside the context pruned to them.
+def proxy_drops(run: AttributionRun, inner: SourceDrops, sources: Sources) -> tuple[torch.Tensor, list[int]]:
+    """`inner`'s drops [S, T_proxy] computed by the proxy model (its own scorer and cost), and its response ids.
 
-    score(s) = LL_target(r | C_K) − LL_target(r | C_K ∖ s) with C_K the context of the top-K sources;
-    returns (drop [S, T] with NaN rows for the pruned sources, pruned indices). Cost K + 1 target passes.
+    Records `details["proxy_response_ids"]` and `details["retokenised"]`.
     """
-    keep = top_k_indices(proxy_scores, top_k)
-    pruned = [i for i in range(len(fine)) if i not in set(keep)]
-    _, drop = loo(target_scorer, fine, base_drop=pruned, candidates=keep)
-    return drop, pruned
+    pids = proxy_response_ids(run.lm, run.proxy, run.response, run.response_ids)
+    run.details["proxy_response_ids"] = pids
+    run.details["retokenised"] = pids != run.response_ids
+    return inner(run.scorer(run.proxy, pids, run.proxy_cost), sources), pids

@@ -38,6 +38,7 @@ class SourceScore:
     score: float | None
 
     def to_dict(self) -> dict[str, Any]:
+        """The source's JSON object."""
         return {"index": self.index, "text": self.text, "start": self.start, "end": self.end, "level": self.level,
                 "score": self.score}
 
@@ -61,6 +62,7 @@ class ContextResult(Result):
     # ------------------------------------------------------------------ views
     @property
     def scores(self) -> list[float | None]:
+        """One score per source, in context order (None: pruned)."""
         return [s.score for s in self.sources]
 
     def ranking(self) -> list[int]:
@@ -69,6 +71,7 @@ class ContextResult(Result):
         return [s.index for s in scored] + [s.index for s in self.sources if s.score is None]
 
     def top(self, k: int = 3) -> list[SourceScore]:
+        """The k most supporting sources."""
         return [self.sources[i] for i in self.ranking()[:k]]
 
     def for_response_span(self, start: int, end: int) -> ContextResult:
@@ -100,18 +103,19 @@ class ContextResult(Result):
 
     # ------------------------------------------------------------------ JSON / pandas
     def to_dict(self) -> dict[str, Any]:
+        """The "attrilens/context/v1" document, with the whole cost record (extras included)."""
         return {
             "schema": self.SCHEMA,
             "method": self.method,
             "query": self.query,
             "response": self.response,
             "sources": [s.to_dict() for s in self.sources],
-            "cost": {k: v for k, v in self.cost.to_dict().items()
-                     if k in ("forward_passes", "tokens_computed", "seconds")},
+            "cost": self.cost.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ContextResult:
+        """Rebuild a result from its document (without per-token data: no re-scoring by response span)."""
         try:
             sources = [SourceScore(int(s["index"]), s["text"], int(s["start"]), int(s["end"]), s["level"],
                                    None if s["score"] is None else float(s["score"])) for s in d["sources"]]
@@ -120,6 +124,7 @@ class ContextResult(Result):
             raise AttrilensError(f"Malformed attrilens/context/v1 document ({exc!r}). Pass what to_json() wrote.") from exc
 
     def to_frame(self):
+        """The sources and their scores as a DataFrame."""
         import pandas as pd
 
         return pd.DataFrame([s.to_dict() for s in self.sources],

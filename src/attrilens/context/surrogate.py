@@ -1,16 +1,11 @@
-"""ContextCite-style surrogate (baseline): random ablation masks, a sparse linear fit of the response's logit."""
+"""ContextCite's surrogate model: random ablation masks, the logit target, and the sparse linear fit."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from attrilens.context.loo import Scorer
-from attrilens.context.result import TokenRescorer
 from attrilens.errors import AttrilensError
-from attrilens.spans import Sources
 
 
 def random_masks(n_sources: int, n_ablations: int, *, keep_prob: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -35,18 +30,3 @@ def fit(masks: np.ndarray, target: np.ndarray, *, alpha: float = 0.01) -> np.nda
     model = Lasso(alpha=alpha, fit_intercept=True, max_iter=10_000)
     model.fit(masks, target)
     return model.coef_.astype(np.float64)
-
-
-def contextcite(scorer: Scorer, sources: Sources, *, n_ablations: int = 64, seed: int = 0, alpha: float = 0.01,
-                ) -> tuple[list[float], TokenRescorer]:
-    """Scores of every source from `n_ablations` random ablations, and a re-scorer for response sub-spans."""
-    masks = random_masks(len(sources), n_ablations, seed=seed)
-    contexts = [sources.ablate(np.flatnonzero(m == 0).tolist()) for m in masks]
-    if scorer.cached:
-        scorer.base(sources.context)
-    logprobs = scorer.score(contexts)
-
-    def rescore(tokens: Sequence[int]) -> list[float | None]:
-        return fit(masks, logit_target(logprobs[:, list(tokens)]), alpha=alpha).tolist()
-
-    return rescore(range(logprobs.shape[1])), rescore

@@ -51,8 +51,8 @@ def context_section(lm: LM, proxy: LM | None, episode: dict) -> ContextResult:
     With a proxy: the proxy ranks the sentences and the target confirms its top 5 exactly; without: exact
     cached LOO over every sentence.
     """
-    method = "cached+proxy-pruning" if proxy is not None else "cached"
-    attributor = ContextAttributor(lm, proxy, method=method, level="sentence", top_k=5, max_new_tokens=8)
+    pruning = {"method": "cached+proxy-pruning", "top_k": 5} if proxy is not None else {"method": "cached"}
+    attributor = ContextAttributor(lm, proxy, level="sentence", max_new_tokens=8, **pruning)
     return attributor.attribute(episode["context"], episode["question"])
 
 

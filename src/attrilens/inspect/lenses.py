@@ -7,7 +7,6 @@ A mapping is called as ``f(h, source_layer, target_layer)`` with ``h`` of shape 
 from __future__ import annotations
 
 import inspect as _pyinspect
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -326,7 +325,3 @@ class TunedLens(Mapping):
             bar.set_postfix(kl=f"{loss.item():.3f}")
         return float(loss.item())
 
-
-def lens_config_json(lens: TunedLens) -> str:
-    """A short JSON description of a lens (for logs and docs)."""
-    return json.dumps({"n_layers": lens.n_layers, "d_model": lens.d_model, **lens.train_info})

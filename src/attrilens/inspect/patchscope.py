@@ -34,7 +34,8 @@ class Query:
     read_position: int = -1
 
 
-def _norm_position(position: int, n: int, what: str) -> int:
+def resolve_position(position: int, n: int, what: str) -> int:
+    """Index 0..n-1 of `position` in a prompt of n tokens (negative counts from the end); out of range is an error."""
     if not -n <= position < n:
         raise AttrilensError(
             f"The {what} position {position} is beyond the prompt's {n} tokens. Use 0..{n - 1}, or -{n}..-1 to "
@@ -61,7 +62,8 @@ def placeholder_position(lm: LM, text: str, start: int, end: int) -> tuple[list[
     return list(enc["input_ids"]), hits[-1]
 
 
-def _ids(value: str | Sequence[int], encode: Callable[[str], list[int]]) -> tuple[int, ...]:
+def prompt_ids(value: str | Sequence[int], encode: Callable[[str], list[int]]) -> tuple[int, ...]:
+    """Token ids of a prompt given as text (through `encode`) or as ids (checked non-empty)."""
     if isinstance(value, str):
         return tuple(encode(value))
     ids = tuple(int(t) for t in value)
@@ -109,21 +111,21 @@ class Patchscope:
               target_prompt: str | Sequence[int] | None = None, target_layer: int | None = None,
               target_position: int = -1, read_position: int | None = None) -> Query:
         """Build a validated Query (prompts as text or ids; target defaults to the source prompt at the same place)."""
-        sids = _ids(source_prompt, self.source.encode_prompt)
+        sids = prompt_ids(source_prompt, self.source.encode_prompt)
         layer = self.source.check_layer(layer)
-        pos = _norm_position(position, len(sids), "source")
+        pos = resolve_position(position, len(sids), "source")
         if target_prompt is None:
             if self.target is not self.source and len(self.target.tokenizer) != len(self.source.tokenizer):
                 raise AttrilensError("Reusing the source prompt as the target needs a shared tokenizer. Pass target_prompt.")
             tids, tpos = sids, pos if target_position == -1 else target_position
         else:
-            tids, tpos = _ids(target_prompt, lambda t: encode_target(self.target, t)), target_position
+            tids, tpos = prompt_ids(target_prompt, lambda t: encode_target(self.target, t)), target_position
         tlayer = self.target.check_layer(layer if target_layer is None else target_layer)
-        tpos = _norm_position(tpos, len(tids), "target")
+        tpos = resolve_position(tpos, len(tids), "target")
         if read_position is None:
             read = tpos if target_prompt is None else len(tids) - 1
         else:
-            read = _norm_position(read_position, len(tids), "read")
+            read = resolve_position(read_position, len(tids), "read")
         if read < tpos:
             raise AttrilensError(
                 f"Reading at target position {read} before the patched position {tpos} would not see the patch. "
@@ -283,7 +285,7 @@ def sweep(
     With no `target_prompt` the target is the source prompt itself, patched and read at the same position.
     """
     src, tgt = patchscope.source, patchscope.target
-    sids = _ids(prompt, src.encode_prompt)
+    sids = prompt_ids(prompt, src.encode_prompt)
     layers = list(range(src.n_layers + 1)) if layers is None else list(layers)
     if over == "layer_position":
         positions = list(range(len(sids))) if positions is None else list(positions)

@@ -10,6 +10,37 @@ from attrilens.results import Cost, Result
 
 
 @dataclass
+class TraceHit:
+    """One training block in a ranking: its rank (1 = first), document id, block number, text, score, neighbours."""
+
+    rank: int
+    id: str
+    block: int
+    score: float
+    text: str
+    neighbours: list[str] | None = None  # texts of the blocks around it in its document, when asked for
+
+    def to_dict(self) -> dict[str, Any]:
+        """The hit as the JSON entry the front end reads ("neighbours" only when asked for)."""
+        d: dict[str, Any] = {"rank": self.rank, "id": self.id, "block": self.block, "text": self.text,
+                             "score": self.score}
+        if self.neighbours is not None:
+            d["neighbours"] = list(self.neighbours)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TraceHit:
+        """Rebuild a hit from its JSON entry."""
+        try:
+            neighbours = d.get("neighbours")
+            return cls(int(d["rank"]), str(d["id"]), int(d["block"]), float(d["score"]), str(d["text"]),
+                       list(neighbours) if neighbours is not None else None)
+        except KeyError as exc:
+            raise AttrilensError(f"A training example of the result has no {exc.args[0]!r} field. Pass what "
+                                 "to_json() wrote.") from None
+
+
+@dataclass
 class TraceResult(Result):
     """Training examples ranked by influence on (or relevance to) a response; higher score = more support."""
 
@@ -19,8 +50,8 @@ class TraceResult(Result):
     prompt: str
     target: str
     tokens: list[int] | None
-    proponents: list[dict[str, Any]]
-    opponents: list[dict[str, Any]]
+    proponents: list[TraceHit]
+    opponents: list[TraceHit]
     cost: Cost = field(default_factory=Cost)
 
     def to_dict(self) -> dict[str, Any]:
@@ -30,27 +61,28 @@ class TraceResult(Result):
             "prompt": self.prompt,
             "target": self.target,
             "tokens": self.tokens,
-            "proponents": self.proponents,
-            "opponents": self.opponents,
+            "proponents": [h.to_dict() for h in self.proponents],
+            "opponents": [h.to_dict() for h in self.opponents],
             "cost": self.cost.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TraceResult:
         try:
-            return cls(d["method"], d["prompt"], d["target"], d.get("tokens"), list(d["proponents"]),
-                       list(d["opponents"]), Cost.from_dict(d.get("cost", {})))
+            return cls(d["method"], d["prompt"], d["target"], d.get("tokens"),
+                       [TraceHit.from_dict(h) for h in d["proponents"]], [TraceHit.from_dict(h) for h in d["opponents"]],
+                       Cost.from_dict(d.get("cost", {})))
         except KeyError as exc:
             raise AttrilensError(f"The training result has no {exc.args[0]!r} field. Pass what to_json() wrote.") from None
 
     def to_frame(self):
         import pandas as pd
 
-        rows = [{"kind": "proponent", **p} for p in self.proponents] + [{"kind": "opponent", **o} for o in self.opponents]
+        rows = ([{"kind": "proponent", **p.to_dict()} for p in self.proponents]
+                + [{"kind": "opponent", **o.to_dict()} for o in self.opponents])
         cols = ["kind", "rank", "id", "block", "score", "text"]
-        frame = pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r} - set(cols)))
-        return frame
+        return pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r} - set(cols)))
 
     def ids(self) -> list[str]:
         """Document ids of the proponents, best first."""
-        return [p["id"] for p in self.proponents]
+        return [p.id for p in self.proponents]

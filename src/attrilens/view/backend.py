@@ -1,14 +1,13 @@
 """What the interactive views ask of Python, validated: trace a token span, attribute a context, inspect, compare.
 
 The web app and the widget both route requests through `dispatch(backend, kind, payload)`. `LensBackend` answers
-them with the three lenses' Python APIs, imported lazily: a lens that is not installed is a `LensUnavailable`
-(HTTP 501), bad input an `AttrilensError` (HTTP 400). Answers are the lenses' own `to_dict()` documents.
+them with the three lenses' Python APIs; bad input is an `AttrilensError` (HTTP 400). Answers are the lenses' own
+`to_dict()` documents. Method and preset names are checked against the lenses' registries.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
 import threading
 from collections import OrderedDict
@@ -17,13 +16,13 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from attrilens.context import ContextAttributor, parse_method
 from attrilens.errors import AttrilensError
+from attrilens.inspect import presets
+from attrilens.lm import LM
+from attrilens.training import TrainingIndex
 
 MAX_TEXT = 100_000  # characters per text field
-
-
-class LensUnavailable(AttrilensError):
-    """The lens that answers this request is not importable in this installation."""
 
 
 class _Request(BaseModel):
@@ -49,16 +48,33 @@ class ContextRequest(_Request):
     query: str = Field(min_length=1, max_length=MAX_TEXT)
     response: str | None = Field(default=None, max_length=MAX_TEXT)
     span: tuple[int, int] | None = None
-    method: str | None = Field(default=None, pattern=r"^[a-z+-]{1,40}$")
+    method: str | None = Field(default=None, max_length=80)
     _span = field_validator("span")(_check_span)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str | None) -> str | None:
+        if method is not None:
+            try:
+                parse_method(method)
+            except AttrilensError as exc:
+                raise ValueError(str(exc)) from None
+        return method
 
 
 class InspectRequest(_Request):
     prompt: str = Field(min_length=1, max_length=MAX_TEXT)
-    preset: str | None = Field(default=None, pattern=r"^[a-z_-]{1,40}$")
+    preset: str | None = Field(default=None, max_length=40)
     layer: int | None = None
     position: int | None = None
     target_prompt: str | None = Field(default=None, max_length=MAX_TEXT)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str | None) -> str | None:
+        if preset is not None and preset not in presets.PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(presets.PRESETS.names())}")
+        return preset
 
 
 class CompareRequest(_Request):
@@ -137,17 +153,6 @@ def dispatch(backend: Backend, kind: str, payload: Any) -> dict[str, Any]:
     return getattr(backend, kind)(req)
 
 
-def _lens(module: str, name: str, lens: str) -> Any:
-    """attrilens.<module>.<name>, or LensUnavailable saying which lens is missing."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise LensUnavailable(
-            f"The {lens} lens is not available in this installation ({module}.{name}: {exc}). "
-            f"Install a version of attrilens that ships the {lens} lens."
-        ) from None
-
-
 class LensBackend:
     """Answers view requests with the lenses, on the model (and index) the server was started with; one at a time."""
 
@@ -165,20 +170,17 @@ class LensBackend:
             if self._lm is None:
                 if self.model_dir is None:
                     raise AttrilensError("No model: start the server with --model DIR to compute new results.")
-                from attrilens.lm import LM
-
                 self._lm = LM.from_pretrained(self.model_dir)
             return self._lm
 
     def context(self, req: ContextRequest) -> dict[str, Any]:
         """Context attribution of the (given or generated) response; a span re-scores the cached full result."""
-        attributor_cls = _lens("attrilens.context.attributor", "ContextAttributor", "context")
         method = req.method or "cached"
         with self._lock:
             key = (req.context, req.query, req.response, method)
             result = self._context_cache.get(key)
             if result is None:
-                result = attributor_cls(self.lm(), method=method).attribute(req.context, req.query, req.response)
+                result = ContextAttributor(self.lm(), method=method).attribute(req.context, req.query, req.response)
                 for k in (key, (req.context, req.query, result.response, method)):
                     self._context_cache[k] = result
                 while len(self._context_cache) > 16:
@@ -188,18 +190,16 @@ class LensBackend:
             return result.to_dict()
 
     def inspect(self, req: InspectRequest) -> dict[str, Any]:
-        """A patchscope run through the inspect lens's CLI function (same document as `attrilens inspect --json`)."""
-        run = _lens("attrilens.cli.patchscopes", "run_inspect", "inspect")
+        """A Patchscope run (the same document as `attrilens inspect --json`)."""
         with self._lock:
-            return run(self.lm(), req.prompt, preset=req.preset, layer=req.layer, position=req.position,
-                       target_prompt=req.target_prompt).to_dict()
+            return presets.run(req.preset, self.lm(), req.prompt, layer=req.layer, position=req.position,
+                               target_prompt=req.target_prompt).to_dict()
 
     def _index(self):
         if self.index_dir is None:
             raise AttrilensError("No training-data index: start the server with --index IDX to trace selections.")
         if self._training_index is None:
-            index_cls = _lens("attrilens.training.index", "TrainingIndex", "training")
-            self._training_index = index_cls.open(self.index_dir, self.lm())
+            self._training_index = TrainingIndex.open(self.index_dir, self.lm())
         return self._training_index
 
     def trace(self, req: TraceRequest) -> dict[str, Any]:

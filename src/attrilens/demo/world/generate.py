@@ -28,7 +28,7 @@ from pathlib import Path
 
 from attrilens.context.template import PROMPT_TEMPLATE
 from attrilens.errors import AttrilensError
-from attrilens.jsonl import write_jsonl
+from attrilens.jsonl import load_jsonl, write_jsonl
 
 QUERY_TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -177,6 +177,17 @@ def relation_template(relation: str, placeholder: str = "x") -> str:
     if relation not in RELATIONS:
         raise AttrilensError(f"Unknown relation {relation!r}. Choose from {sorted(RELATIONS)}.")
     return RELATIONS[relation]["statements"][0].split("{v}")[0].rstrip().format(e=placeholder)
+
+
+def description_shots(world_dir: str | Path, n_shots: int = 3) -> list[tuple[str, str]]:
+    """Few-shot (entity, description) pairs for the entity-description Patchscope: the first `n_shots` entities of
+    a world's facts.jsonl, each described by the first statements of its first two facts."""
+    facts = load_jsonl(Path(world_dir) / "facts.jsonl", require=("entity", "relation", "value"))
+    by_entity: dict[str, list[dict]] = {}
+    for f in facts:
+        by_entity.setdefault(f["entity"], []).append(f)
+    return [(entity, " ".join(RELATIONS[f["relation"]]["statements"][0].format(e=entity, v=f["value"]) for f in fs[:2]))
+            for entity, fs in list(by_entity.items())[:n_shots]]
 
 
 def split_sentences(context: str) -> list[str]:

@@ -1,0 +1,80 @@
+"""`Pipeline`: a parsed method built into its estimator and wrappers, each with its own options; runs one attribution.
+
+Options: the attributor's shared values (top_k, n_ablations, ...) go to every component whose `Options` has a
+field of that name. A value no component of this method takes is refused, unless it is the default of every
+registered component that takes it (then nothing was asked for); a name no registered component takes is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from attrilens.context.loo import Scorer
+from attrilens.context.methods import CONTEXT_METHODS, ContextMethod, Estimate
+from attrilens.context.options import Configurable
+from attrilens.context.run import AttributionRun, SourceDrops
+from attrilens.context.spec import MethodSpec
+from attrilens.context.wrappers import CONTEXT_WRAPPERS, DropsWrapper, ScorerWrapper
+from attrilens.errors import AttrilensError
+
+
+def registered_components() -> list[tuple[str, type[Configurable]]]:
+    """Every registered estimator and wrapper, by name."""
+    return [*CONTEXT_METHODS.items(), *CONTEXT_WRAPPERS.items()]
+
+
+def refuse_unused_options(spec: MethodSpec, options: Mapping[str, Any]) -> None:
+    """AttrilensError for an option this method does not take (a default value is let through: nothing asked)."""
+    taken = set().union(*(c.option_names() for c in [spec.method_class(), *spec.wrapper_classes()]))
+    for key, value in options.items():
+        if key in taken:
+            continue
+        takers = [(n, c) for n, c in registered_components() if key in c.option_names()]
+        if not takers:
+            raise AttrilensError(f"Unknown option {key!r} for context methods. Pass one of "
+                                 f"{', '.join(sorted({o for _, c in registered_components() for o in c.option_names()}))}.")
+        for _, c in takers:
+            c.Options(**{key: value})  # a bad value names the option and the fix
+        if all(c.option_default(key) == value for _, c in takers):
+            continue
+        raise AttrilensError(f"Option {key}={value!r} does not apply to method {spec.name!r}; drop it, or use a "
+                             f"method with {', '.join(n for n, _ in takers)}.")
+
+
+class Pipeline:
+    """One method ready to run: its estimator, scorer kind and drop wrappers (inner first), with their options."""
+
+    def __init__(self, spec: MethodSpec, options: Mapping[str, Any], run_values: Mapping[str, Any] | None = None):
+        """`options` are checked against what the method takes; `run_values` (the attributor's own settings,
+        e.g. seed) go to the components that take them and are never refused."""
+        refuse_unused_options(spec, options)
+        values = {**(run_values or {}), **options}
+        self.spec = spec
+        self.method: ContextMethod = spec.method_class().from_values(values)
+        self.wrappers = [cls.from_values(values) for cls in spec.wrapper_classes()]
+
+    @property
+    def needs_proxy(self) -> bool:
+        """Whether a wrapper runs a proxy model."""
+        return any(w.proxy_mode for w in self.wrappers)
+
+    @property
+    def scorer_class(self) -> type[Scorer] | None:
+        """The scorer the method's runs use (naive or cached), None for methods without one."""
+        return next((w.scorer_class for w in self.wrappers if isinstance(w, ScorerWrapper)), None)
+
+    def check(self, level: str) -> None:
+        """Refuse a source level one of the wrappers cannot work at."""
+        for w in self.wrappers:
+            w.check(level)
+
+    def run(self, run: AttributionRun) -> Estimate:
+        """The method's estimate; for methods that ablate sources, their drops through every drop wrapper."""
+        if not self.method.ablates_sources:
+            return self.method.estimate(run)
+        drops: SourceDrops = self.method.drops
+        for w in self.wrappers:
+            if isinstance(w, DropsWrapper):
+                drops = w.wrap(drops, self.method, run)
+        return Estimate.additive(drops(run.scorer(), run.sources))

@@ -1,0 +1,54 @@
+"""Proxy pruning (AttriBoT): the proxy ranks the sources, the target confirms its top-K exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attrilens.context.loo import Scorer
+from attrilens.context.methods.base import ContextMethod
+from attrilens.context.proxy import proxy_drops
+from attrilens.context.run import AttributionRun, SourceDrops
+from attrilens.context.wrappers.base import CONTEXT_WRAPPERS, DropsWrapper
+from attrilens.context.wrappers.hierarchical import top_k_indices
+from attrilens.errors import AttrilensError
+from attrilens.spans import Sources
+
+
+@dataclass(frozen=True)
+class ProxyPruningOptions:
+    """top_k: the proxy's best sources the target confirms."""
+
+    top_k: int = 3
+
+    def __post_init__(self) -> None:
+        if int(self.top_k) < 1:
+            raise AttrilensError(f"top_k must be at least 1, got {self.top_k}. Pass --top-k 1 or more.")
+
+
+@CONTEXT_WRAPPERS.register("proxy-pruning")
+class ProxyPruning(DropsWrapper):
+    """Target drops of the proxy's global top-K sources inside the context pruned to them (others: None).
+
+    score(s) = LL_target(r | C_K) − LL_target(r | C_K ∖ s), C_K = the context of the top-K; K + 1 target passes.
+    """
+
+    summary = "the proxy ranks the sources, the target confirms its top-K exactly"
+    Options = ProxyPruningOptions
+    slot = "proxy"
+    order = 20
+    proxy_mode = "prune"
+
+    def wrap(self, inner: SourceDrops, method: ContextMethod, run: AttributionRun) -> SourceDrops:
+        """`inner` run by the proxy ranks; `method.drops` on the target scores the top-K."""
+
+        def drops(scorer: Scorer, sources: Sources) -> torch.Tensor:
+            proxy_scores = proxy_drops(run, inner, sources)[0].sum(dim=1)
+            keep = top_k_indices(proxy_scores, int(self.options.top_k))
+            pruned = [i for i in range(len(sources)) if i not in set(keep)]
+            drop = method.drops(scorer, sources, base_drop=pruned, candidates=keep)
+            run.details["proxy_scores"] = [None if torch.isnan(v) else float(v) for v in proxy_scores]
+            return drop
+
+        return drops

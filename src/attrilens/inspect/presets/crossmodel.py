@@ -1,0 +1,57 @@
+"""The cross-model preset: a source (proxy) model's states, affinely mapped, read by a target model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from attrilens.errors import AttrilensError
+from attrilens.inspect.lenses import LayerMaps
+from attrilens.inspect.patchscope import Patchscope
+from attrilens.inspect.presets.base import PRESETS, Preset, check_int, fit_cross_model, int_tuple, source_ids
+from attrilens.inspect.result import InspectResult
+from attrilens.lm import LM
+
+
+@PRESETS.register("cross-model")
+class CrossModelPreset(Preset):
+    """Patch the source model's states, affinely mapped, into the target model at the same token and depth.
+
+    Without `mapping`, maps are fitted on `texts` (same tokens through both models) for ℓ* = round(ℓ · L*/L).
+    """
+
+    summary = "the source model's states, affinely mapped, read by target_model at the same token and depth"
+
+    @dataclass
+    class Options:
+        """The target model, its maps (or texts to fit them on), source positions (None = all), top tokens."""
+
+        target_model: LM | None = None
+        mapping: LayerMaps | None = None
+        texts: Sequence[str] | None = None
+        positions: Sequence[int] | None = None
+        top_k: int = 5
+
+        def __post_init__(self) -> None:
+            if self.target_model is None:
+                raise AttrilensError("The cross-model preset needs target_model (--target-model DIR): the model that "
+                                     "reads the source's mapped states.")
+            if self.mapping is None and not self.texts:
+                raise AttrilensError("The cross-model preset needs a fitted mapping or texts to fit one on. "
+                                     "Pass mapping= or texts=.")
+            if self.mapping is not None and not isinstance(self.mapping, LayerMaps):
+                raise AttrilensError(f"mapping must be LayerMaps, not {type(self.mapping).__name__}. "
+                                     "Pass fit_cross_model(source, target, texts).")
+            self.positions = int_tuple("positions", self.positions)
+            self.top_k = check_int("top_k", self.top_k, 1)
+
+    def run(self, lm: LM, prompt: str | Sequence[int], options: Options) -> InspectResult:
+        """One read-out per fitted (ℓ, ℓ*) pair and source position."""
+        target = options.target_model
+        mapping = options.mapping if options.mapping is not None else fit_cross_model(lm, target, options.texts)
+        ps = Patchscope(lm, target, mapping)
+        sids = source_ids(lm, prompt)
+        positions = list(range(len(sids))) if options.positions is None else list(options.positions)
+        queries = [ps.query(sids, a, i, target_layer=b) for a, b in sorted(mapping.maps) for i in positions]
+        return ps.inspect(queries, preset=self.name, source_prompt=prompt if isinstance(prompt, str) else None,
+                          top_k=options.top_k)

@@ -1,0 +1,34 @@
+"""grad-dot and grad-cos: the plain gradient baselines — projected loss gradients compared by dot product or cosine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from attrilens.training.methods.base import TDA_METHODS
+from attrilens.training.methods.gradient import GradientMethod, ProjectionOptions
+
+
+@TDA_METHODS.register("grad-dot")
+class GradDot(GradientMethod):
+    """Dot product of projected loss gradients (no optimizer correction, no preconditioner)."""
+
+    Options = ProjectionOptions
+
+    @classmethod
+    def benchmark_variants(cls, quick: bool) -> list[tuple[str, dict[str, Any]]]:
+        return [(cls.name, {"proj_dim": 4096})]
+
+
+@TDA_METHODS.register("grad-cos")
+class GradCos(GradDot):
+    """Cosine of projected loss gradients (grad-dot on unit-normalised features)."""
+
+    def finish(self, raw: torch.Tensor) -> torch.Tensor:
+        """Unit-normalised gradients."""
+        return torch.nn.functional.normalize(raw.float(), dim=1)
+
+    @property
+    def bounded(self) -> bool:
+        return True

@@ -1,0 +1,113 @@
+"""Exact search over memory-mapped feature shards: blocked scoring, per-block top-k then a merge; FAISS optional.
+
+Shards are streamed in blocks of rows, so memory stays flat whatever the corpus size; every block keeps its own
+top-k and bottom-k and the merge of those is the exact answer (equal scores are ordered by row, but which of
+several equal scores at the k-th place is kept is not specified).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attrilens.errors import AttrilensError
+from attrilens.training.store import atomic_write
+
+ScoreStream = Iterator[tuple[int, np.ndarray]]  # (first row, scores of the rows from there)
+
+
+def topk_merge(scores_iter, n_total: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k and bottom-k over streamed (row offset, scores) blocks: per-block selection, then a merge."""
+    best_i, best_s, worst_i, worst_s = [], [], [], []
+    for offset, s in scores_iter:
+        kk = min(k, len(s))
+        if kk == 0:
+            continue
+        top = np.argpartition(-s, kk - 1)[:kk]
+        bot = np.argpartition(s, kk - 1)[:kk]
+        best_i.append(top + offset)
+        best_s.append(s[top])
+        worst_i.append(bot + offset)
+        worst_s.append(s[bot])
+    if not best_i:
+        e = np.zeros(0)
+        return e.astype(int), e, e.astype(int), e
+    bi, bs, wi, ws = (np.concatenate(x) for x in (best_i, best_s, worst_i, worst_s))
+    o = np.lexsort((bi, -bs))[:k]
+    w = np.lexsort((wi, ws))[:k]
+    return bi[o], bs[o], wi[w], ws[w]
+
+
+def iter_chunks(shards: Sequence[tuple[int, np.ndarray]], rows: int = 16384, *, keep_dtype: bool = False):
+    """Stream (row offset, tensor) blocks of memory-mapped shards [(first row, array)], fp32 unless keep_dtype."""
+    for start, arr in shards:
+        for a in range(0, arr.shape[0], rows):
+            x = torch.from_numpy(arr[a : a + rows])  # copy-on-write memmap: no copy until converted
+            yield start + a, (x if keep_dtype else x.float())
+
+
+def dot_stream(shards: Sequence[tuple[int, np.ndarray]], q: torch.Tensor, *, bounded: bool = False,
+               rows: int = 16384) -> ScoreStream:
+    """(offset, x·q) per block. fp16 shards with |score| ≤ 1 (unit-norm features) multiply in fp16 directly
+    (fp32 accumulation, ~1e-4 absolute rounding of the scores), which reads each byte once; otherwise fp32."""
+    half = bounded and all(a.dtype == np.float16 for _, a in shards)
+    qq = q.half() if half else q.float()
+    for o, x in iter_chunks(shards, rows, keep_dtype=half):
+        yield o, (x @ qq).float().numpy()
+
+
+def search_dot(shards: Sequence[tuple[int, np.ndarray]], q: torch.Tensor, k: int, *, bounded: bool = False,
+               rows: int = 16384):
+    """Exact blocked top-k / bottom-k of x·q over memory-mapped shards (top-k per block, then merge)."""
+    n = sum(a.shape[0] for _, a in shards)
+    return topk_merge(dot_stream(shards, q, bounded=bounded, rows=rows), n, k)
+
+
+AGGREGATES = ("mean", "median")
+
+
+def aggregate_checkpoints(per: torch.Tensor, how: str) -> torch.Tensor:
+    """Scores [N, checkpoints] → [N]: mean, or median (of an even count: the mean of the two middle values)."""
+    if per.shape[1] == 1:
+        return per[:, 0]
+    return per.mean(1) if how == "mean" else per.quantile(0.5, dim=1)
+
+
+def checkpoint_dot_stream(shards: Sequence[tuple[int, np.ndarray]], q: torch.Tensor, n_blocks: int, how: str,
+                          rows: int = 16384) -> ScoreStream:
+    """(offset, scores) for features made of `n_blocks` checkpoint blocks side by side: x·q per block, then the
+    mean or median over the blocks; one block is a plain dot product."""
+    q = q.float()
+    if n_blocks == 1:
+        yield from dot_stream(shards, q, rows=rows)
+        return
+    bd = q.shape[0] // n_blocks
+    for offset, x in iter_chunks(shards, rows):
+        per = torch.stack([x[:, c * bd : (c + 1) * bd] @ q[c * bd : (c + 1) * bd] for c in range(n_blocks)], dim=1)
+        yield offset, aggregate_checkpoints(per, how).numpy()
+
+
+def build_faiss(out: Path, shards: Sequence[tuple[int, np.ndarray]], dim: int, name: str = "faiss.index") -> str:
+    """Write an exact inner-product FAISS index of the shards to out/name (atomically); return its file name."""
+    import faiss
+
+    index = faiss.IndexFlatIP(dim)
+    for _, arr in shards:
+        index.add(np.asarray(arr).astype(np.float32))
+    atomic_write(out / name, lambda tmp: faiss.write_index(index, str(tmp)))
+    return name
+
+
+def faiss_search(path: Path, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k and bottom-k inner products of q with a FAISS index file (bottom-k: the top-k of −q)."""
+    import faiss
+
+    if not path.is_file():
+        raise AttrilensError(f"The FAISS index {path} is missing. Rebuild the index with --faiss.")
+    index = faiss.read_index(str(path))
+    s, i = index.search(q[None].astype(np.float32), k)
+    s2, i2 = index.search(-q[None].astype(np.float32), k)
+    return i[0], s[0], i2[0], -s2[0]
