@@ -377,6 +377,15 @@ class LM:
                                  "Pass --no-chat-template (chat_template=False).")
         return bool(chat_template)
 
+    def with_chat_template(self, chat_template: bool | None) -> LM:
+        """This model with prompts wrapped in the chat template (True), left bare (False), or as now (None); the
+        returned LM shares the model and tokenizer."""
+        if chat_template is None or bool(chat_template) == self.use_chat_template:
+            return self
+        view = copy.copy(self)
+        view.use_chat_template = self.chat(chat_template)
+        return view
+
     def format_prompt(self, prompt: str, chat_template: bool | None = None) -> str:
         """The prompt as the model sees it: wrapped in the chat template when one is in use."""
         if not self.chat(chat_template):

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from attrilens.cli.loading import MODEL_HELP, ChatTemplate, MaxNewTokens, load_lm, load_proxy
 from attrilens.cli.output import JsonFlag, choices_help, emit
 from attrilens.context.spec import method_names
 from attrilens.errors import AttrilensError
@@ -31,27 +32,28 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @app.command("context")
     def context(
-        model: Annotated[Path, typer.Option(help="Target model directory (Hugging Face format).")],
+        model: Annotated[str, typer.Option(help=f"Target model: {MODEL_HELP}")],
         context_file: Annotated[Path, typer.Option(help="UTF-8 text file with the context.")],
         query: Annotated[str, typer.Option(help="The question the response answers.")],
         response: Annotated[str | None, typer.Option(help="Response to explain; default: the model's greedy answer.")] = None,
         method: Annotated[str, typer.Option(help=choices_help(METHOD_HELP, method_names()))] = "cached",
-        proxy: Annotated[Path | None, typer.Option(help="Proxy model directory (same tokenizer) for proxy methods.")] = None,
+        proxy: Annotated[str | None, typer.Option(help="Proxy model for proxy methods: a name or directory (same tokenizer), "
+                                                      "or early-exit:K (the target's first K blocks).")] = None,
         level: Annotated[str, typer.Option(help="paragraph|sentence|word.")] = "sentence",
         top_k: Annotated[int, typer.Option(help="Paragraphs kept (hierarchical) / sources confirmed (proxy-pruning).")] = 3,
         batch_size: Annotated[int, typer.Option(help="Ablated prompts per forward pass.")] = 8,
         n_ablations: Annotated[int, typer.Option(help="Random ablations for contextcite.")] = 64,
         seed: Annotated[int, typer.Option(help="Seed for generation sampling and contextcite masks.")] = 0,
-        max_new_tokens: Annotated[int, typer.Option(help="Most tokens of the generated response (without --response).")] = 32,
+        max_new_tokens: MaxNewTokens = 32,
+        chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
     ) -> None:
         """Attribute a response to the sources of its context (exact LOO made fast, and baselines)."""
         from attrilens.context import ContextAttributor
-        from attrilens.lm import LM
 
         text = _read_context(context_file)
-        target = LM.from_pretrained(model)
-        proxy_lm = LM.from_pretrained(proxy) if proxy is not None else None
+        target = load_lm(model, chat_template)
+        proxy_lm = load_proxy(proxy, target)
         attributor = ContextAttributor(target, proxy_lm, method=method, level=level, top_k=top_k,
                                        batch_size=batch_size, n_ablations=n_ablations, seed=seed,
                                        max_new_tokens=max_new_tokens)
@@ -59,8 +61,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @bench.command("context")
     def bench_context(
-        model: Annotated[Path | None, typer.Option(help="Target model directory (default: the demo target).")] = None,
-        proxy: Annotated[Path | None, typer.Option(help="Proxy model directory (default: the demo proxy).")] = None,
+        model: Annotated[str | None, typer.Option(help=f"Target model (default: the demo target). {MODEL_HELP}")] = None,
+        proxy: Annotated[str | None, typer.Option(help="Proxy model: a name, a directory or early-exit:K "
+                                                      "(default: the demo proxy).")] = None,
         world: Annotated[Path | None, typer.Option(help="World directory with episodes.jsonl (default: the demo world).")] = None,
         episodes: Annotated[int, typer.Option(help="Held-out episodes (with >= 20 sentences) to evaluate.")] = 50,
         quick: Annotated[bool, typer.Option(help="A fast smoke run: 6 episodes, fewer settings.")] = False,

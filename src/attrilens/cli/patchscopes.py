@@ -8,15 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
+from attrilens.cli.loading import MODEL_HELP, ChatTemplate
 from attrilens.cli.output import JsonFlag
 from attrilens.inspect import InspectResult, presets
 from attrilens.lm import LM
 
 
-def _model_dir(model: Path | None) -> Path:
+def _model(model: str | None) -> str:
     from attrilens.demo.paths import demo_model_dir
 
-    return model if model is not None else demo_model_dir("target")
+    return model if model is not None else str(demo_model_dir("target"))
 
 
 def _world_texts(world: Path | None, n: int = 200) -> list[str]:
@@ -27,15 +28,16 @@ def _world_texts(world: Path | None, n: int = 200) -> list[str]:
     return [r["text"] for r in load_jsonl(Path(world) / "corpus.jsonl")[:n]]
 
 
-def world_options(preset: type[presets.Preset], world: Path | None, with_target: bool) -> dict[str, Any]:
-    """What the fact world gives a preset that takes it: its relation templates, its description shots (with
-    --world), texts to fit cross-model maps on (with a target model; default: the demo world's corpus)."""
+def world_options(preset: type[presets.Preset], world: Path | None, with_target: bool, demo: bool) -> dict[str, Any]:
+    """What the fact world gives a preset that takes it: its relation templates (with --world or on the demo
+    model; real models keep the lens's English ones), its description shots (with --world), texts to fit
+    cross-model maps on (with a target model; default: the demo world's corpus)."""
     from attrilens.demo.world import RELATIONS, relation_template
     from attrilens.demo.world.generate import description_shots
 
     takes = set(preset.option_names())
     out: dict[str, Any] = {}
-    if "relations" in takes:
+    if "relations" in takes and (world is not None or demo):
         out["relations"] = {r: relation_template(r) for r in RELATIONS}
     if "shots" in takes and world is not None:
         out["shots"] = description_shots(world)
@@ -44,14 +46,14 @@ def world_options(preset: type[presets.Preset], world: Path | None, with_target:
     return out
 
 
-def run_inspect(model: Path | LM | None, prompt: str, preset: str | None = None, *, target_model: Path | None = None,
-                world: Path | None = None, **options: Any) -> InspectResult:
+def run_inspect(model: str | Path | LM | None, prompt: str, preset: str | None = None, *,
+                target_model: str | Path | None = None, world: Path | None = None, **options: Any) -> InspectResult:
     """The `inspect` verb as a function: load the model(s) (`model` may be a loaded LM), add what the fact world
     gives the preset, and call `presets.run` with the other options (None = not given)."""
     cls = presets.preset_for(preset, target_prompt=options.get("target_prompt"), target_model=target_model)
-    lm = model if isinstance(model, LM) else LM.from_pretrained(_model_dir(model))
-    target = None if target_model is None else LM.from_pretrained(target_model)
-    given = {**world_options(cls, world, target is not None), **options}
+    lm = model if isinstance(model, LM) else LM.from_pretrained(_model(None if model is None else str(model)))
+    target = None if target_model is None else LM.from_pretrained(str(target_model))
+    given = {**world_options(cls, world, target is not None, demo=model is None), **options}
     return presets.run(cls.name, lm, prompt, target_model=target, **given)
 
 
@@ -66,11 +68,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("inspect")
     def inspect_cmd(
         prompt: Annotated[str, typer.Option(help="Source prompt whose hidden states are inspected.")],
-        model: Annotated[Path | None, typer.Option(help="Source model directory (default: the demo target model).")] = None,
+        model: Annotated[str | None, typer.Option(help=f"Source model (default: the demo target model). {MODEL_HELP}")] = None,
         preset: Annotated[str | None, typer.Option(help=preset_help())] = None,
         layer: Annotated[int | None, typer.Option(help="Source layer ℓ (0 = embeddings, L = last block); default all.")] = None,
         position: Annotated[int | None, typer.Option(help="Source position i (negative counts from the end); default all.")] = None,
-        target_model: Annotated[Path | None, typer.Option(help="Target model directory (cross-model patching).")] = None,
+        target_model: Annotated[str | None, typer.Option(help=f"Target model (cross-model patching). {MODEL_HELP}")] = None,
         target_prompt: Annotated[str | None, typer.Option(help="Target prompt T (default: the source prompt).")] = None,
         target_layer: Annotated[int | None, typer.Option(help="Target layer ℓ* (default: ℓ).")] = None,
         target_position: Annotated[int | None, typer.Option(help="Target position i* (default: last token).")] = None,
@@ -80,6 +82,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         top_k: Annotated[int | None, typer.Option(help="Top tokens per cell (default: 5).")] = None,
         max_new_tokens: Annotated[int | None, typer.Option(
             help="Also generate this many tokens from each patched target (default: the preset's).")] = None,
+        chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
     ) -> None:
         """Patchscopes: patch hidden states of the prompt into a target prompt and read what they encode."""
@@ -87,7 +90,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         emit(run_inspect(model, prompt, preset, target_model=target_model, world=world, layer=layer, position=position,
                          target_prompt=target_prompt, target_layer=target_layer, target_position=target_position,
-                         relation=relation, lens=lens, top_k=top_k, max_new_tokens=max_new_tokens), as_json)
+                         relation=relation, lens=lens, top_k=top_k, max_new_tokens=max_new_tokens,
+                         chat_template=chat_template), as_json)
 
     @bench.command("inspect")
     def bench_inspect(

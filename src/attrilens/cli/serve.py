@@ -15,20 +15,24 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @app.command()
     def serve(
-        model: Annotated[Path | None, typer.Option(help="Model directory the web app computes with.")] = None,
+        model: Annotated[str | None, typer.Option(help="Model the web app computes with: a registered name "
+                                                      "(`attrilens models list`) or a model directory.")] = None,
         index: Annotated[Path | None, typer.Option(help="Training-data index (from `attrilens index build`) for tracing.")] = None,
         report: Annotated[Path | None, typer.Option(help="Directory of result JSON files to show (e.g. `attrilens demo --out`).")] = None,
         host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean to share the model.")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
     ) -> None:
         """The local web app: the views plus a JSON API returning the same documents as --json."""
-        for name, path in (("--model", model), ("--index", index), ("--report", report)):
+        from attrilens import models
+
+        model_dir = models.get(model) if model in models.MODELS else None if model is None else Path(model)
+        for name, path in (("--model", model_dir), ("--index", index), ("--report", report)):
             if path is not None and not path.is_dir():
                 raise AttrilensError(f"{name} {path} is not a directory. Pass an existing directory.")
-        if model is not None and not (model / "config.json").is_file():
+        if model_dir is not None and not (model_dir / "config.json").is_file():
             raise AttrilensError(f"--model {model} has no config.json. Pass a Hugging Face model directory.")
         if not 0 < port < 65536:
             raise AttrilensError(f"--port {port} is not a TCP port. Pass 1-65535.")
         from attrilens.server import serve as run
 
-        run(model_dir=model, index_dir=index, report_dir=report, host=host, port=port)
+        run(model_dir=model_dir, index_dir=index, report_dir=report, host=host, port=port)

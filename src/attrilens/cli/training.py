@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
+from attrilens.cli.loading import MODEL_HELP, ChatTemplate, load_lm
 from attrilens.cli.output import JsonFlag, choices_help, emit, emit_summary
 from attrilens.errors import AttrilensError
-from attrilens.lm import LM
+from attrilens.models import resolve_model
 from attrilens.training.methods import TDA_METHODS, TDAMethod
 
 
@@ -70,7 +71,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @index_app.command("build")
     def build(
-        model: Annotated[Path, typer.Option(help="Model directory (or LoRA adapter directory for datainf).")],
+        model: Annotated[str, typer.Option(help=f"Model (or LoRA adapter directory for datainf). {MODEL_HELP}")],
         corpus: Annotated[Path, typer.Option(help='JSONL corpus, one {"id","text"} document per line.')],
         out: Annotated[Path, typer.Option(help="Index directory (created; an unfinished build there is resumed).")],
         method: Annotated[str, typer.Option(help=choices_help("Attribution method.", TDA_METHODS.names()))] = "trackstar",
@@ -100,6 +101,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                                "(repeatable), e.g. --option datainf_scale=0.2.")] = None,
         use_faiss: Annotated[bool, typer.Option("--faiss", help="Also write an exact FAISS inner-product index.")] = False,
         threads: Annotated[int | None, typer.Option(help="torch threads (1 is fastest on a busy 2-core machine).")] = None,
+        chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
     ) -> None:
         """Featurise a training corpus into an on-disk index (resumable, atomic per shard)."""
@@ -119,10 +121,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         twice = sorted(set(extra) & (set(options) | {"block_len", "proj_dim"}))
         if twice:
             raise AttrilensError(f"{', '.join(twice)} given both as --option and as its own flag. Pass it once.")
-        lm = LM.from_pretrained(model)
-        idx = build_index(lm, corpus, out, method=cls.name, proj_dim=proj_dim or None, model_dir=model,
+        model_dir = resolve_model(model)
+        lm = load_lm(str(model_dir), chat_template)
+        idx = build_index(lm, corpus, out, method=cls.name, proj_dim=proj_dim or None, model_dir=model_dir,
                           eval_queries=eval_queries, shard_size=shard_size, batch_size=batch_size, dtype=dtype,
-                          use_faiss=use_faiss, progress=not as_json, block_len=block_len, **options, **extra)
+                          use_faiss=use_faiss, progress=True, block_len=block_len, **options, **extra)
         m = idx.manifest
         emit_summary({"index": str(out), "method": m["method"], "examples": len(idx), "dim": m.get("dim", 0),
                       "shards": len(m.get("shards", [])), "build_seconds": m.get("build_seconds"),
@@ -138,9 +141,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         tokens: Annotated[str | None, typer.Option(help="Only these response token indices count, e.g. 0,1.")] = None,
         span: Annotated[str | None, typer.Option(help="Only response tokens overlapping this character span start,end.")] = None,
         top_k: Annotated[int, typer.Option(help="Proponents and opponents to return.")] = 10,
-        model: Annotated[Path | None, typer.Option(help="Model directory (default: the one the index was built with).")] = None,
+        model: Annotated[str | None, typer.Option(help=f"Model (default: the one the index was built with). {MODEL_HELP}")] = None,
         neighbours: Annotated[bool, typer.Option(help="Include the neighbouring blocks' texts.")] = False,
         use_faiss: Annotated[bool, typer.Option("--faiss", help="Search with the index's FAISS index.")] = False,
+        chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
     ) -> None:
         """Top-k training examples that support (and oppose) a response, from an index."""
@@ -151,7 +155,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             raise AttrilensError(f"{index} is not an attrilens index (no manifest.json). Build one with "
                                  "`attrilens index build`.")
         manifest = json.loads(mpath.read_text())
-        model_dir = model or manifest.get("model_dir") or manifest["model"]["name"]
+        model_dir = resolve_model(model) if model else manifest.get("model_dir") or manifest["model"]["name"]
         if not model_dir or not Path(model_dir).is_dir():
             raise AttrilensError(f"The model the index was built with ({model_dir}) is not on disk. Pass --model DIR.")
         span_t = _parse_ints(span, "--span")
@@ -159,7 +163,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             raise AttrilensError(f"--span takes two integers start,end, got {span!r}.")
         if max_new_tokens < 1:
             raise AttrilensError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
-        lm = LM.from_pretrained(model_dir)
+        lm = load_lm(str(model_dir), chat_template)
         idx = TrainingIndex.open(index, lm, model_dir=model_dir)
         result = idx.trace(prompt, target=target, generate=generate, tokens=_parse_ints(tokens, "--tokens"),
                            span=tuple(span_t) if span_t else None, top_k=top_k, neighbours=neighbours,

@@ -72,6 +72,33 @@ def prompt_ids(value: str | Sequence[int], encode: Callable[[str], list[int]]) -
     return ids
 
 
+@dataclass(frozen=True)
+class SourcePrompt:
+    """A source prompt's ids and where the user's own text lies in them ([start, end): inside a chat template
+    when one is in use), so that positions a user gives index their text, never template tokens."""
+
+    ids: tuple[int, ...]
+    start: int
+    end: int
+
+    def resolve(self, position: int) -> int:
+        """The sequence index of the user's position (negative counts from the end of the user's text)."""
+        return self.start + resolve_position(position, self.end - self.start, "source")
+
+    def positions(self) -> list[int]:
+        """Every sequence index of the user's text."""
+        return list(range(self.start, self.end))
+
+
+def source_prompt(lm: LM, prompt: str | Sequence[int]) -> SourcePrompt:
+    """The source prompt as the model reads it; text goes through the chat template when `lm` uses one."""
+    if isinstance(prompt, str) and lm.use_chat_template:
+        ids, start, end = lm.prompt_span(prompt)
+        return SourcePrompt(tuple(ids), start, end)
+    ids = prompt_ids(prompt, lm.encode_prompt)
+    return SourcePrompt(ids, 0, len(ids))
+
+
 def top_tokens(lm: LM, logits: torch.Tensor, k: int) -> list[list[dict]]:
     """Top-k next tokens with probabilities for each row of [n, V] logits."""
     probs = torch.softmax(logits.float(), dim=-1)
@@ -107,13 +134,13 @@ class Patchscope:
         self.cost = Cost()
 
     # ------------------------------------------------------------------ queries
-    def query(self, source_prompt: str | Sequence[int], layer: int, position: int = -1, *,
+    def query(self, source_prompt_: str | Sequence[int], layer: int, position: int = -1, *,
               target_prompt: str | Sequence[int] | None = None, target_layer: int | None = None,
               target_position: int = -1, read_position: int | None = None) -> Query:
         """Build a validated Query (prompts as text or ids; target defaults to the source prompt at the same place)."""
-        sids = prompt_ids(source_prompt, self.source.encode_prompt)
+        source = source_prompt(self.source, source_prompt_)
+        sids, pos = source.ids, source.resolve(position)
         layer = self.source.check_layer(layer)
-        pos = resolve_position(position, len(sids), "source")
         if target_prompt is None:
             if self.target is not self.source and len(self.target.tokenizer) != len(self.source.tokenizer):
                 raise AttrilensError("Reusing the source prompt as the target needs a shared tokenizer. Pass target_prompt.")
@@ -285,14 +312,15 @@ def sweep(
     With no `target_prompt` the target is the source prompt itself, patched and read at the same position.
     """
     src, tgt = patchscope.source, patchscope.target
-    sids = prompt_ids(prompt, src.encode_prompt)
+    source = source_prompt(src, prompt)
+    sids = source.ids
     layers = list(range(src.n_layers + 1)) if layers is None else list(layers)
     if over == "layer_position":
-        positions = list(range(len(sids))) if positions is None else list(positions)
+        positions = source.positions() if positions is None else [source.resolve(i) for i in positions]
         pairs = [(ell, i, ell if target_layers is None else t) for ell in layers for i in positions
                  for t in (target_layers or [None])]
     elif over == "layer_layer":
-        positions = [-1] if positions is None else list(positions)
+        positions = [source.resolve(i) for i in ([-1] if positions is None else positions)]
         tls = list(range(tgt.n_layers + 1)) if target_layers is None else list(target_layers)
         pairs = [(ell, i, t) for ell in layers for i in positions for t in tls]
     else:

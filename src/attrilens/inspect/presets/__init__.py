@@ -58,12 +58,14 @@ def preset_for(name: str | None, *, target_prompt: str | None = None, target_mod
     return PRESETS.get(name)
 
 
-def run(name: str | None, lm: LM, prompt: str | Sequence[int], **options: Any) -> InspectResult:
+def run(name: str | None, lm: LM, prompt: str | Sequence[int], *, chat_template: bool | None = None,
+        **options: Any) -> InspectResult:
     """Run the preset `name` on `prompt` with the CLI's option names (layer, position, target_model (an LM),
     target_prompt, target_layer, target_position, relation, lens, top_k, max_new_tokens, or any field of the
-    preset's `Options`); None means not given. Name None picks as `preset_for` does."""
+    preset's `Options`); None means not given. Name None picks as `preset_for` does. The chat template is off
+    unless `chat_template=True` (positions then still index the prompt's own tokens)."""
     preset = preset_for(name, target_prompt=options.get("target_prompt"), target_model=options.get("target_model"))
-    return run_preset(preset, lm, prompt, preset.options(**options))
+    return run_preset(preset, lm, prompt, preset.options(**options), chat_template=bool(chat_template))
 
 
 def logit_lens(lm: LM, prompt: str | Sequence[int], *, layers: Sequence[int] | None = None,

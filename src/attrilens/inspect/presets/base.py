@@ -19,8 +19,7 @@ from attrilens.inspect.patchscope import (
     Patchscope,
     Query,
     placeholder_position,
-    prompt_ids,
-    resolve_position,
+    source_prompt,
     top_tokens,
 )
 from attrilens.inspect.result import Cell, InspectResult
@@ -76,9 +75,13 @@ class Preset:
 PRESETS: Registry[type[Preset]] = Registry("preset")
 
 
-def run_preset(preset: type[Preset], lm: LM, prompt: str | Sequence[int], options: Any) -> InspectResult:
-    """Run a preset class with built options; the result records the preset's registered (hyphenated) name."""
-    result = preset().run(lm, prompt, options)
+def run_preset(preset: type[Preset], lm: LM, prompt: str | Sequence[int], options: Any, *,
+               chat_template: bool = False) -> InspectResult:
+    """Run a preset class with built options; the result records the preset's registered (hyphenated) name.
+
+    Prompts are read without the chat template unless `chat_template`: a Patchscope inspects the text given,
+    and with the template the user's positions are still counted inside the user's text."""
+    result = preset().run(lm.with_chat_template(chat_template), prompt, options)
     result.preset = preset.name
     return result
 
@@ -132,20 +135,15 @@ class GridOptions:
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
-def source_ids(lm: LM, prompt: str | Sequence[int]) -> list[int]:
-    """Token ids of a source prompt (text through the model's prompt encoding, or ids as given)."""
-    return list(prompt_ids(prompt, lm.encode_prompt))
-
-
 def lens_grid(lm: LM, prompt: str | Sequence[int], preset: str, translate: Callable[[torch.Tensor, int], torch.Tensor],
               layers: Sequence[int] | None, positions: Sequence[int] | None, top_k: int) -> InspectResult:
     """Read every (layer, position) state through `translate` and the final norm + unembedding (one forward)."""
     cost = Cost()
     with Timer(cost):
-        ids = source_ids(lm, prompt)
+        source = source_prompt(lm, prompt)
+        ids = list(source.ids)
         layers = list(range(lm.n_layers + 1)) if layers is None else [lm.check_layer(x) for x in layers]
-        positions = (list(range(len(ids))) if positions is None
-                     else [resolve_position(i, len(ids), "source") for i in positions])
+        positions = source.positions() if positions is None else [source.resolve(i) for i in positions]
         hs, _ = lm.hidden_states([ids], layers)
         cost.add(1, len(ids))
         cells = []
@@ -169,7 +167,8 @@ def placeholder_queries(ps: Patchscope, prompt: str | Sequence[int], template: s
                         position: int, target_layers: Sequence[int] | None) -> list[Query]:
     """Queries patching the source state (ℓ, position) into the template's placeholder at ℓ* (default ℓ* = ℓ)."""
     tids, tpos = placeholder_target(ps.target, template)
-    sids = source_ids(ps.source, prompt)
+    source = source_prompt(ps.source, prompt)
+    sids, position = source.ids, source.resolve(position)
     layers = list(range(ps.source.n_layers + 1)) if layers is None else list(layers)
     return [ps.query(sids, ell, position, target_prompt=tids, target_layer=ell if target_layers is None else t,
                      target_position=tpos) for ell in layers for t in (target_layers or [None])]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
 from attrilens.inspect.lenses import LayerMaps
-from attrilens.inspect.patchscope import Patchscope
-from attrilens.inspect.presets.base import PRESETS, Preset, check_int, fit_cross_model, int_tuple, source_ids
+from attrilens.inspect.patchscope import Patchscope, source_prompt
+from attrilens.inspect.presets.base import PRESETS, Preset, check_int, fit_cross_model, int_tuple
 from attrilens.inspect.result import InspectResult
 from attrilens.lm import LM
 
@@ -50,8 +50,9 @@ class CrossModelPreset(Preset):
         target = options.target_model
         mapping = options.mapping if options.mapping is not None else fit_cross_model(lm, target, options.texts)
         ps = Patchscope(lm, target, mapping)
-        sids = source_ids(lm, prompt)
-        positions = list(range(len(sids))) if options.positions is None else list(options.positions)
+        source = source_prompt(lm, prompt)
+        sids = source.ids
+        positions = source.positions() if options.positions is None else [source.resolve(i) for i in options.positions]
         queries = [ps.query(sids, a, i, target_layer=b) for a, b in sorted(mapping.maps) for i in positions]
         return ps.inspect(queries, preset=self.name, source_prompt=prompt if isinstance(prompt, str) else None,
                           top_k=options.top_k)
