@@ -15,7 +15,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from attrilens.context import method_names
 from attrilens.errors import AttrilensError
+from attrilens.inspect import presets
 from attrilens.view.backend import REQUESTS, Backend, LensBackend, dispatch
 from attrilens.view.page import render_page
 
@@ -61,11 +63,13 @@ def create_app(backend: Backend | None = None, *, model_dir: Path | str | None =
     backend = backend if backend is not None else LensBackend(model_dir, index_dir)
     documents = load_report(report_dir)
     compute_lock = threading.Lock()
+    # the form offers the registered names (the request models check them again)
+    choices = {"methods": method_names(), "presets": presets.PRESETS.names()}
     app = FastAPI(title="attrilens", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
-        page = render_page(documents, title="attrilens", config={"mode": "server", "api": "api"})
+        page = render_page(documents, title="attrilens", config={"mode": "server", "api": "api", "choices": choices})
         return HTMLResponse(page, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
     @app.get("/api/health")

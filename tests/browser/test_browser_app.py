@@ -17,6 +17,7 @@ class FakeLenses:
     def __init__(self):
         self.traces = []
         self.contexts = []
+        self.inspects = []
 
     def trace(self, req):
         self.traces.append(req)
@@ -37,6 +38,7 @@ class FakeLenses:
         return doc
 
     def inspect(self, req):
+        self.inspects.append(req)
         return fixture("inspect.json")
 
     def neighbors(self, req):
@@ -125,3 +127,34 @@ def test_server_errors_show_in_the_page(watched):
         page.wait_for_selector(".al-notice-error")
         assert "another model" in page.locator(".al-notice-error").inner_text()
     assert [e for e in watched.errors if "400" not in e] == []
+
+
+def test_the_form_sends_method_preset_position_and_response_and_shows_the_new_result_in_view(app_page, watched):
+    from attrilens.context import method_names
+    from attrilens.inspect import presets
+
+    page, lenses = app_page
+    page.locator(".al-new summary").click()
+    assert page.locator("#al-presets option").count() == len(presets.PRESETS.names())
+    assert page.locator("#al-methods option").count() == len(method_names())
+    page.locator('input[aria-label="prompt to inspect"]').fill("The capital of France is")
+    page.locator('input[aria-label="preset (default logit-lens)"]').fill("token-identity")
+    page.locator('input[aria-label="layer (empty: all)"]').fill("2")
+    page.locator('input[aria-label="position (empty: all; -1 = last)"]').fill("-1")
+    page.locator(".al-new button", has_text="inspect").click()
+    page.wait_for_selector(".al-view-inspect.al-fresh")
+    req = lenses.inspects[-1]
+    assert (req.prompt, req.preset, req.layer, req.position, req.target_prompt) == (
+        "The capital of France is", "token-identity", 2, -1, None)
+    box = page.locator(".al-fresh").bounding_box()
+    assert box is not None and 0 <= box["y"] < 900  # scrolled to where the user is looking
+    assert page.locator('input[aria-label="prompt to inspect"]').input_value() == "The capital of France is"
+    page.locator('textarea[aria-label="context"]').fill("Alpha is red. Beta is blue.")
+    page.locator('input[aria-label="query"]').fill("What is red?")
+    page.locator('input[aria-label="response (empty: the model answers)"]').fill(" Alpha")
+    page.locator('input[aria-label="method (default cached)"]').fill("loo")
+    page.locator(".al-new button", has_text="attribute").click()
+    page.wait_for_selector(".al-view-context.al-fresh")
+    req = lenses.contexts[-1]
+    assert (req.response, req.method, req.query) == (" Alpha", "loo", "What is red?")
+    assert watched.errors == []

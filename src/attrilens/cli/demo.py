@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from attrilens.cli.loading import MaxNewTokens
 from attrilens.cli.output import JsonFlag, emit_summary
 from attrilens.errors import AttrilensError
 
@@ -64,12 +65,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command()
     def demo(
         out: Annotated[Path, typer.Option(help="Where to write report.html and the results' JSON.")] = Path("demo-out"),
+        model: Annotated[str | None, typer.Option(help="Explain this model instead of the shipped tiny one: a registered "
+                                                      "name (`attrilens models list`) or a model directory.")] = None,
+        max_new_tokens: MaxNewTokens = 32,
         serve: Annotated[bool, typer.Option(help="Open the report in the local web app afterwards.")] = False,
     ) -> None:
-        """Offline demo: the shipped fact world and tiny models → every lens → report.html."""
+        """Every lens on one model's own generations → report.html (default: the shipped tiny models, offline)."""
         from attrilens.demo import run_demo
 
-        report = run_demo(out)
+        if max_new_tokens < 1:
+            raise AttrilensError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
+        report = run_demo(out, model=model, max_new_tokens=max_new_tokens)
         print(f"wrote {report}")
         if serve:
             from attrilens.server import serve as run_server

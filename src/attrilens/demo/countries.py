@@ -76,3 +76,13 @@ def country_facts(relations: tuple[str, ...] = ("capital", "region", "subregion"
             if isinstance(value, str) and value.strip() and value[0].isupper() and "," not in value:
                 facts.append(CountryFact(name, relation, value.strip()))
     return sorted(set(facts), key=lambda f: (f.country, f.relation))
+
+
+def statement_corpus(facts: list[CountryFact], per_fact: int = 2) -> list[dict]:
+    """Training-style documents stating each fact in `per_fact` wordings: {"id", "text", "fact"} with ids
+    "<country>-<relation>-<k>" (spaces as underscores) — the gold documents of a fact are those with its id."""
+    docs = []
+    for f in facts:
+        stem = f"{f.country}-{f.relation}".replace(" ", "_").replace("#", "")
+        docs += [{"id": f"{stem}-{k}", "text": f.statement(k), "fact": stem} for k in range(per_fact)]
+    return docs

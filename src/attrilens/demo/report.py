@@ -1,13 +1,24 @@
-"""The offline demo: shipped fact world and tiny models → every lens on one generation → report.html."""
+"""The demo: one model's own generations explained through every lens → report.html.
+
+Without a model it runs offline on the shipped fact world and tiny models (seconds). With `model` (a registered
+real model such as smollm2-135m-instruct, or any model directory) it explains that model: a reading episode of
+the fact world it answers, attributed to its context sentences by exact (cached) leave-one-out; a real fact it
+completes (from `countryinfo`), traced to a stand-in training corpus (the facts stated in sentences: the model
+was not trained on them — the trace ranks these documents by TrackStar's gradient similarity, built once and
+cached) and read layer by layer with the logit lens.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
+from attrilens.bench.metrics import greedy_match
 from attrilens.context import ContextAttributor, ContextResult
+from attrilens.demo.countries import country_facts, statement_corpus
 from attrilens.demo.index import DEMO_INDEX, training_section
 from attrilens.demo.paths import demo_model_dir, demo_world_dir
 from attrilens.demo.world import render_episode
@@ -15,45 +26,46 @@ from attrilens.errors import AttrilensError
 from attrilens.inspect import InspectResult, presets
 from attrilens.jsonl import load_jsonl
 from attrilens.lm import LM
+from attrilens.models import cache_root
+from attrilens.training import TrainingIndex, build_index
 from attrilens.view import render_page
+
+# Countries whose capitals a small model is most likely to know, tried first for the real-model fact.
+WELL_KNOWN = ("France", "Japan", "Germany", "Italy", "Spain", "United Kingdom", "Egypt", "Canada", "Russia", "China")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     return load_jsonl(path, require=())
 
 
-def _pick_episode(lm: LM, world: Path, tries: int = 30) -> dict:
-    """The longest of the first held-out reading episodes that the model answers correctly (greedy)."""
+def pick_episode(lm: LM, world: Path, tries: int = 30, max_new_tokens: int = 8) -> tuple[dict, str]:
+    """The longest of the first held-out reading episodes whose answer the model gives (greedy), and its response."""
     episodes = _read_jsonl(world / "episodes.jsonl")
     held = [e for e in episodes if e.get("split", "heldout") == "heldout"] or episodes
     for episode in sorted(held[:tries], key=lambda e: -len(e["context"])):
-        prompt, response = render_episode(episode)
-        if lm.generate(prompt, max_new_tokens=8, stop_strings=(".", "\n")).strip() == response.strip():
-            return episode
-    raise AttrilensError(f"The demo model answers none of {tries} held-out episodes. Rebuild the demo assets.")
+        prompt, _ = render_episode(episode)
+        response = lm.generate(prompt, max_new_tokens=max_new_tokens)
+        if response.strip() and episode["answer"] in response:
+            return episode, response
+    raise AttrilensError(f"The model answers none of the first {tries} held-out reading episodes. "
+                         "Use another model, or the tiny demo (no --model).")
 
 
-def _pick_fact(lm: LM, world: Path, tries: int = 40) -> tuple[dict, str]:
-    """The first fact whose statement prompt the model completes correctly, and the model's own completion."""
-    facts = _read_jsonl(world / "facts.jsonl")[:tries]
-    for fact in facts:
+def pick_world_fact(lm: LM, world: Path, tries: int = 40) -> tuple[dict, str]:
+    """The first fact-world fact whose statement prompt the model completes correctly, and its completion."""
+    for fact in _read_jsonl(world / "facts.jsonl")[:tries]:
         generation = lm.generate(fact["prompt"], max_new_tokens=8, stop_strings=(".", "\n"))
         if generation.strip() == fact["target"].strip():
             return fact, generation
-    raise AttrilensError(
-        f"The demo model completes none of the first {tries} fact prompts correctly. Rebuild the demo assets."
-    )
+    raise AttrilensError(f"The demo model completes none of the first {tries} fact prompts correctly. "
+                         "Rebuild the demo assets.")
 
 
-def context_section(lm: LM, proxy: LM | None, episode: dict) -> ContextResult:
-    """The context lens on one reading episode: the model's own answer, explained.
-
-    With a proxy: the proxy ranks the sentences and the target confirms its top 5 exactly; without: exact
-    cached LOO over every sentence.
-    """
-    pruning = {"method": "cached+proxy-pruning", "top_k": 5} if proxy is not None else {"method": "cached"}
-    attributor = ContextAttributor(lm, proxy, level="sentence", max_new_tokens=8, **pruning)
-    return attributor.attribute(episode["context"], episode["question"])
+def context_section(lm: LM, episode: dict, response: str) -> ContextResult:
+    """The context lens on one reading episode: the model's own response, explained by exact (cached) LOO over
+    every sentence — the ground truth the faster methods approximate, so the demo never shows a pruned ranking."""
+    return ContextAttributor(lm, method="cached", level="sentence").attribute(
+        episode["context"], episode["question"], response)
 
 
 def inspect_section(lm: LM, prompt: str) -> InspectResult:
@@ -66,39 +78,76 @@ def _log(msg: str) -> None:
     sys.stderr.flush()
 
 
-def run_demo(out: Path) -> Path:
-    """Run every lens on the shipped models and world; write each result's JSON and one report.html."""
-    t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    world = demo_world_dir()
-    lm = LM.from_pretrained(demo_model_dir("target"))
-    proxy = LM.from_pretrained(demo_model_dir("proxy"))
-    _log(f"loaded {lm} and proxy {proxy} in {time.perf_counter() - t0:.1f}s")
-
-    documents = []
-    episode = _pick_episode(lm, world)
-    t = time.perf_counter()
-    documents.append(context_section(lm, proxy, episode).to_dict())
-    _log(f"context attribution: {time.perf_counter() - t:.1f}s")
-
-    fact, generation = _pick_fact(lm, world)
-    _log(f"explaining the generation {fact['prompt']!r} -> {generation!r}")
-    index_dir = DEMO_INDEX
-    if not (index_dir / "manifest.json").is_file():
-        raise AttrilensError(f"The demo training-data index is missing from {index_dir}. Rebuild the demo assets.")
-    t = time.perf_counter()
-    documents.append(training_section(lm, index_dir, {"prompt": fact["prompt"], "target": generation}).to_dict())
-    _log(f"training-data attribution: {time.perf_counter() - t:.1f}s (gold documents: {', '.join(fact['docs'])})")
-
-    t = time.perf_counter()
-    documents.append(inspect_section(lm, fact["prompt"]).to_dict())
-    _log(f"patchscopes: {time.perf_counter() - t:.1f}s")
-
+def _write(out: Path, documents: list[dict], title: str) -> Path:
     for doc in documents:
         kind = doc["schema"].split("/")[1]
         (out / f"{kind}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
     report = out / "report.html"
-    report.write_text(render_page(documents, title="attrilens demo: why did the model say that?"), encoding="utf-8")
+    report.write_text(render_page(documents, title=title), encoding="utf-8")
+    return report
+
+
+def run_demo(out: Path | str, *, model: str | None = None, max_new_tokens: int = 32) -> Path:
+    """Explain one model through every lens and write each result's JSON and one report.html into `out`.
+
+    No `model`: the shipped tiny models and fact world (offline, seconds). A registered name or a directory:
+    that model (see the module docstring); the first run builds and caches its stand-in training index.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = demo_world_dir()
+    lm = LM.from_pretrained(str(demo_model_dir("target")) if model is None else model)
+    _log(f"loaded {lm} in {time.perf_counter() - t0:.1f}s")
+
+    t = time.perf_counter()
+    episode, response = pick_episode(lm, world, max_new_tokens=8 if model is None else max_new_tokens)
+    documents = [context_section(lm, episode, response).to_dict()]
+    _log(f"context attribution of {response!r}: {time.perf_counter() - t:.1f}s")
+
+    t = time.perf_counter()
+    if model is None:
+        fact, generation = pick_world_fact(lm, world)
+        trace = training_section(lm, DEMO_INDEX, {"prompt": fact["prompt"], "target": generation})
+        prompt, gold = fact["prompt"], fact["docs"]
+    else:
+        plain = lm.with_chat_template(False)  # a completion prompt, not a chat turn
+        fact, generation = pick_country_fact(plain)
+        index = real_model_index(plain)
+        trace = index.trace(fact.prompt, target=generation, top_k=10, neighbours=False)
+        prompt, gold = fact.prompt, [d["id"] for d in statement_corpus([fact])]
+        lm = plain
+    documents.append(trace.to_dict())
+    _log(f"training-data attribution of {prompt!r} -> {generation!r}: {time.perf_counter() - t:.1f}s "
+         f"(gold documents: {', '.join(gold)}; found in the top 10: "
+         f"{', '.join(h.id for h in trace.proponents if h.id in gold) or 'none'})")
+
+    t = time.perf_counter()
+    documents.append(inspect_section(lm, prompt).to_dict())
+    _log(f"patchscopes: {time.perf_counter() - t:.1f}s")
+    report = _write(out, documents, f"attrilens demo on {lm.name}: why did the model say that?")
     _log(f"done in {time.perf_counter() - t0:.1f}s")
     return report
+
+
+def pick_country_fact(lm: LM) -> tuple:
+    """A capital the model completes greedily (well-known countries first), and its completion."""
+    capitals = {f.country: f for f in country_facts(("capital",))}
+    order = [capitals[c] for c in WELL_KNOWN if c in capitals] + sorted(capitals.values(), key=lambda f: f.country)
+    for fact in order[:40]:
+        generation = lm.generate(fact.prompt, max_new_tokens=6, stop_strings=(".", ",", "\n"))
+        if greedy_match(generation, fact.target):
+            return fact, fact.target
+    raise AttrilensError("The model completes none of 40 capital prompts. Use another model, or the tiny demo.")
+
+
+def real_model_index(lm: LM, n_facts: int = 120) -> TrainingIndex:
+    """The stand-in training index of a real model: the first `n_facts` capitals stated in two wordings each,
+    TrackStar (second moments estimated: a downloaded model has no optimizer state); built once, cached."""
+    capitals = country_facts(("capital",))
+    known = [f for f in capitals if f.country in WELL_KNOWN]
+    facts = known + [f for f in capitals if f not in known][: n_facts - len(known)]
+    docs = statement_corpus(facts)
+    key = hashlib.sha256(json.dumps([lm.fingerprint(), docs]).encode()).hexdigest()[:16]
+    return build_index(lm, [{"id": d["id"], "text": d["text"]} for d in docs],
+                       cache_root() / "demo-index" / key, method="trackstar", block_len=32)

@@ -37,24 +37,39 @@ function newAnalysis(host, add) {
       clear(out).appendChild(notice("error", String(err.message || err)));
     }
   };
-  const field = (label, rows) => {
-    const input = h(rows > 1 ? "textarea" : "input", { class: "al-input", rows: rows > 1 ? rows : null, "aria-label": label, placeholder: label });
-    return input;
-  };
+  const field = (label, rows) => h(rows > 1 ? "textarea" : "input", { class: "al-input", rows: rows > 1 ? rows : null, "aria-label": label, placeholder: label });
+  const number = (label) => h("input", { class: "al-input", type: "number", step: "1", "aria-label": label, placeholder: label });
+  // a text field offering the registered names (free text stays allowed: context methods combine with '+')
+  const choice = (label, names, id) => h("span", {},
+    h("input", { class: "al-input", "aria-label": label, placeholder: label, list: id }),
+    h("datalist", { id }, (names || []).map((n) => h("option", { value: n }))));
+  const orNull = (text) => (text.trim() ? text : null);
+  const orInt = (text) => (text.trim() === "" ? null : Number.parseInt(text, 10));
+  const choices = host.choices || {};
   const tPrompt = field("prompt", 2);
   const tTarget = field("target (empty: the model generates)", 1);
   const cContext = field("context", 4);
   const cQuery = field("query", 1);
+  const cResponse = field("response (empty: the model answers)", 1);
+  const cMethod = choice("method (default cached)", choices.methods, "al-methods");
   const iPrompt = field("prompt to inspect", 1);
+  const iPreset = choice("preset (default logit-lens)", choices.presets, "al-presets");
+  const iLayer = number("layer (empty: all)");
+  const iPosition = number("position (empty: all; -1 = last)");
+  const iTarget = field("target prompt (custom preset)", 1);
   const button = (text, fn) => { const b = h("button", { class: "al-btn", type: "button" }, text); b.addEventListener("click", fn); return b; };
+  const value = (node) => (node.tagName === "SPAN" ? node.querySelector("input").value : node.value);
   return h("details", { class: "al-new" }, h("summary", {}, "New analysis"),
     h("div", { class: "al-three" },
       h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Trace a generation to training data"), tPrompt, tTarget,
-        button("trace", () => run("trace", { prompt: tPrompt.value, target: tTarget.value || null, span: null }))),
+        button("trace", () => run("trace", { prompt: tPrompt.value, target: orNull(tTarget.value), span: null }))),
       h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Attribute a response to its context"), cContext, cQuery,
-        button("attribute", () => run("context", { context: cContext.value, query: cQuery.value, response: null, span: null }))),
-      h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Inspect hidden states"), iPrompt,
-        button("inspect", () => run("inspect", { prompt: iPrompt.value })))),
+        cResponse, cMethod,
+        button("attribute", () => run("context", { context: cContext.value, query: cQuery.value, response: orNull(cResponse.value),
+          span: null, method: orNull(value(cMethod)) }))),
+      h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Inspect hidden states"), iPrompt, iPreset, iLayer, iPosition, iTarget,
+        button("inspect", () => run("inspect", { prompt: iPrompt.value, preset: orNull(value(iPreset)), layer: orInt(iLayer.value),
+          position: orInt(iPosition.value), target_prompt: orNull(iTarget.value) })))),
     out);
 }
 
@@ -62,14 +77,21 @@ function newAnalysis(host, add) {
 export function mount(el, documents, host) {
   el.classList.add("al-root");
   let docs = Array.isArray(documents) ? [...documents] : [];
-  const draw = () => {
+  let fresh = null;  // a result the user just asked for: drawn, then scrolled to where the user is looking
+  let draw = null;
+  // one form for the page's life, so its fields (and whether it is open) survive each redraw
+  const form = host.canCompute && host.mode === "server"
+    ? newAnalysis(host, (doc) => { docs = docs.concat([doc]); fresh = doc; draw(); }) : null;
+  draw = () => {
     clear(el);
     const groups = { training: [], compare: [], context: [], inspect: [], other: [] };
     for (const d of docs) groups[kindOf(d)].push(d);
     const nav = h("nav", { class: "al-nav", "aria-label": "views" });
     const body = h("div", { class: "al-body" });
-    const add = (kind, node) => {
+    let freshAnchor = null;
+    const add = (kind, node, members = []) => {
       const anchor = h("div", { class: `al-view al-view-${kind}`, "data-view": kind }, node);
+      if (fresh && members.includes(fresh)) freshAnchor = anchor;
       body.appendChild(anchor);
       const link = h("button", { class: "al-navlink", type: "button" }, TITLES[kind]);
       link.addEventListener("click", () => anchor.scrollIntoView({ behavior: "smooth", block: "start" }));
@@ -83,15 +105,22 @@ export function mount(el, documents, host) {
       if (!byGeneration.has(key)) byGeneration.set(key, []);
       byGeneration.get(key).push(d);
     }
-    for (const group of byGeneration.values()) add("training", trainingView(group, host, showCompare));
-    for (const d of groups.compare) add("compare", compareView(d, host));
-    for (const d of groups.context) add("context", contextView(d, host));
-    for (const d of groups.inspect) add("inspect", inspectView(d));
-    for (const d of groups.other) add("other", rawView(d));
+    for (const group of byGeneration.values()) add("training", trainingView(group, host, showCompare), group);
+    for (const d of groups.compare) add("compare", compareView(d, host), [d]);
+    for (const d of groups.context) add("context", contextView(d, host), [d]);
+    for (const d of groups.inspect) add("inspect", inspectView(d), [d]);
+    for (const d of groups.other) add("other", rawView(d), [d]);
     if (!docs.length) body.appendChild(h("p", { class: "al-muted" }, "No results yet."));
     el.appendChild(h("header", { class: "al-header" }, h("span", { class: "al-brand" }, "attrilens"), nav));
-    if (host.canCompute && host.mode === "server") el.appendChild(newAnalysis(host, (doc) => { docs = docs.concat([doc]); draw(); }));
+    if (form) el.appendChild(form);
     el.appendChild(body);
+    if (freshAnchor) {
+      freshAnchor.classList.add("al-fresh");
+      freshAnchor.setAttribute("tabindex", "-1");
+      freshAnchor.scrollIntoView({ block: "start" });
+      freshAnchor.focus({ preventScroll: true });
+      fresh = null;
+    }
   };
   draw();
   return { update(next) { docs = Array.isArray(next) ? [...next] : []; draw(); } };

@@ -6,10 +6,11 @@ function readJson(id) {
   return node ? JSON.parse(node.textContent) : null;
 }
 
-function serverHost(api) {
+function serverHost(api, choices) {
   return {
     mode: "server",
     canCompute: true,
+    choices: choices || {},
     async request(kind, payload) {
       const res = await fetch(`${api}/${kind}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
       let body = null;
@@ -25,7 +26,7 @@ const staticHost = { mode: "static", canCompute: false, request: async () => nul
 function boot() {
   const config = readJson("attrilens-config") || { mode: "static" };
   const documents = readJson("attrilens-data") || [];
-  const host = config.mode === "server" ? serverHost(config.api || "api") : staticHost;
+  const host = config.mode === "server" ? serverHost(config.api || "api", config.choices) : staticHost;
   window.attrilens = mount(document.getElementById("attrilens-app"), documents, host);
 }
 
