@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from attrilens.cli import app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-VERBS = ["demo", "world", "train", "context", "index build", "trace", "inspect", "bench context",
-         "bench training", "bench inspect", "serve"]
+VERBS = ["demo", "world", "train", "models list", "models get", "models path", "context", "index build", "trace",
+         "inspect", "bench context", "bench training", "bench inspect", "serve"]
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -96,3 +96,25 @@ def test_lora_finetune_from_the_cli(tmp_path):
                 "--lora", "--epochs", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert any((tmp_path / "ft").rglob("adapter_model.safetensors"))
+
+
+def test_help_spells_names_with_hyphens_and_has_no_double_negation():
+    from attrilens.context import method_names
+    from attrilens.inspect import presets
+    from attrilens.training import TDA_METHODS
+
+    texts = {verb: CliRunner().invoke(app, [*verb.split(), "--help"], terminal_width=400).output
+             for verb in ("context", "index build", "inspect")}
+    assert all(n in " ".join(texts["context"].split()) for n in method_names())
+    assert all(n in " ".join(texts["index build"].split()) for n in TDA_METHODS.names())
+    assert all(n in " ".join(texts["inspect"].split()) for n in presets.PRESETS.names())
+    assert all("_" not in n for n in [*method_names(), *TDA_METHODS.names(), *presets.PRESETS.names()])
+    assert all("--no-no-" not in t for t in texts.values())
+
+
+def test_unknown_model_name_lists_the_registered_ones(tmp_path):
+    (tmp_path / "ctx.txt").write_text("One. Two.")
+    proc = _cli("context", "--model", "smollm3-1b", "--context-file", str(tmp_path / "ctx.txt"), "--query", "q", "--json")
+    _assert_one_line_error(proc, "does not exist", "smollm2-135m-instruct", "gemma3-270m")
+    proc = _cli("models", "get", "smollm3-1b")
+    _assert_one_line_error(proc, "Unknown model 'smollm3-1b'", "smollm2-135m-instruct")
