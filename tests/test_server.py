@@ -28,6 +28,10 @@ from attrilens.view.backend import LensBackend  # noqa: E402
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+BASE = "http://127.0.0.1:8765"  # the address `attrilens serve` prints; other Host headers are refused
+JSON = {"content-type": "application/json"}
+
+
 class SlowEcho:
     """Test double for the lenses: a result computed from the request alone, after a random delay."""
 
@@ -59,7 +63,7 @@ class SlowEcho:
 
 @pytest.fixture()
 def client():
-    return TestClient(create_app(SlowEcho(), report_dir=FIXTURES, max_body=2_000))
+    return TestClient(create_app(SlowEcho(), report_dir=FIXTURES, max_body=2_000), base_url=BASE)
 
 
 def test_page_embeds_the_report_documents_in_server_mode(client):
@@ -87,12 +91,12 @@ def test_oversized_bodies_get_413_declared_or_streamed(client):
         for _ in range(10):
             yield b"x" * 500
 
-    r = client.post("/api/trace", content=chunks())  # chunked: no Content-Length
+    r = client.post("/api/trace", content=chunks(), headers=JSON)  # chunked: no Content-Length
     assert r.status_code == 413
 
 
 def test_bad_requests_say_what_is_wrong(client):
-    r = client.post("/api/trace", content=b"{not json")
+    r = client.post("/api/trace", content=b"{not json", headers=JSON)
     assert r.status_code == 400 and "Body is not JSON" in r.json()["detail"]
     r = client.post("/api/trace", json={"prompt": "p", "span": [3, 1]})
     assert r.status_code == 400 and "span" in r.json()["detail"]
@@ -110,7 +114,7 @@ def test_bad_requests_say_what_is_wrong(client):
 
 
 def test_without_a_model_compute_endpoints_explain_how_to_start():
-    client = TestClient(create_app(LensBackend(None)))
+    client = TestClient(create_app(LensBackend(None)), base_url=BASE)
     r = client.post("/api/context", json={"context": "A b. C d.", "query": "q?", "response": " x"})
     assert r.status_code == 400 and "start the server with --model DIR" in r.json()["detail"]
     r = client.post("/api/inspect", json={"prompt": "Question: where?"})
@@ -146,7 +150,7 @@ def test_context_through_the_real_lens_and_span_rescoring():
     from attrilens.testing import tiny_lm
 
     lm = tiny_lm("llama", seed=random.randrange(1000))
-    client = TestClient(create_app(LensBackend(None, lm=lm)))
+    client = TestClient(create_app(LensBackend(None, lm=lm)), base_url=BASE)
     body = {"context": "Alpha likes tea. Beta likes milk. Gamma likes rain.", "query": "Who likes tea?",
             "response": " Alpha likes it"}
     full = client.post("/api/context", json=body)
@@ -175,3 +179,40 @@ def test_serve_verb_checks_its_directories_before_starting(tmp_path):
     assert "has no config.json. Pass a Hugging Face model directory" in str(r.exception)
     r = runner.invoke(app, ["serve", "--port", "70000"])
     assert "is not a TCP port" in str(r.exception)
+
+
+def test_requests_for_another_host_name_are_refused(client):
+    for url in ("/", "/api/documents"):
+        r = client.get(url, headers={"host": "attacker.example"})
+        assert r.status_code == 421 and "Host" in r.json()["detail"]
+    r = client.post("/api/trace", json={"prompt": "p"}, headers={"host": "attacker.example:8765"})
+    assert r.status_code == 421
+    assert client.get("/", headers={"host": "localhost:8765"}).status_code == 200
+    served_elsewhere = TestClient(create_app(SlowEcho(), host="192.168.1.5"), base_url="http://192.168.1.5:9000")
+    assert served_elsewhere.get("/api/health").status_code == 200
+
+
+def test_cross_site_posts_never_reach_the_model():
+    backend = SlowEcho()
+    calls = []
+    backend.trace = lambda req: calls.append(req) or {"schema": "attrilens/training/v1"}
+    client = TestClient(create_app(backend), base_url=BASE)
+    r = client.post("/api/trace", content=b'{"prompt": "p"}', headers={"content-type": "text/plain",
+                                                                        "origin": "http://evil.example"})
+    assert r.status_code == 403
+    r = client.post("/api/trace", content=b'{"prompt": "p"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+    r = client.post("/api/trace", json={"prompt": "p"}, headers={"origin": "http://evil.example"})
+    assert r.status_code == 403 and "Cross-origin" in r.json()["detail"]
+    assert calls == []
+    assert client.post("/api/trace", json={"prompt": "p"}, headers={"origin": BASE}).status_code == 200
+    assert len(calls) == 1
+
+
+def test_pages_cannot_be_framed_and_deep_json_is_a_400(client):
+    for r in (client.get("/"), client.get("/api/health"), client.post("/api/trace", json={"prompt": "p", "span": [0, 1]})):
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    deep = b"[" * 100_000 + b"]" * 100_000  # 200 kB: under the default body limit
+    r = TestClient(create_app(SlowEcho()), base_url=BASE).post("/api/trace", content=deep, headers=JSON)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["detail"]

@@ -127,6 +127,16 @@ def test_widget_carries_documents_and_answers_requests_through_the_backend():
     assert w.response["id"] == "3" and "prompt" in w.response["error"] and "Fix these fields" in w.response["error"]
 
 
+def test_widget_answers_a_request_whose_computation_crashes():
+    class Crashing(Recorder):
+        def trace(self, req):
+            raise RuntimeError("CUDA out of memory")
+
+    w = widget_for([], backend=Crashing())
+    w.request = {"id": "9", "kind": "trace", "payload": {"prompt": "Q?", "target": " A"}}
+    assert w.response["id"] == "9" and "RuntimeError: CUDA out of memory" in w.response["error"]
+
+
 def test_parse_names_the_bad_field_and_the_fix():
     with pytest.raises(AttrilensError, match=r"Bad trace request: span: .*0 <= start < end.*Fix these fields"):
         parse("trace", {"prompt": "p", "span": [5, 2]})

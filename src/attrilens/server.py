@@ -2,7 +2,9 @@
 
 It binds 127.0.0.1 by default, reads only the model, index and report directory it was started with (no request
 names a path), rejects bodies over `max_body` bytes with 413 and computes one request at a time, each with its own
-result, so concurrent requests never mix.
+result, so concurrent requests never mix. It answers only requests addressed to its own host names (DNS
+rebinding) and refuses POSTs that are not `application/json` or come from another origin (cross-site request
+forgery: a page elsewhere cannot make the browser run the model), and no other site may frame it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,33 @@ from attrilens.view.page import render_page
 
 DEFAULT_PORT = 8765
 MAX_BODY = 1_000_000  # bytes
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+SECURITY_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+                    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+def host_name(host_header: str) -> str:
+    """The host name of a Host header ("127.0.0.1:8765" → "127.0.0.1", "[::1]:80" → "::1"), lower case."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def refusal(request: Request, hosts: frozenset[str]) -> JSONResponse | None:
+    """Why this request must not be served (a response to send instead), or None when it may be."""
+    if host_name(request.headers.get("host", "")) not in hosts:
+        return JSONResponse({"detail": "Unknown Host header. Open the app at the address it was started on "
+                                       "(e.g. http://127.0.0.1:8765/)."}, status_code=421)
+    origin = request.headers.get("origin")
+    if origin is not None and origin not in (f"http://{request.headers['host']}", f"https://{request.headers['host']}"):
+        return JSONResponse({"detail": "Cross-origin requests are refused. Use the app's own page."}, status_code=403)
+    if request.method == "POST":
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            return JSONResponse({"detail": "POST bodies must be application/json. Send JSON with that "
+                                           "Content-Type."}, status_code=415)
+    return None
 
 
 def load_report(report_dir: Path | str | None) -> list[dict[str, Any]]:
@@ -58,19 +87,28 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 
 def create_app(backend: Backend | None = None, *, model_dir: Path | str | None = None, index_dir: Path | str | None = None,
-               report_dir: Path | str | None = None, max_body: int = MAX_BODY) -> FastAPI:
-    """The FastAPI app; `backend` defaults to the lenses on `model_dir`/`index_dir` (tests inject a double)."""
+               report_dir: Path | str | None = None, max_body: int = MAX_BODY, host: str = "127.0.0.1") -> FastAPI:
+    """The FastAPI app; `backend` defaults to the lenses on `model_dir`/`index_dir` (tests inject a double).
+
+    Requests must name `host` or a loopback name in their Host header."""
     backend = backend if backend is not None else LensBackend(model_dir, index_dir)
     documents = load_report(report_dir)
     compute_lock = threading.Lock()
     # the form offers the registered names (the request models check them again)
     choices = {"methods": method_names(), "presets": presets.PRESETS.names()}
     app = FastAPI(title="attrilens", docs_url=None, redoc_url=None, openapi_url=None)
+    hosts = frozenset({*LOCAL_HOSTS, host_name(host)})
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        response = refusal(request, hosts) or await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
         page = render_page(documents, title="attrilens", config={"mode": "server", "api": "api", "choices": choices})
-        return HTMLResponse(page, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
@@ -86,6 +124,8 @@ def create_app(backend: Backend | None = None, *, model_dir: Path | str | None =
                 doc = dispatch(backend, kind, payload)
         except AttrilensError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)
+        except RecursionError:
+            return JSONResponse({"detail": "The request is nested too deeply. Send a flat JSON object."}, status_code=400)
         return JSONResponse(doc)
 
     def endpoint(kind: str):
@@ -97,6 +137,9 @@ def create_app(backend: Backend | None = None, *, model_dir: Path | str | None =
                 payload = json.loads(body or b"null")
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 return JSONResponse({"detail": f"Body is not JSON ({exc}). Send a JSON object."}, status_code=400)
+            except RecursionError:
+                return JSONResponse({"detail": "The JSON body is nested too deeply. Send a flat JSON object."},
+                                    status_code=400)
             from starlette.concurrency import run_in_threadpool
 
             return await run_in_threadpool(answer, kind, payload)
@@ -118,6 +161,6 @@ def serve(model_dir: Path | str | None = None, index_dir: Path | str | None = No
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"warning: serving on {host}: anyone who can reach this address can run the model.\n")
-    app = create_app(model_dir=model_dir, index_dir=index_dir, report_dir=report_dir)
+    app = create_app(model_dir=model_dir, index_dir=index_dir, report_dir=report_dir, host=host)
     sys.stderr.write(f"attrilens: http://{host}:{port}/\n")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anywidget
@@ -41,3 +42,7 @@ class ResultWidget(anywidget.AnyWidget):
             self.response = {"id": req["id"], "document": clean(doc)}
         except AttrilensError as exc:
             self.response = {"id": req["id"], "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - the front end waits for an answer to every request
+            self.response = {"id": req["id"], "error": f"{type(exc).__name__}: {exc}. This is a bug in attrilens "
+                                                      "or the model; the traceback is in the notebook's log."}
+            logging.getLogger("attrilens").exception("widget request %s failed", req.get("kind"))
