@@ -118,3 +118,12 @@ def test_unknown_model_name_lists_the_registered_ones(tmp_path):
     _assert_one_line_error(proc, "does not exist", "smollm2-135m-instruct", "gemma3-270m")
     proc = _cli("models", "get", "smollm3-1b")
     _assert_one_line_error(proc, "Unknown model 'smollm3-1b'", "smollm2-135m-instruct")
+
+
+def test_non_utf8_corpus_and_an_out_that_is_a_file_are_one_line_errors(tmp_path):
+    corpus = tmp_path / "latin1.jsonl"
+    corpus.write_bytes(b'{"id": "a", "text": "caf\xe9"}\n')
+    _assert_one_line_error(_cli("train", "--corpus", str(corpus), "--out", str(tmp_path / "m")), "latin1.jsonl:1 is not UTF-8")
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    _assert_one_line_error(_cli("demo", "--out", str(taken)), "--out", "is an existing file")

@@ -15,8 +15,13 @@ def iter_jsonl_lines(path: Path | str) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise AttrilensError(f"File not found: {path}. Check the path (make one with `attrilens world`).")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise AttrilensError(f"{path}:{lineno} is not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}). "
+                                     "Save the file as UTF-8.") from None
             if not line.strip():
                 continue
             try:

@@ -22,7 +22,7 @@ from attrilens.demo.countries import country_facts, statement_corpus
 from attrilens.demo.index import DEMO_INDEX, training_section
 from attrilens.demo.paths import demo_model_dir, demo_world_dir
 from attrilens.demo.world import render_episode
-from attrilens.errors import AttrilensError
+from attrilens.errors import AttrilensError, ensure_output_dir
 from attrilens.inspect import InspectResult, presets
 from attrilens.jsonl import load_jsonl
 from attrilens.lm import LM
@@ -94,8 +94,7 @@ def run_demo(out: Path | str, *, model: str | None = None, max_new_tokens: int =
     that model (see the module docstring); the first run builds and caches its stand-in training index.
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(out)
     world = demo_world_dir()
     lm = LM.from_pretrained(str(demo_model_dir("target")) if model is None else model)
     _log(f"loaded {lm} in {time.perf_counter() - t0:.1f}s")
