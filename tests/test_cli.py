@@ -64,8 +64,7 @@ def test_prompt_longer_than_context(tmp_path):
     from attrilens.testing import tiny_lm
 
     lm = tiny_lm("gpt2")
-    lm.model.save_pretrained(tmp_path / "m")
-    lm.tokenizer.save_pretrained(tmp_path / "m")
+    lm.save_pretrained(tmp_path / "m")
     proc = _cli("inspect", "--model", str(tmp_path / "m"), "--prompt", "the " * 400, "--json")
     _assert_one_line_error(proc, "longer than the model's context")
 
@@ -88,8 +87,7 @@ def test_lora_finetune_from_the_cli(tmp_path):
     from attrilens.testing import tiny_lm
 
     lm = tiny_lm("llama")
-    lm.model.save_pretrained(tmp_path / "base")
-    lm.tokenizer.save_pretrained(tmp_path / "base")
+    lm.save_pretrained(tmp_path / "base")
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(f'{{"id": "d{i}", "text": "the capital of velmora is quenth {i}"}}\n' for i in range(6)))
     proc = _cli("train", "--corpus", str(corpus), "--out", str(tmp_path / "ft"), "--base", str(tmp_path / "base"),

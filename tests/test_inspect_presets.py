@@ -107,8 +107,7 @@ def test_cli_inspect_json_and_errors(tmp_path, lm):
     from attrilens.cli import app
 
     model_dir = tmp_path / "m"
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
+    lm.save_pretrained(model_dir)
     runner = CliRunner()
     out = runner.invoke(app, ["inspect", "--model", str(model_dir), "--prompt", "the capital of velmora",
                               "--preset", "token_identity", "--layer", "1", "--position", "-1", "--json"])

@@ -28,8 +28,7 @@ def lm():
 @pytest.fixture(scope="module")
 def model_dir(lm, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
-    lm.model.save_pretrained(out)
-    lm.tokenizer.save_pretrained(out)
+    lm.save_pretrained(out)
     return out
 
 

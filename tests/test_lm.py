@@ -152,8 +152,7 @@ def test_from_pretrained_errors(tmp_path):
 
 def test_save_load_roundtrip_and_fingerprint(tmp_path):
     lm = tiny_lm("llama", seed=1)
-    lm.model.save_pretrained(tmp_path)
-    lm.tokenizer.save_pretrained(tmp_path)
+    lm.save_pretrained(tmp_path)
     back = LM.from_pretrained(tmp_path)
     assert back.fingerprint() == lm.fingerprint()
     assert tiny_lm("llama", seed=2).fingerprint() != lm.fingerprint()

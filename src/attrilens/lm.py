@@ -278,6 +278,13 @@ class LM:
             raise AttrilensError(f"Cannot load the LoRA adapter in {str(path)!r} onto {base}: {exc}.") from exc
         return cls(inner.eval().to(kwargs["device"]), tokenizer, chat_template=kwargs["chat_template"], name=str(path))
 
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the model and its tokenizer as a Hugging Face directory that `LM.from_pretrained` loads."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
+
     # ------------------------------------------------------------------ facts
     @property
     def config(self):
