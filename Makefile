@@ -10,7 +10,7 @@ install:
 	$(PIP_INSTALL) -e .
 
 install-dev:
-	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) -e ".[dev,bench]"
 	bash scripts/install_chromium.sh
 
 demo: install

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,8 +119,10 @@ def test_hierarchical_prunes_visibly_and_scores_inside_the_pruned_context(llama)
     for i, s in enumerate(r.scores):
         if s is not None:
             assert abs(s - float(drop[i].sum())) <= 1e-4
-    # paragraph cost: P + 1 passes, then the pruned base pass and one per surviving sentence
-    assert r.cost.forward_passes == len(paragraphs) + 1 + 1 + (len(sentences) - len(pruned))
+    # paragraph cost: P + 1 passes, then the pruned base pass and one per surviving sentence, then the faithfulness
+    # report's one pass without context (the full and the pruned context were base passes already)
+    assert r.details["faithfulness_passes"] == 1
+    assert r.cost.forward_passes == len(paragraphs) + 1 + 1 + (len(sentences) - len(pruned)) + 1
 
 
 def test_proxy_equal_to_target_gives_the_target_scores(llama):
@@ -138,7 +143,9 @@ def test_proxy_pruning_confirms_the_proxy_top_k_with_the_target(llama):
     proxy_scores = torch.tensor([float("nan") if v is None else v for v in r.details["proxy_scores"]])
     top = sorted(torch.topk(torch.nan_to_num(proxy_scores, nan=-1e9), 3).indices.tolist())
     assert [i for i, v in enumerate(r.scores) if v is not None] == top
-    assert r.details["target_cost"]["forward_passes"] == 3 + 1
+    # K + 1 passes confirm the top-K; the faithfulness report adds LL(response | full context) and | no context)
+    assert r.details["faithfulness_passes"] == 2
+    assert r.details["target_cost"]["forward_passes"] == 3 + 1 + 2
     assert r.details["flops_proxy"] == (r.details["target_cost"]["tokens_computed"] * llama.n_params()
                                         + r.details["proxy_cost"]["tokens_computed"] * proxy.n_params())
 
@@ -164,18 +171,52 @@ def test_response_span_rescoring_matches_a_direct_computation(llama):
 
 
 def test_contextcite_recovers_a_planted_linear_model():
-    from attrilens.context.surrogate import fit, logit_target, random_masks
+    from attrilens.context.surrogate import fit, random_masks, sequence_logit
 
     masks = random_masks(10, 200, seed=3)
     assert masks.shape == (200, 10) and 0.35 < masks.mean() < 0.65
     w = torch.zeros(10, dtype=torch.float64)
     w[[2, 7]] = torch.tensor([1.5, -0.8], dtype=torch.float64)
     y = torch.from_numpy(masks) @ w + 0.01 * torch.randn(200, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    coef = fit(masks, y.numpy(), alpha=0.001)
-    assert abs(coef[2] - 1.5) < 0.05 and abs(coef[7] + 0.8) < 0.05 and abs(coef).sum() - abs(coef[[2, 7]]).sum() < 0.1
+    # the fit divides by the response length and multiplies back: weights are in the target's own units
+    coef = fit(masks, 4 * y.numpy(), 4, alpha=0.001)
+    assert abs(coef[2] - 6.0) < 0.2 and abs(coef[7] + 3.2) < 0.2 and abs(coef).sum() - abs(coef[[2, 7]]).sum() < 0.4
     lp = torch.tensor([[-0.5, -1.0]])
     p = torch.exp(torch.tensor(-1.5, dtype=torch.float64))
-    assert abs(logit_target(lp)[0] - float(torch.log(p / (1 - p))) / 2) < 1e-9
+    assert abs(sequence_logit(lp)[0] - float(torch.log(p / (1 - p)))) < 1e-9
+
+
+def package_fit(masks: np.ndarray, outputs: np.ndarray, n_tokens: int, alpha: float) -> np.ndarray:
+    """context-cite 0.0.4's LassoRegression.fit by hand: Lasso of outputs / T on standardised masks, rescaled."""
+    from sklearn.linear_model import Lasso
+
+    x = masks.astype(np.float32)
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    lasso = Lasso(alpha=alpha, random_state=0, fit_intercept=True).fit((x - mean) / scale, outputs / n_tokens)
+    return lasso.coef_ / scale * n_tokens
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_contextcite_masks_and_fit_are_the_context_cite_packages(seed: int):
+    from attrilens.context.surrogate import fit, random_masks
+
+    masks = random_masks(12, 40, seed=seed)
+    for i in (0, 17, 39):  # the package draws mask i with RandomState(seed + i)
+        expected = np.random.RandomState(seed + i).choice([False, True], size=12, p=[0.5, 0.5])
+        assert (masks[i] == expected).all()
+    rng = np.random.default_rng(seed)
+    outputs = masks @ rng.normal(size=12) * 3 + rng.normal(size=40)
+    ours = fit(masks, outputs, 5, alpha=0.01)
+    assert np.abs(ours - package_fit(masks, outputs, 5, 0.01)).max() <= 1e-4
+    assert np.abs(ours).max() > 0.5
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from context_cite.solver import LassoRegression  # importing it tries to download nltk data
+    except ImportError:
+        return  # the hand computation above stands in for the package
+    weights, _ = LassoRegression(0.01).fit(masks.astype(bool), outputs.astype(np.float32), 5)
+    assert np.abs(ours - weights).max() <= 1e-4
 
 
 def test_contextcite_is_seeded_and_rescorable(llama):
@@ -225,7 +266,7 @@ def test_attention_scores_are_attention_mass(arch: str):
 def test_json_schema_round_trip(llama):
     r = ContextAttributor(llama, method="hierarchical", top_k=1).attribute(random_context(18, 3), "bank?", " ada")
     d = r.to_dict()
-    assert list(d) == ["schema", "method", "query", "response", "sources", "cost"]
+    assert list(d) == ["schema", "method", "query", "response", "sources", "cost", "faithfulness"]
     assert d["schema"] == "attrilens/context/v1" and d["method"] == "cached+hierarchical"
     assert set(d["cost"]) == {"forward_passes", "tokens_computed", "seconds"}
     assert all(list(s) == ["index", "text", "start", "end", "level", "score"] for s in d["sources"])
@@ -327,3 +368,119 @@ def test_response_that_does_not_round_trip_is_refused():
 def test_bad_options_are_refused_with_the_fix(llama, kwargs, message):
     with pytest.raises(AttrilensError, match=message):
         ContextAttributor(llama, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- faithfulness
+def direct_ll(lm, prompt, context: str, response: str) -> float:
+    """LL(response | context) straight from lm.logprobs (no scorer, no cache)."""
+    return float(lm.logprobs([prompt(context)], [response])[0].sum())
+
+
+@pytest.mark.parametrize(("method", "options", "extra_passes"), [
+    ("hierarchical", {"top_k": 1}, 1),  # the full and kept contexts were base passes already; the empty one is new
+    ("proxy-pruning", {"top_k": 2}, 2),  # the target never ran the full context either: one more pass, counted
+    ("hierarchical+proxy-pruning", {"top_k": 2, "paragraph_k": 1}, 2),
+])
+def test_faithfulness_reports_ll_of_the_full_and_the_kept_context(llama, method: str, options: dict, extra_passes: int):
+    proxy = tiny_lm("llama", seed=98)
+    context, query, response = random_context(22, paragraphs=4), "bank?", " ada tolm"
+    r = ContextAttributor(llama, proxy, method=method, **options).attribute(context, query, response)
+    f = r.faithfulness
+    pruned = [i for i, v in enumerate(r.scores) if v is None]
+    assert pruned and f.kept_sources == [i for i, v in enumerate(r.scores) if v is not None]
+    prompt = ContextAttributor(llama).prompt(query)
+    src = Sources.split(context, "sentence")
+    assert f.ll_full == pytest.approx(direct_ll(llama, prompt, context, response), abs=1e-4)
+    assert f.ll_kept == pytest.approx(direct_ll(llama, prompt, src.ablate(pruned), response), abs=1e-4)
+    assert f.ll_empty == pytest.approx(direct_ll(llama, prompt, "", response), abs=1e-4)
+    assert r.details["faithfulness_passes"] == extra_passes
+    n_empty = len(llama.encode_prompt(prompt(""))) + len(llama.encode_response(response))
+    n_full = len(llama.encode_prompt(prompt(context))) + len(llama.encode_response(response))
+    assert r.details["faithfulness_tokens"] == n_empty + (n_full if extra_passes == 2 else 0)
+    doc = r.to_dict()["faithfulness"]
+    assert doc["ll_full"] == f.ll_full and doc["ll_kept"] == f.ll_kept and doc["kept_sources"] == f.kept_sources
+    allowed = max(1.0, 0.5 * (f.ll_full - f.ll_empty))
+    assert doc["tolerance"] == pytest.approx(allowed) and doc["supported"] is (f.ll_full - f.ll_kept <= allowed)
+    assert doc["warning"] is None  # random tiny weights: no sentence carries the response
+    assert ContextResult.from_json(r.to_json()).to_dict()["faithfulness"] == doc
+    # a response span is judged on its own tokens
+    start = len(" ada")
+    sub = r.for_response_span(start, len(response))
+    tokens = [t for t, (_, b) in enumerate(r.token_offsets) if b > start]
+    full_tokens = llama.logprobs([prompt(context)], [response])[0]
+    assert 0 < len(tokens) < len(full_tokens)
+    assert sub.faithfulness.ll_full == pytest.approx(float(full_tokens[tokens].sum()), abs=1e-4)
+
+
+def test_unpruned_results_report_the_full_context_only(llama):
+    context = random_context(23)
+    r = ContextAttributor(llama, method="cached").attribute(context, "bank?", " ada")
+    f = r.faithfulness
+    assert not f.pruned and f.supported and f.warning is None and f.ll_kept == f.ll_full
+    assert f.ll_full == pytest.approx(direct_ll(llama, ContextAttributor(llama).prompt("bank?"), context, " ada"), abs=1e-4)
+    g = ContextAttributor(llama, method="attention").attribute(context, "bank?", " ada").faithfulness
+    assert g.ll_full is None and g.supported and g.to_dict()["ll_full"] is None  # one pass, no log-likelihood
+
+
+@pytest.mark.parametrize(("ll_full", "ll_kept", "ll_empty", "supported"), [
+    (-4.6, -7.1, -27.6, True), (-4.6, -16.2, -27.6, False),  # half of the context's 23-nat support must stay
+    (-2.0, -2.9, -2.5, True), (-2.0, -3.1, -2.5, False),  # little support: 1 nat allowed
+    (-2.0, -2.9, 1.0, True),  # the context hurts the response: still 1 nat
+    (-5.0, -1.0, -9.0, True),  # a kept context may support the response better
+])
+def test_the_support_rule(ll_full: float, ll_kept: float, ll_empty: float, supported: bool):
+    from attrilens.context.faithfulness import Faithfulness
+
+    f = Faithfulness(ll_full, ll_kept, [0], 5, ll_empty)
+    assert f.supported is supported and (f.warning is None) is supported
+    if not supported:
+        assert "no longer supports the response" in f.warning and "1 of 5 sources" in f.warning
+
+
+def test_pruning_away_the_answering_sentence_warns():
+    # The shipped demo reader answers from its context; its proxy (which reads none of it) keeps one sentence that
+    # is not the answering one, and the kept context no longer supports the answer — the demo's failure.
+    from attrilens.bench.context import load_episodes
+    from attrilens.demo import paths
+    from attrilens.lm import LM
+
+    target, proxy = LM.from_pretrained(paths.demo_model_dir("target")), LM.from_pretrained(paths.demo_model_dir("proxy"))
+    e = load_episodes(paths.demo_world_dir(), 1, lm=target)[0]
+    response = f" {e['answer']}"
+    bad = ContextAttributor(target, proxy, method="proxy-pruning", top_k=1).attribute(e["context"], e["question"], response)
+    assert bad.faithfulness.kept_sources != [e["gold_sentence"]]  # the constructed case: the support is pruned
+    assert bad.faithfulness.supported is False and "no longer supports" in bad.warning
+    assert bad.to_dict()["faithfulness"]["warning"] == bad.warning
+    good = ContextAttributor(target, target, method="proxy-pruning", top_k=1).attribute(e["context"], e["question"], response)
+    assert good.faithfulness.kept_sources == [e["gold_sentence"]] and good.faithfulness.supported and good.warning is None
+
+
+# ---------------------------------------------------------------------------------------------- early-exit proxy
+def test_early_exit_proxy_end_to_end(llama):
+    proxy = llama.early_exit(1)
+    context, query, response = random_context(24), "bank?", " ada lumen"
+    r = ContextAttributor(llama, proxy, method="proxy-pruning", top_k=2).attribute(context, query, response)
+    assert r.details["retokenised"] is False and r.details["proxy_response_ids"] == llama.encode_response(response)
+    # the FLOP proxy counts the early exit at its k/L of the target's non-embedding parameters
+    assert proxy.n_params() == pytest.approx(llama.n_params() / 2, rel=0.05) and proxy.n_params() < llama.n_params()
+    assert r.details["flops_proxy"] == (r.details["target_cost"]["tokens_computed"] * llama.n_params()
+                                        + r.details["proxy_cost"]["tokens_computed"] * proxy.n_params())
+    # the proxy's ranking is the early-exit model's own exact LOO
+    direct = ContextAttributor(proxy, method="loo").attribute(context, query, response).scores
+    assert r.details["proxy_scores"] == pytest.approx(direct, abs=1e-4)
+    scores = ContextAttributor(llama, proxy, method="proxy").attribute(context, query, response).scores
+    assert scores == pytest.approx(direct, abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- peers
+def test_captum_feature_ablation_equals_naive_loo(llama):
+    pytest.importorskip("captum")
+    from attrilens.context.peers import captum_loo
+
+    context, query, response = random_context(25), "bank?", " ada tolm"
+    exact = ContextAttributor(llama, method="loo").attribute(context, query, response)
+    peer = captum_loo(llama, ContextAttributor(llama).prompt(query), Sources.split(context, "sentence"),
+                      llama.encode_response(response))
+    assert peer.details["same_prompt_ids"] and peer.forward_passes == exact.cost.forward_passes
+    assert peer.tokens == exact.cost.tokens_computed
+    assert max(abs(a - b) for a, b in zip(peer.scores, exact.scores, strict=True)) <= 1e-4

@@ -10,7 +10,14 @@ import random
 import pytest
 from typer.testing import CliRunner
 
-from attrilens.bench.context import default_settings, evaluate_episode, format_table, summarise
+from attrilens.bench.context import (
+    default_settings,
+    evaluate_episode,
+    first_sentence,
+    format_table,
+    is_correct,
+    summarise,
+)
 from attrilens.bench.metrics import average_precision, gold_hit, loo_outliers, ranking, spearman
 from attrilens.errors import AttrilensError
 from attrilens.testing import tiny_lm
@@ -68,6 +75,36 @@ def test_benchmark_rows_on_a_tiny_model():
     assert table.count("\n") == len(summary) + 1 and "| cached (exact) |" in table
 
 
+def test_answers_are_judged_by_whole_words_in_the_first_sentence():
+    assert is_correct(" Kaper", "Kaper") and is_correct("The capital of Kebir is Kaper.", "Kaper")
+    assert not is_correct("The capital of Kebir is Kebir.", "Kaper") and not is_correct(" Kapers", "Kaper")
+    assert is_correct("It is Sasvir Goser.", "Sasvir Goser")
+    assert first_sentence("The capital is Kaper. The money is the Pesvon.") == "The capital is Kaper."
+    assert first_sentence(" Kaper") == " Kaper" and first_sentence("Kaper.") == "Kaper."
+
+
+def test_benchmark_rows_for_several_proxies_and_peers():
+    target, proxy = tiny_lm("llama", seed=31), tiny_lm("llama", seed=32, width=16)
+    proxies = {"early-exit:1": target.early_exit(1), "small": proxy}
+    settings = default_settings(quick=True, proxies=list(proxies), peers=True)
+    labels = [s.label for s in settings]
+    for p in proxies:
+        assert f"proxy-pruning K=3 [{p}]" in labels
+    assert "captum FeatureAblation (naive LOO)" in labels and "context-cite package n=16" in labels
+    episode = {"id": "ep-y", "context": random_context(4), "question": "bank?", "answer": "ada", "gold_sentence": 1}
+    e = evaluate_episode(target, proxies, episode, settings, batch_size=4, response=" ada", gen_seconds=1.0)
+    assert e["response"] == " ada" and e["correct"]
+    # the package always applies a chat template, which the tiny model has not: skipped, and said so
+    assert "chat template" in e["skipped"]["context-cite package n=16"]
+    rows = e["rows"]
+    assert rows["proxy-pruning K=3 [early-exit:1]"]["flops"] < rows["loo (naive, exact)"]["flops"]
+    if "captum FeatureAblation (naive LOO)" in rows:  # captum installed
+        assert rows["captum FeatureAblation (naive LOO)"]["max_abs_diff"] <= 1e-4
+    summary = summarise([e], settings)
+    assert {r["setting"] for r in summary} == set(rows)
+    assert all(0 <= r["unsupported"] <= 1 for r in summary if r["setting"].startswith("proxy-pruning"))
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     lm = tiny_lm("llama", seed=41)
@@ -109,3 +146,38 @@ def test_cli_bad_input_names_the_fix(model_dir, tmp_path, args, message):
         args = ["--context-file", str(tmp_path / args[1])]
     result = CliRunner().invoke(app, base + args)
     assert isinstance(result.exception, AttrilensError) and message in str(result.exception)
+
+
+def test_cli_early_exit_proxy_pruning_reports_faithfulness(model_dir, tmp_path):
+    from attrilens.cli import app
+
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text(random_context(7), encoding="utf-8")
+    base = ["context", "--model", str(model_dir), "--context-file", str(ctx), "--query", "bank?", "--response", " ada",
+            "--method", "proxy-pruning", "--proxy", "early-exit:1", "--top-k", "2"]
+    result = CliRunner().invoke(app, [*base, "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["method"] == "cached+proxy-pruning" and len(doc["faithfulness"]["kept_sources"]) >= 2
+    assert {"ll_full", "ll_kept", "kept_sources", "supported", "warning"} <= set(doc["faithfulness"])
+    table = CliRunner().invoke(app, base)
+    assert table.exit_code == 0 and "faithfulness: LL(response | full context)" in table.stderr
+
+
+def test_cli_warns_when_pruning_removes_the_support(tmp_path):
+    from attrilens.bench.context import load_episodes
+    from attrilens.cli import app
+    from attrilens.demo import paths
+
+    e = load_episodes(paths.demo_world_dir(), 1)[0]
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text(e["context"], encoding="utf-8")
+    args = ["context", "--model", str(paths.demo_model_dir("target")), "--proxy", str(paths.demo_model_dir("proxy")),
+            "--context-file", str(ctx), "--query", e["question"], "--response", f" {e['answer']}",
+            "--method", "proxy-pruning", "--top-k", "1"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    warning = json.loads(result.stdout)["faithfulness"]["warning"]
+    assert warning and "no longer supports the response" in warning and f"WARNING: {warning}" in result.stderr
+    table = CliRunner().invoke(app, args)
+    assert "WARNING: The kept context (1 of" in table.stderr and "WARNING" not in table.stdout

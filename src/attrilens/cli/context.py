@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,9 @@ from attrilens.cli.loading import MODEL_HELP, ChatTemplate, MaxNewTokens, load_l
 from attrilens.cli.output import JsonFlag, choices_help, emit
 from attrilens.context.spec import method_names
 from attrilens.errors import AttrilensError
+
+if TYPE_CHECKING:
+    from attrilens.context.result import ContextResult
 
 METHOD_HELP = ("An estimator, alone or with wrappers joined by '+' (e.g. cached+hierarchical+proxy-pruning; "
                "'loo' alone = naive exact LOO; default cached).")
@@ -25,6 +28,28 @@ def _read_context(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise AttrilensError(f"Context file {str(path)!r} is not UTF-8 text. Save it as UTF-8.") from None
+
+
+def faithfulness_lines(result: ContextResult) -> list[str]:
+    """The faithfulness report of a result as text lines: the two log-likelihoods when pruned, then any warning."""
+    f = result.faithfulness
+    if f is None:
+        return []
+    lines = []
+    if f.pruned and f.ll_full is not None and f.ll_kept is not None:
+        lines.append(f"faithfulness: LL(response | full context) = {f.ll_full:.3f}, LL(response | kept "
+                     f"{len(f.kept_sources)} of {f.n_sources} sources) = {f.ll_kept:.3f}"
+                     + ("" if f.ll_empty is None else f", LL(response | no context) = {f.ll_empty:.3f}") + " nats")
+    if f.warning:
+        lines.append(f"WARNING: {f.warning}")
+    return lines
+
+
+def report_faithfulness(result: ContextResult, as_json: bool) -> None:
+    """Print the faithfulness report on stderr (with --json only the warning: the JSON holds the numbers)."""
+    lines = faithfulness_lines(result)
+    for line in lines if not as_json else [x for x in lines if x.startswith("WARNING")]:
+        sys.stderr.write(line + "\n")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -57,24 +82,43 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         attributor = ContextAttributor(target, proxy_lm, method=method, level=level, top_k=top_k,
                                        batch_size=batch_size, n_ablations=n_ablations, seed=seed,
                                        max_new_tokens=max_new_tokens)
-        emit(attributor.attribute(text, query, response), as_json)
+        result = attributor.attribute(text, query, response)
+        emit(result, as_json)
+        report_faithfulness(result, as_json)
 
     @bench.command("context")
     def bench_context(
         model: Annotated[str | None, typer.Option(help=f"Target model (default: the demo target). {MODEL_HELP}")] = None,
-        proxy: Annotated[str | None, typer.Option(help="Proxy model: a name, a directory or early-exit:K "
-                                                      "(default: the demo proxy).")] = None,
+        proxy: Annotated[list[str] | None, typer.Option(
+            help="Proxy model: a name, a directory or early-exit:K (default: the demo proxy). Repeat it for one set "
+                 "of proxy rows per proxy, e.g. --proxy early-exit:6 --proxy early-exit:10.")] = None,
         world: Annotated[Path | None, typer.Option(help="World directory with episodes.jsonl (default: the demo world).")] = None,
-        episodes: Annotated[int, typer.Option(help="Held-out episodes (with >= 20 sentences) to evaluate.")] = 50,
+        episodes: Annotated[int, typer.Option(help="Answered held-out episodes (with >= 20 sentences) to attribute.")] = 50,
+        screen: Annotated[int | None, typer.Option(help="Held-out episodes the model answers greedily first "
+                                                        "(default: twice --episodes).")] = None,
         quick: Annotated[bool, typer.Option(help="A fast smoke run: 6 episodes, fewer settings.")] = False,
+        peers: Annotated[bool, typer.Option("--peers/--no-peers", help="Add captum and context-cite rows when "
+                                                                       "installed (the bench extra).")] = True,
+        batch_size: Annotated[int, typer.Option(help="Ablated prompts per forward pass.")] = 8,
+        max_new_tokens: Annotated[int | None, typer.Option(help="Most tokens of a greedy answer (default: 8, or 32 "
+                                                                "with a chat template).")] = None,
+        chat_template: ChatTemplate = None,
         out: Annotated[Path | None, typer.Option(help="Also write context-bench.md and context-bench.json here.")] = None,
         threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
         as_json: JsonFlag = False,
     ) -> None:
-        """Faithfulness to exact target LOO and cost ratios vs naive LOO, for every method and setting."""
+        """Faithfulness to exact target LOO and cost ratios vs naive LOO, for every method, setting and peer."""
         from attrilens.bench.context import run_benchmark
 
-        report = run_benchmark(model=model, proxy=proxy, world=world, n_episodes=episodes, quick=quick, threads=threads)
+        target = load_lm(model, chat_template) if model is not None else None
+        proxies = None
+        if proxy:
+            if target is None:
+                raise AttrilensError("--proxy needs --model (the demo target comes with its own proxy).")
+            proxies = {p: load_proxy(p, target) for p in proxy}
+        report = run_benchmark(model=target, proxy=proxies, world=world, n_episodes=episodes, quick=quick,
+                               threads=threads, n_screen=screen, peers=peers, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens)
         sys.stdout.write(report.to_json() + "\n" if as_json else report.to_text())
         if out is not None:
             report.write(out)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from attrilens.context.faithfulness import Faithfulness
+from attrilens.context.loo import Scorer
 from attrilens.context.pipeline import Pipeline
 from attrilens.context.result import ContextResult, SourceScore
 from attrilens.context.run import AttributionRun
@@ -104,6 +106,7 @@ class ContextAttributor:
         run = AttributionRun(self.lm, self.proxy, prompt, src, response, rids, batch_size=self.batch_size,
                              scorer_class=self.pipeline.scorer_class, details=details)
         estimate = self.pipeline.run(run)
+        faithfulness = self.faithfulness(run, estimate.scores)
         target_cost, proxy_cost = run.cost, run.proxy_cost
         cost = Cost(target_cost.forward_passes + proxy_cost.forward_passes,
                     target_cost.tokens_computed + proxy_cost.tokens_computed, target_cost.seconds + proxy_cost.seconds)
@@ -117,4 +120,33 @@ class ContextAttributor:
         token_ids = run.token_ids if run.token_ids is not None else rids
         return ContextResult(self.spec.name, query, response, sources, cost,
                              token_offsets=response_token_offsets(token_lm, token_ids), rescorer=estimate.rescorer,
-                             details=details)
+                             details=details, faithfulness=faithfulness)
+
+    def faithfulness(self, run: AttributionRun, scores: list[float | None]) -> Faithfulness:
+        """LL(r | full context), LL(r | the kept context) and, when pruned, LL(r | no context) under the target.
+
+        The full and kept contexts usually were base passes of the run already (reused); what a pruned result
+        misses (proxy pruning never runs the full context; no method runs the empty one) runs now, in one batch,
+        counted in the target's cost (`details["faithfulness_passes"]`). Unpruned results report what their passes
+        computed (None for one-pass baselines and proxy scores).
+        """
+        kept = [i for i, v in enumerate(scores) if v is not None]
+        pruned = [i for i, v in enumerate(scores) if v is None]
+        full_context = run.sources.context
+        known = run.target_logprobs
+        per_token = run.token_lm is None or list(run.token_ids or []) == list(run.response_ids)
+        if not pruned:
+            full = known.get(full_context)
+            full = full.tolist() if full is not None and per_token else None
+            return Faithfulness.from_tokens(full, full, kept, len(scores))
+        contexts = (full_context, run.sources.ablate(pruned), run.sources.ablate(range(len(scores))))
+        missing = [c for c in dict.fromkeys(contexts) if c not in known]
+        tokens_before = run.cost.tokens_computed
+        if missing:
+            scorer = Scorer(self.lm, run.prompt, run.response_ids, batch_size=self.batch_size, cost=run.cost)
+            for c, lp in zip(missing, scorer.score(missing), strict=True):
+                known[c] = lp
+        run.details["faithfulness_passes"] = len(missing)
+        run.details["faithfulness_tokens"] = run.cost.tokens_computed - tokens_before
+        full, kept_lp, empty = (known[c].tolist() for c in contexts)
+        return Faithfulness.from_tokens(full, kept_lp, kept, len(scores), empty)

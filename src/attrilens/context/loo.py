@@ -4,7 +4,8 @@
 prompt from scratch (batched, padded). The cached scorer runs the base prompt + response once, keeps its
 KV cache, and for each ablated prompt recomputes only the tokens from the first one that differs (AttriBoT),
 with the suffixes of one batch continued from the shared cache in a single forward (`LM.extend`).
-Asking a scorer for the base of the context it last based on reuses that result (no new pass).
+Asking a scorer for the base of the context it last based on reuses that result (no new pass). A scorer given
+a `record` dict stores every base it computes there (context -> per-token log p), for the faithfulness report.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Scorer:
     cached = False
 
     def __init__(self, lm: LM, prompt: Callable[[str], str], response_ids: Sequence[int], *, batch_size: int = 8,
-                 cost: Cost | None = None, progress: bool = False):
+                 cost: Cost | None = None, progress: bool = False, record: dict[str, torch.Tensor] | None = None):
         self.lm = lm
         self.prompt = prompt
         self.response_ids = list(response_ids)
@@ -39,6 +40,7 @@ class Scorer:
         self.progress = progress
         self.base_context: str | None = None
         self.base_logprobs: torch.Tensor | None = None
+        self.record = record
 
     def encode(self, context: str) -> list[int]:
         """The prompt ids for a context (the prompt plus the response must fit the model)."""
@@ -51,7 +53,13 @@ class Scorer:
         if context != self.base_context:
             self.base_logprobs = self.score([context])[0]
             self.base_context = context
+            self._keep(context)
         return self.base_logprobs
+
+    def _keep(self, context: str) -> None:
+        """Store the base just computed in `record` (when given)."""
+        if self.record is not None:
+            self.record[context] = self.base_logprobs
 
     def score(self, contexts: Sequence[str]) -> torch.Tensor:
         """[len(contexts), T] per-token log p of the response under each context."""
@@ -69,6 +77,7 @@ class CachedScorer(Scorer):
     """AttriBoT cached LOO: reuse the base pass's KV cache up to the first token an ablation changes."""
 
     cached = True
+    max_padding = 0.125  # of a batch's positions (see `length_batches`)
 
     def base(self, context: str) -> torch.Tensor:
         """Per-token log p under `context`, keeping the KV cache of prompt + response for the ablations."""
@@ -82,7 +91,12 @@ class CachedScorer(Scorer):
             self.cost.add(1, len(full))
             self.base_logprobs = _token_logprobs(self.prefix.logits[0], self.response_ids)
             self.base_context = context
+            self._keep(context)
         return self.base_logprobs
+
+    def groups(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Suffixes continued in one forward: similar lengths (padding costs as much as a token), batch_size rows."""
+        return length_batches(lengths, self.batch_size, self.max_padding)
 
     def keep_length(self, prompt_ids: Sequence[int]) -> int:
         """How many leading tokens of the base pass an ablated prompt can reuse (0: none, run it from scratch)."""
@@ -110,7 +124,7 @@ class CachedScorer(Scorer):
             T = len(self.response_ids)
             reuse = [i for i, k in enumerate(keep) if k >= 1]
             suffix = {i: ids[i][keep[i] :] + self.response_ids for i in reuse}
-            for group in length_batches([len(suffix[i]) for i in reuse], self.batch_size):
+            for group in self.groups([len(suffix[i]) for i in reuse]):
                 rows = [reuse[g] for g in group]
                 # the suffix column whose logit predicts response token 0, then the T - 1 after it
                 first = [len(ids[i]) - 1 - keep[i] for i in rows]

@@ -13,6 +13,8 @@ from attrilens.spans import Sources
 def same_tokenizer(a: LM, b: LM) -> bool:
     """True when both models map text to the same ids (same vocabulary and special tokens)."""
     ta, tb = a.tokenizer, b.tokenizer
+    if ta is tb:  # an early-exit proxy shares its target's tokenizer
+        return True
     return ta.get_vocab() == tb.get_vocab() and ta.all_special_tokens == tb.all_special_tokens
 
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from attrilens.context.faithfulness import Faithfulness
 from attrilens.errors import AttrilensError
 from attrilens.results import Cost, Result, Timer
 
@@ -58,6 +59,13 @@ class ContextResult(Result):
     token_offsets: list[tuple[int, int]] = field(default_factory=list, repr=False, compare=False)
     rescorer: TokenRescorer | None = field(default=None, repr=False, compare=False)
     details: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # LL(response | full context) vs LL(response | the kept context the scores were computed in), and a warning.
+    faithfulness: Faithfulness | None = field(default=None, compare=False)
+
+    @property
+    def warning(self) -> str | None:
+        """The faithfulness warning: set when pruning left a context that no longer supports the response."""
+        return self.faithfulness.warning if self.faithfulness is not None else None
 
     # ------------------------------------------------------------------ views
     @property
@@ -99,11 +107,13 @@ class ContextResult(Result):
             token_offsets=[(x - a, y - a) for x, y in (self.token_offsets[t] for t in tokens)],
             rescorer=lambda sub: self.rescorer([tokens[i] for i in sub]),
             details={**self.details, "response_span": [a, b]},
+            faithfulness=None if self.faithfulness is None else self.faithfulness.for_tokens(tokens),
         )
 
     # ------------------------------------------------------------------ JSON / pandas
     def to_dict(self) -> dict[str, Any]:
-        """The "attrilens/context/v1" document, with the whole cost record (extras included)."""
+        """The "attrilens/context/v1" document, with the whole cost record (extras included) and the faithfulness
+        record (null when unknown)."""
         return {
             "schema": self.SCHEMA,
             "method": self.method,
@@ -111,6 +121,7 @@ class ContextResult(Result):
             "response": self.response,
             "sources": [s.to_dict() for s in self.sources],
             "cost": self.cost.to_dict(),
+            "faithfulness": None if self.faithfulness is None else self.faithfulness.to_dict(),
         }
 
     @classmethod
@@ -119,7 +130,9 @@ class ContextResult(Result):
         try:
             sources = [SourceScore(int(s["index"]), s["text"], int(s["start"]), int(s["end"]), s["level"],
                                    None if s["score"] is None else float(s["score"])) for s in d["sources"]]
-            return cls(d["method"], d["query"], d["response"], sources, Cost.from_dict(d.get("cost", {})))
+            faith = d.get("faithfulness")
+            return cls(d["method"], d["query"], d["response"], sources, Cost.from_dict(d.get("cost", {})),
+                       faithfulness=None if faith is None else Faithfulness.from_dict(faith))
         except (KeyError, TypeError, ValueError) as exc:
             raise AttrilensError(f"Malformed attrilens/context/v1 document ({exc!r}). Pass what to_json() wrote.") from exc
 

@@ -40,13 +40,20 @@ class AttributionRun:
     # The model and ids whose tokens the per-token columns count, when not the target's (proxy scores).
     token_lm: LM | None = None
     token_ids: list[int] | None = None
+    # Per-token log p of the response under the target, by context, from every base pass a target scorer ran.
+    target_logprobs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def scorer(self, lm: LM | None = None, response_ids: Sequence[int] | None = None,
                cost: Cost | None = None) -> Scorer:
-        """A fresh scorer of the response under `lm` (default: the target, its ids and cost), naive or cached."""
+        """A fresh scorer of the response under `lm` (default: the target, its ids and cost), naive or cached.
+
+        A scorer of the target's response records its base passes in `target_logprobs`.
+        """
         if self.scorer_class is None:
             raise AttrilensError("This context method asked for a scorer without declaring uses_scorer = True. "
                                  "Set uses_scorer = True on the method class.")
-        return self.scorer_class(lm if lm is not None else self.lm, self.prompt,
-                                 self.response_ids if response_ids is None else response_ids,
-                                 batch_size=self.batch_size, cost=self.cost if cost is None else cost)
+        lm = lm if lm is not None else self.lm
+        ids = self.response_ids if response_ids is None else list(response_ids)
+        record = self.target_logprobs if lm is self.lm and ids == self.response_ids else None
+        return self.scorer_class(lm, self.prompt, ids, batch_size=self.batch_size,
+                                 cost=self.cost if cost is None else cost, record=record)

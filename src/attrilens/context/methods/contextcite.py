@@ -1,4 +1,9 @@
-"""ContextCite (baseline; Cohen-Wang et al. 2024): random ablation masks, a sparse linear fit of the response's logit."""
+"""ContextCite (baseline; Cohen-Wang et al. 2024): random ablation masks, a sparse linear fit of the response's logit.
+
+The estimator is the `context-cite` package's (0.0.4): its masks for the same n and seed, its logit target and its
+Lasso on standardised masks rescaled by the response length (see `attrilens.context.surrogate`); the same masks
+and log-probabilities give the package's weights up to the solver's tolerance.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,13 @@ import numpy as np
 
 from attrilens.context.methods.base import CONTEXT_METHODS, ContextMethod, Estimate
 from attrilens.context.run import AttributionRun
-from attrilens.context.surrogate import fit, logit_target, random_masks
+from attrilens.context.surrogate import fit, random_masks, sequence_logit
 from attrilens.errors import AttrilensError
 
 
 @dataclass(frozen=True)
 class ContextCiteOptions:
-    """n_ablations random masks (seeded by seed), Lasso penalty alpha."""
+    """n_ablations random masks (mask i drawn with seed + i, keep probability 0.5), Lasso penalty alpha."""
 
     n_ablations: int = 64
     alpha: float = 0.01
@@ -33,7 +38,8 @@ class ContextCiteOptions:
 class ContextCite(ContextMethod):
     """ContextCite: the Lasso weights of the response's logit on random source-keep masks."""
 
-    summary = "baseline (Cohen-Wang et al. 2024): Lasso of the response's logit on n_ablations random keep-masks"
+    summary = ("baseline (Cohen-Wang et al. 2024; the context-cite package's estimator): Lasso of the response's logit "
+               "on n_ablations random keep-masks")
     Options = ContextCiteOptions
     uses_scorer = True
 
@@ -48,6 +54,7 @@ class ContextCite(ContextMethod):
         logprobs = scorer.score(contexts)
 
         def rescore(tokens: Sequence[int]) -> list[float | None]:
-            return fit(masks, logit_target(logprobs[:, list(tokens)]), alpha=o.alpha).tolist()
+            tokens = list(tokens)
+            return fit(masks, sequence_logit(logprobs[:, tokens]), len(tokens), alpha=o.alpha).tolist()
 
         return Estimate(rescore(range(logprobs.shape[1])), rescore)

@@ -50,7 +50,8 @@ class Hierarchical(DropsWrapper):
     """Paragraph-level drops first; fine drops only inside the kept paragraphs (the others get None).
 
     Cost: P + 1 passes for the paragraphs, then one per surviving source (+1 base pass for the pruned
-    context unless every paragraph is kept, when the scorer reuses the full pass).
+    context unless every paragraph is kept, when the scorer reuses the full pass); when it prunes, the
+    faithfulness report adds one short pass without context (see `attrilens.context.faithfulness`).
     """
 
     summary = "paragraph LOO, keep the top-K paragraphs, sentence LOO inside them only"

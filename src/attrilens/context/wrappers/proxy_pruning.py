@@ -31,7 +31,8 @@ class ProxyPruningOptions:
 class ProxyPruning(DropsWrapper):
     """Target drops of the proxy's global top-K sources inside the context pruned to them (others: None).
 
-    score(s) = LL_target(r | C_K) − LL_target(r | C_K ∖ s), C_K = the context of the top-K; K + 1 target passes.
+    score(s) = LL_target(r | C_K) − LL_target(r | C_K ∖ s), C_K = the context of the top-K; K + 1 target passes,
+    and 2 more for the faithfulness report (LL of the response under the full context and under none).
     """
 
     summary = "the proxy ranks the sources, the target confirms its top-K exactly"
