@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import random
 
 import numpy as np
 import pytest
@@ -15,21 +14,10 @@ from attrilens.context import ContextAttributor, ContextResult, parse_method
 from attrilens.context.loo import CachedScorer, Scorer, loo
 from attrilens.errors import AttrilensError
 from attrilens.spans import Sources
-from attrilens.testing import ARCHS, tiny_lm
+from attrilens.testing import ARCHS, random_context, tiny_lm
+from attrilens.testing import CONTEXT_WORDS as WORDS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-WORDS = "the capital of velmora is quenth founded bank ada zorvia currency lumen tolm ostra kesh cat hello".split()
-
-
-def random_context(seed: int, paragraphs: int = 3) -> str:
-    rng = random.Random(seed)
-    return "\n\n".join(
-        " ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))).capitalize() + "."
-                 for _ in range(rng.randint(2, 3)))
-        for _ in range(paragraphs)
-    )
-
 
 def drop_matrix(lm, method: str, context: str, query: str, response: str, **kw) -> torch.Tensor:
     """The per-token drop matrix [S, T] of a LOO-family attribution, from its re-scorer (NaN rows: pruned)."""

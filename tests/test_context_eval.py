@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 
 import pytest
 from typer.testing import CliRunner
@@ -20,17 +19,10 @@ from attrilens.bench.context import (
 )
 from attrilens.bench.metrics import average_precision, gold_hit, loo_outliers, ranking, spearman
 from attrilens.errors import AttrilensError
+from attrilens.testing import random_context as _random_context
 from attrilens.testing import tiny_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-WORDS = "the capital of velmora is quenth founded bank ada zorvia currency lumen tolm ostra kesh".split()
-
-
-def random_context(seed: int, paragraphs: int = 3) -> str:
-    rng = random.Random(seed)
-    return "\n\n".join(" ".join(" ".join(rng.choice(WORDS) for _ in range(3)).capitalize() + "." for _ in range(2))
-                       for _ in range(paragraphs))
 
 
 def test_outliers_are_above_mean_plus_two_std():
@@ -181,3 +173,7 @@ def test_cli_warns_when_pruning_removes_the_support(tmp_path):
     assert warning and "no longer supports the response" in warning and f"WARNING: {warning}" in result.stderr
     table = CliRunner().invoke(app, args)
     assert "WARNING: The kept context (1 of" in table.stderr and "WARNING" not in table.stdout
+
+
+def random_context(seed: int, paragraphs: int = 3) -> str:
+    return _random_context(seed, paragraphs, sentences=2, words=3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,17 +26,10 @@ from attrilens.context.loo import Scorer
 from attrilens.errors import AttrilensError
 from attrilens.results import Cost
 from attrilens.spans import Sources
+from attrilens.testing import random_context as _random_context
 from attrilens.testing import tiny_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-WORDS = "the capital of velmora is quenth founded bank ada zorvia currency lumen tolm ostra kesh".split()
-
-
-def random_context(seed: int, paragraphs: int = 3) -> str:
-    rng = random.Random(seed)
-    return "\n\n".join(" ".join(" ".join(rng.choice(WORDS) for _ in range(3)).capitalize() + "." for _ in range(2))
-                       for _ in range(paragraphs))
 
 
 @dataclass(frozen=True)
@@ -258,3 +250,7 @@ def test_the_benchmark_grid_reads_one_pass_estimators_from_the_registry(toy_firs
     budget = budget_table(summary).to_dict(orient="records")
     assert budget == [{"budget (passes)": 16.0, "baseline": "cc", "baseline mAP": 0.5,
                        "best LOO-family setting within budget": "x", "its passes": 10.0, "its mAP": 1.0}]
+
+
+def random_context(seed: int, paragraphs: int = 3) -> str:
+    return _random_context(seed, paragraphs, sentences=2, words=3)

@@ -10,6 +10,7 @@ import torch
 from attrilens.lm import LM
 
 ARCHS = ("gpt2", "gpt_neox", "llama", "qwen2", "mistral", "gemma", "gemma3")
+CONTEXT_WORDS = "the capital of velmora is quenth founded bank ada zorvia currency lumen tolm ostra kesh cat hello".split()
 
 _WORDS = (
     "the capital of velmora is quenth . who founded the bank ? answer : context paragraph sentence "
@@ -36,6 +37,21 @@ def tiny_tokenizer():
     )
     tok.train_from_iterator(lines, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|pad|>")
+
+
+def random_context(seed: int, paragraphs: int = 3, *, sentences: int | tuple[int, int] = (2, 3),
+                   words: int | tuple[int, int] = (2, 5)) -> str:
+    """A fresh random context of `paragraphs` paragraphs of sentences drawn from CONTEXT_WORDS (a count or a
+    (low, high) range each), so that context tests never run on one hand-picked input."""
+    rng = random.Random(seed)
+
+    def count(n: int | tuple[int, int]) -> int:
+        return n if isinstance(n, int) else rng.randint(*n)
+
+    def sentence() -> str:
+        return " ".join(rng.choice(CONTEXT_WORDS) for _ in range(count(words))).capitalize() + "."
+
+    return "\n\n".join(" ".join(sentence() for _ in range(count(sentences))) for _ in range(paragraphs))
 
 
 def tiny_config(arch: str, *, layers: int = 2, width: int = 32, vocab: int = 300, max_len: int = 256):
