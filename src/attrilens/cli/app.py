@@ -33,9 +33,22 @@ for module in (demo, models, context, training, patchscopes, serve):
 
 
 def main() -> None:
-    """Entry point: run the app, turning bad input into one line on stderr and exit code 2."""
+    """Entry point: run the app, turning bad input (ours, or a missing / mistyped option or an unknown verb, which
+    typer finds) into one line on stderr and exit code 2."""
     try:
-        app()
+        code = app(prog_name="attrilens", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors as typer re-exports them
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # `attrilens`, `attrilens bench`: help
+            typer.echo(ctx.get_help())
+            raise SystemExit(0) from None
+        where = f" See `{ctx.command_path} --help`." if ctx is not None else ""
+        sys.stderr.write(f"error: {exc.format_message().rstrip('.')}.{where}\n")
+        raise SystemExit(2) from None
+    except typer.Abort:
+        sys.stderr.write("error: interrupted.\n")
+        raise SystemExit(130) from None
     except AttrilensError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

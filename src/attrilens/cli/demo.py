@@ -9,7 +9,7 @@ import typer
 
 from attrilens.cli.loading import MaxNewTokens
 from attrilens.cli.output import JsonFlag, emit_summary
-from attrilens.errors import AttrilensError
+from attrilens.errors import AttrilensError, check_output_dir
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -24,6 +24,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Generate the synthetic fact world (entities, relations, documents, queries, reading episodes, copy lines)."""
         from attrilens.demo.world import make_world
 
+        check_output_dir(out)
         emit_summary(make_world(out, seed=seed), as_json)
 
     @app.command()
@@ -48,6 +49,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU; resumable. With --base --lora: LoRA fine-tune."""
         # unset options keep the defaults of whichever trainer runs (scratch: TrainConfig; --lora: finetune_lora)
         given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
+        check_output_dir(out)
         if lora or base is not None:
             if base is None or not lora:
                 raise AttrilensError("Fine-tuning needs both --base DIR and --lora. Pass both, or neither to train from scratch.")

@@ -28,7 +28,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         model_dir = models.get(model) if model in models.MODELS else None if model is None else Path(model)
         for name, path in (("--model", model_dir), ("--index", index), ("--report", report)):
             if path is not None and not path.is_dir():
-                raise AttrilensError(f"{name} {path} is not a directory. Pass an existing directory.")
+                what = "an existing directory" + (" or a registered model name" if name == "--model" else "")
+                raise AttrilensError(f"{name} {path} does not exist or is not a directory. Pass {what}.")
         if model_dir is not None and not (model_dir / "config.json").is_file():
             raise AttrilensError(f"--model {model} has no config.json. Pass a Hugging Face model directory.")
         if not 0 < port < 65536:

@@ -95,6 +95,9 @@ class ContextAttributor:
             raise AttrilensError("The query is empty. Pass the question the response answers (--query).")
         if not isinstance(context, str) or not context.strip():
             raise AttrilensError("The context is empty. Pass a non-empty context (--context-file).")
+        if response is not None and not response.strip():
+            raise AttrilensError("The response is empty or only whitespace. Pass the text to explain (--response), "
+                                 "or leave it out to explain the model's own answer.")
         src = self.sources(context, spans)
         details: dict[str, Any] = {}
         if response is None:

@@ -92,9 +92,11 @@ def check_int(name: str, value: Any, minimum: int | None = None) -> int:
     try:
         number = operator.index(value)
     except TypeError:
-        raise AttrilensError(f"{name} must be an integer, got {value!r}. Pass a whole number.") from None
+        raise AttrilensError(f"{name} must be an integer, got {value!r}. Pass a whole number "
+                             f"(--{name.replace('_', '-')}).") from None
     if minimum is not None and number < minimum:
-        raise AttrilensError(f"{name} must be at least {minimum}, got {number}. Pass {name} >= {minimum}.")
+        raise AttrilensError(f"{name} must be at least {minimum}, got {number}. "
+                             f"Pass {name} >= {minimum} (--{name.replace('_', '-')}).")
     return number
 
 
