@@ -216,3 +216,64 @@ def test_pages_cannot_be_framed_and_deep_json_is_a_400(client):
     deep = b"[" * 100_000 + b"]" * 100_000  # 200 kB: under the default body limit
     r = TestClient(create_app(SlowEcho()), base_url=BASE).post("/api/trace", content=deep, headers=JSON)
     assert r.status_code == 400 and "nested too deeply" in r.json()["detail"]
+
+
+def test_live_server_refuses_foreign_hosts_origins_and_deep_json_over_real_sockets():
+    """The same checks as above, through uvicorn and a real socket (DNS rebinding sends a foreign Host header)."""
+    backend = SlowEcho()
+    calls = []
+    backend.trace = lambda req: calls.append(req) or {"schema": "attrilens/training/v1"}
+    with LiveServer(create_app(backend)) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/api/health").status_code == 200
+        assert http.get("/", headers={"host": "attacker.example"}).status_code == 421
+        r = http.post("/api/trace", content=b'{"prompt": "p"}', headers={"content-type": "text/plain",
+                                                                      "origin": "http://evil.example"})
+        assert r.status_code == 403
+        assert http.post("/api/trace", json={"prompt": "p"}, headers={"origin": "http://evil.example"}).status_code == 403
+        assert http.post("/api/trace", content=b"[" * 50_000 + b"]" * 50_000, headers=JSON).status_code == 400
+        assert calls == []
+        assert http.post("/api/trace", json={"prompt": "p"}, headers={"origin": url}).status_code == 200
+    assert len(calls) == 1
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RSS is read from /proc")
+def test_load_8_clients_x_200_requests_no_errors_and_flat_memory():
+    """A bounded load test: 1,600 requests (results, bad requests, refusals mixed) all answered, and the server
+    process's memory after the second half is within 50 MiB of after the first (no per-request growth)."""
+    backend = SlowEcho()
+    statuses: list[int] = []
+    with LiveServer(create_app(backend, report_dir=FIXTURES)) as url:
+        def client_run(c: int, n: int) -> list[int]:
+            out = []
+            with httpx.Client(base_url=url, timeout=60) as http:
+                for i in range(n):
+                    kind = i % 4
+                    if kind == 0:
+                        r = http.post("/api/trace", json={"prompt": f"c{c}-{i}", "target": " t", "span": [0, 1]})
+                        assert r.status_code != 200 or r.json()["prompt"] == f"c{c}-{i}"
+                    elif kind == 1:
+                        r = http.post("/api/inspect", json={"prompt": "p", "layer": 99})
+                    elif kind == 2:
+                        r = http.get("/api/documents")
+                    else:
+                        r = http.get("/api/health", headers={"host": "attacker.example"})
+                    out.append(r.status_code)
+            return out
+
+        with ThreadPoolExecutor(8) as pool:
+            for half in range(2):
+                statuses += [s for run in pool.map(client_run, range(8), [100] * 8) for s in run]
+                if half == 0:
+                    rss_first = _rss_mib()
+        rss_second = _rss_mib()
+    assert len(statuses) == 1600 and not [s for s in statuses if s >= 500]
+    assert statuses.count(421) == 400 and statuses.count(200) >= 800
+    assert rss_second - rss_first < 50, (rss_first, rss_second)
