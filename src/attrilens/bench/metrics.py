@@ -1,4 +1,5 @@
-"""Every benchmark's metrics, once: rankings, Spearman (tie-aware), outlier mAP, retrieval (MRR, recall@k), greedy match.
+"""Every benchmark's metrics, once: rankings, Spearman (tie-aware), outlier mAP, retrieval (MRR, recall@k), greedy match,
+next-token agreement of a read-out with the model (precision@1, surprisal, KL).
 
 Scores may contain None or NaN for sources a method pruned: they rank below every scored one, tied.
 """
@@ -7,10 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from attrilens.errors import AttrilensError
+
+if TYPE_CHECKING:
+    import torch
 
 Scores = Sequence[float | None]
 
@@ -91,3 +96,21 @@ def greedy_match(completion: str, target: str) -> bool:
         return False
     rest = completion[len(target):]
     return not rest or not rest[0].isalnum()
+
+
+def next_token_agreement(readout_logits: torch.Tensor, final_logprobs: torch.Tensor,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row, how a read-out next-token distribution agrees with the model's own final one (Patchscopes §4.1):
+    (top-1 hit: read-out top-1 = final top-1, surprisal −log p_final(read-out top-1), KL(p_final ‖ p_read-out)),
+    in nats, as three [n] float tensors. `readout_logits` [n, V] logits; `final_logprobs` [n, V] log-softmaxed."""
+    import torch
+
+    if readout_logits.shape != final_logprobs.shape:
+        raise AttrilensError(f"Read-out logits {tuple(readout_logits.shape)} and final log-probabilities "
+                             f"{tuple(final_logprobs.shape)} differ in shape. Pass one row of each per position.")
+    logq = torch.log_softmax(readout_logits.float(), dim=-1)
+    top = logq.argmax(-1)
+    hit = (top == final_logprobs.argmax(-1)).float()
+    surprisal = -final_logprobs.gather(1, top[:, None])[:, 0]
+    kl = (final_logprobs.exp() * (final_logprobs - logq)).sum(-1)
+    return hit, surprisal, kl

@@ -53,7 +53,7 @@ class Report:
         """Markdown: the header, then a `## name` section with each table."""
         parts = [self.header] if self.header else []
         for name, frame in self.tables.items():
-            parts.append(f"## {name}\n\n{frame.to_markdown(index=False, floatfmt='.4g')}")
+            parts.append(f"## {name}\n\n{_whole_numbers_as_ints(frame).to_markdown(index=False, floatfmt='.4g')}")
         return "\n\n".join(parts) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,3 +72,18 @@ class Report:
         md.write_text(self.to_text(), encoding="utf-8")
         js.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         return [md, js]
+
+
+def _whole_numbers_as_ints(frame: Any) -> Any:
+    """Float columns holding only whole numbers (counts that became floats beside a NaN) as nullable ints, so
+    '.4g' does not print 20480 as 2.048e+04."""
+    import pandas as pd
+
+    out = frame.copy()
+    for col in out.columns:
+        values = out[col]
+        if pd.api.types.is_float_dtype(values) and values.notna().any():
+            finite = values.dropna()
+            if ((finite % 1) == 0).all() and finite.abs().max() < 2**53:
+                out[col] = values.astype("Int64")
+    return out

@@ -95,17 +95,22 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @bench.command("inspect")
     def bench_inspect(
-        model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo target model).")] = None,
+        model: Annotated[str | None, typer.Option(help=f"Model (default: the demo target model). {MODEL_HELP}")] = None,
         world: Annotated[Path | None, typer.Option(help="Fact-world directory (default: the demo world).")] = None,
+        suite: Annotated[str | None, typer.Option(
+            help="world: the fact world's texts and facts (default for the demo and local models); real: CPython "
+                 "documentation text and countryinfo facts (default for a registered real model).")] = None,
         quick: Annotated[bool, typer.Option(help="Fewer pairs and steps (a smoke run).")] = False,
         out: Annotated[Path | None, typer.Option(help="Also write inspect-bench.md and inspect-bench.json here.")] = None,
         save_lens: Annotated[Path | None, typer.Option(help="Write the tuned lens trained here (safetensors).")] = None,
+        threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
         as_json: JsonFlag = False,
     ) -> None:
-        """Patchscopes benchmark: precision@1/surprisal by layer, attribute extraction, multi-hop, speed."""
+        """Patchscopes benchmark: precision@1/surprisal by layer, attribute extraction vs a linear probe, speed
+        (and multi-hop on a fact world)."""
         from attrilens.bench.patchscopes import run_benchmark
 
-        report = run_benchmark(model, world, quick=quick, lens_out=save_lens)
+        report = run_benchmark(model, world, quick=quick, lens_out=save_lens, suite=suite, threads=threads)
         sys.stdout.write(report.to_json() + "\n" if as_json else report.to_text())
         if out is not None:
             report.write(out)

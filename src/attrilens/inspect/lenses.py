@@ -129,10 +129,12 @@ class LayerMaps(Mapping):
 
 # ---------------------------------------------------------------------------------------------- states
 def token_rows(lm: LM, texts: Sequence[str], *, max_tokens: int = 128) -> list[list[int]]:
-    """Token-id rows of texts (plain tokenisation, truncated to `max_tokens`, rows shorter than 2 dropped)."""
+    """Token-id rows of texts as the model reads plain text (no chat template, but its BOS when its tokenizer adds
+    one: Gemma without BOS is far off its training distribution), truncated to `max_tokens`, rows shorter than 2
+    dropped."""
     rows = []
     for t in texts:
-        ids = lm.tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens]
+        ids = lm.tokenizer(t, add_special_tokens=True)["input_ids"][:max_tokens]
         if len(ids) >= 2:
             rows.append(list(ids))
     if not rows:
