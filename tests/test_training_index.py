@@ -327,7 +327,23 @@ def test_cli_index_build_and_trace(model_dir, tmp_path, monkeypatch, capsys):
     code, out, err = run("index", "build", "--model", str(model_dir), "--corpus", str(corpus), "--out",
                          str(tmp_path / "t"), "--proj-dim", "64", "--block-len", "12", "--damping", "0.05", "--json")
     assert code == 0, err
-    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["options"]["damping"] == 0.05
+    man = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert man["options"]["damping"] == 0.05 and man["chat_template"] is False  # how queries were encoded
+    bare = tmp_path / "bare"  # a downloaded checkpoint: no optimizer state
+    bare.mkdir()
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name != "optimizer.safetensors":
+            (bare / f.name).write_bytes(f.read_bytes())
+    code, out, err = run("index", "build", "--model", str(bare), "--corpus", str(corpus), "--out", str(tmp_path / "e"),
+                         "--proj-dim", "64", "--block-len", "12", "--second-moments", "estimate", "--option",
+                         "moment_kind=adafactor", "--option", "moment_sample=4", "--json")
+    assert code == 0, err
+    assert json.loads(out)["second_moments"]["source"] == "estimated"
+    sm = json.loads((tmp_path / "e" / "manifest.json").read_text())["second_moments"]
+    assert sm["kind"] == "adafactor" and sm["sample"] == 4
+    code, out, err = run("index", "build", "--model", str(bare), "--corpus", str(corpus), "--out", str(tmp_path / "o"),
+                         "--proj-dim", "64", "--block-len", "12", "--second-moments", "optimizer")
+    assert code == 2 and "--second-moments estimate" in err and "--no-correction" in err
     code, out, err = run("trace", "--index", str(tmp_path / "i"), "--prompt", "who founded", "--target", " ada",
                          "--top-k", "3", "--tokens", "0", "--json")
     assert code == 0, err
@@ -337,3 +353,96 @@ def test_cli_index_build_and_trace(model_dir, tmp_path, monkeypatch, capsys):
     assert code == 2 and "exactly one of a target" in err and out == ""
     code, out, err = run("trace", "--index", str(tmp_path / "i"), "--prompt", "who", "--target", " a", "--tokens", "x")
     assert code == 2 and "--tokens must be comma-separated integers" in err
+
+
+@pytest.fixture(scope="module")
+def bare_dir(model_dir, tmp_path_factory):
+    """The same model as a downloaded checkpoint: weights and tokenizer, no optimizer state, no training.json."""
+    d = tmp_path_factory.mktemp("bare")
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name not in ("optimizer.safetensors", "training.json"):
+            (d / f.name).write_bytes(f.read_bytes())
+    return d
+
+
+@pytest.mark.parametrize("kind", ["adam", "adafactor"])
+def test_trackstar_estimates_second_moments_without_optimizer_state(lm, bare_dir, model_dir, tmp_path, monkeypatch, kind):
+    from attrilens.training import moments as mom
+    from attrilens.training.methods import trackstar
+
+    docs = _docs(14)
+    kw = dict(method="trackstar", proj_dim=200, block_len=16, model_dir=bare_dir, dtype="float32", use_r=False,
+              unit_norm=False, moment_kind=kind, moment_sample=6, moment_batch=4, progress=False)
+    idx = build_index(lm, docs, tmp_path / "est", **kw)
+    man = idx.manifest
+    assert man["second_moments"] == {"source": "estimated", "kind": kind, "sample": 6, "batch_size": 4, "eps": 1e-3,
+                                     "gradient": "per-batch", "loss": "mean token loss"}
+    assert man["options"]["second_moments"] == "auto"
+    # ground truth: the seeded sample's moments (rounded as stored) → 1/√(v + ε·v̄) → the corrected features
+    blocks = idx.corpus
+    rows = np.random.default_rng(0).permutation(len(blocks))[:6].tolist()
+    f = Featurizer(lm, proj_dim=200)
+    v = mom.estimate_second_moments(f, [Example.block(blocks.tokens[r]) for r in rows], kind=kind, batch_size=4)
+    f.set_scales(mom.moment_scales(mom.round_moments(v), 1e-3))
+    want = f.features([Example.block(t) for t in blocks.tokens])
+    got = np.load(tmp_path / "est" / "shards" / "shard-00000.npy")
+    assert np.allclose(got, want.numpy(), rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    plain = Featurizer(lm, proj_dim=200).features([Example.block(t) for t in blocks.tokens])
+    assert not np.allclose(got, plain.numpy(), rtol=1e-2)  # the correction changed the features
+    # reopening restores the stored moments (no new estimate), even where "auto" would now find optimizer state
+    q = Example.response(lm.encode_prompt("who founded the bank ?"), lm.encode_response(" ada"))
+    monkeypatch.setattr(trackstar, "estimate_second_moments", lambda *a, **k: pytest.fail("estimated again"))
+    for mdir in (bare_dir, model_dir):
+        again = TrainingIndex.open(tmp_path / "est", lm, model_dir=mdir)
+        assert np.array_equal(again.scores(q), idx.scores(q))
+    pre = (tmp_path / "est" / "preconditioner.safetensors").stat().st_size
+    n_weights = sum(o * i for o, i in f.shapes.values())
+    assert pre < 4 * n_weights if kind == "adafactor" else 2 * n_weights <= pre < 3 * n_weights  # bf16 per parameter
+
+
+def test_second_moments_auto_uses_the_optimizer_state_when_present(lm, model_dir, bare_dir, tmp_path):
+    docs = _docs(10)
+    kw = dict(method="trackstar", proj_dim=128, block_len=12, eval_queries=QUERIES, progress=False)
+    auto = build_index(lm, docs, tmp_path / "auto", model_dir=model_dir, **kw)
+    build_index(lm, docs, tmp_path / "opt", model_dir=model_dir, second_moments="optimizer", **kw)
+    assert auto.manifest["second_moments"] == {"source": "optimizer", "kind": "adam", "file": "optimizer.safetensors"}
+    assert _shard_bytes(tmp_path / "auto") == _shard_bytes(tmp_path / "opt")
+    est = build_index(lm, docs, tmp_path / "est", model_dir=model_dir, second_moments="estimate", **kw)
+    assert est.manifest["second_moments"]["source"] == "estimated"
+    assert _shard_bytes(tmp_path / "est") != _shard_bytes(tmp_path / "opt")
+    off = build_index(lm, docs, tmp_path / "off", model_dir=bare_dir, correction=False, **kw)
+    assert off.manifest["second_moments"] == {"source": None}
+    with pytest.raises(AttrilensError, match=r"No optimizer.safetensors in .*--second-moments estimate.*"
+                                             r"second_moments=\"estimate\".*--no-correction.*correction=False"):
+        build_index(lm, docs, tmp_path / "x", model_dir=bare_dir, second_moments="optimizer", **kw)
+    with pytest.raises(AttrilensError, match="--second-moments estimate"):
+        build_index(LM(lm.model, lm.tokenizer, name="no directory"), docs, tmp_path / "y", second_moments="optimizer", **kw)
+
+
+def test_build_resumed_after_the_estimate_is_byte_identical(lm, bare_dir, tmp_path, monkeypatch):
+    from attrilens.training.methods import trackstar
+
+    docs = _docs(12)
+    kw = dict(method="trackstar", proj_dim=128, block_len=12, shard_size=6, eval_queries=QUERIES, model_dir=bare_dir,
+              moment_sample=8, progress=False)
+    build_index(lm, docs, tmp_path / "clean", **kw)
+    _fail_on_write(monkeypatch, 1, _Boom())  # the moments are saved, the first raw shard too, then it dies
+    with pytest.raises(_Boom):
+        build_index(lm, docs, tmp_path / "resumed", **kw)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "resumed" / "manifest.json").read_text())["prepared"]
+    monkeypatch.setattr(trackstar, "estimate_second_moments", lambda *a, **k: pytest.fail("estimated again"))
+    build_index(lm, docs, tmp_path / "resumed", **kw)
+    assert _shard_bytes(tmp_path / "resumed") == _shard_bytes(tmp_path / "clean")
+
+
+def test_default_projection_size_follows_the_model(lm, tmp_path):
+    from attrilens.training.methods.gradient import GradientMethod
+    from attrilens.training.projection import default_proj_dim
+
+    idx = build_index(lm, _docs(6), tmp_path / "d", method="grad-cos", block_len=12, progress=False)
+    n_weights = len(Featurizer(lm, proj_dim=None).modules)
+    assert idx.manifest["options"]["proj_dim"] == default_proj_dim(n_weights) == GradientMethod.default_proj_dim(lm)
+    assert 0.9 * default_proj_dim(n_weights) <= idx.manifest["dim"] <= default_proj_dim(n_weights)
+    with pytest.raises(AttrilensError, match="proj_dim must be a positive integer, None or 'auto'"):
+        build_index(lm, _docs(6), tmp_path / "e", method="grad-cos", proj_dim="big", block_len=12, progress=False)

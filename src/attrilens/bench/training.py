@@ -4,7 +4,9 @@ Run `attrilens bench training [--model DIR --world DIR] [--quick] [--out DIR]`. 
 registry (`TDA_METHODS`, each class's `benchmark_variants`). Without a model it uses the demo target model when
 it exists, else trains (once, cached) a small Llama on a small fact world with the project's trainer, so that
 facts are memorised and gold documents are known. `attrilens bench training --damping-sweep` runs TrackStar's
-ridge sweep (`damping_sweep`) instead.
+ridge sweep (`damping_sweep`) instead. `attrilens bench training --real` (or `--model smollm2-135m-instruct`)
+runs `run_real_benchmark` on a downloaded model: country-fact statements with known gold documents, TrackStar
+with second moments estimated from the corpus, projection fidelity against exact layer-by-layer products.
 """
 
 from __future__ import annotations
@@ -82,24 +84,58 @@ def benchmark_query_sets(world_dir: Path, n_queries: int, rng: np.random.Generat
 class TailPatcher:
     """Δ log p(target | prompt) after one optimizer step on one training block (the run's final AdamW settings).
 
-    The step uses the saved second moments v: v' = β2 v + (1 − β2) g², θ ← θ − η (1 − β1) g / (√v' + ε) with η
-    the final learning rate and the mean-token loss of the block (as in training): the block's own contribution
-    to Adam's momentum (the momentum itself is not saved).
+    The step uses the second moments v: v' = β2 v + (1 − β2) g², θ ← θ − η (1 − β1) g / (√v' + ε) with η the
+    learning rate and the mean-token loss of the block (as in training): the block's own contribution to Adam's
+    momentum (the momentum itself is not saved). v and η are the saved optimizer state and final learning rate
+    (`from_optimizer_state`), or, for a downloaded model, v estimated from squared minibatch gradients of every
+    parameter over a corpus sample and a chosen η (`from_estimate`).
     """
 
-    def __init__(self, lm, model_dir: Path):
-        from safetensors.torch import load_file
-
-        info = json.loads((Path(model_dir) / "training.json").read_text())
-        opt = info["optimizer"]
-        self.lr, self.eps = float(opt["final_lr"]), float(opt["eps"])
-        self.beta1, self.beta2 = (float(b) for b in opt["betas"])
-        sq = load_file(str(Path(model_dir) / "optimizer.safetensors"))
+    def __init__(self, lm, v: dict[str, torch.Tensor], *, lr: float, eps: float = 1e-8,
+                 betas: tuple[float, float] = (0.9, 0.999)):
+        self.lr, self.eps = float(lr), float(eps)
+        self.beta1, self.beta2 = (float(b) for b in betas)
         self.lm = lm
         self.params = {n: p.detach() for n, p in lm.model.named_parameters()}
-        self.v = {n: sq[f"exp_avg_sq.{n}"].float() for n in self.params}
+        self.v = {n: v[n].float() for n in self.params}
         self.cache: dict[tuple, float] = {}
         self.base: dict = {}
+
+    @classmethod
+    def from_optimizer_state(cls, lm, model_dir: Path) -> TailPatcher:
+        """The saved AdamW second moments and the run's final learning rate, eps and betas."""
+        from safetensors.torch import load_file
+
+        opt = json.loads((Path(model_dir) / "training.json").read_text())["optimizer"]
+        sq = load_file(str(Path(model_dir) / "optimizer.safetensors"))
+        v = {n: sq[f"exp_avg_sq.{n}"] for n, _ in lm.model.named_parameters()}
+        return cls(lm, v, lr=float(opt["final_lr"]), eps=float(opt["eps"]), betas=tuple(opt["betas"]))
+
+    @classmethod
+    def from_estimate(cls, lm, blocks: list[list[int]], *, lr: float, batch_size: int = 8) -> TailPatcher:
+        """v = mean over minibatches (of `batch_size` blocks) of the squared gradient of every parameter."""
+        model = lm.model
+        names = [n for n, _ in model.named_parameters()]
+        params = [p for _, p in model.named_parameters()]
+        v = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in zip(names, params, strict=True)}
+        n_batches = 0
+        pad = lm.tokenizer.pad_token_id or 0
+        for start in range(0, len(blocks), batch_size):
+            rows = blocks[start : start + batch_size]
+            width = max(len(b) for b in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            for r, b in enumerate(rows):
+                ids[r, : len(b)] = torch.as_tensor(b)
+                labels[r, : len(b)] = torch.as_tensor(b)
+            with torch.enable_grad():
+                loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for n, g in zip(names, grads, strict=True):
+                if g is not None:
+                    v[n].add_(g.float().square())
+            n_batches += 1
+        return cls(lm, {n: t / max(n_batches, 1) for n, t in v.items()}, lr=lr)
 
     def _logprob(self, params, prompt_ids, target_ids) -> float:
         from torch.func import functional_call
@@ -111,19 +147,17 @@ class TailPatcher:
         pos = torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1)
         return float(logp[pos, ids[0, pos + 1]].sum())
 
-    def delta(self, qi, prompt_ids, target_ids, bi: int, block_tokens) -> float:
-        if (qi, bi) in self.cache:
-            return self.cache[(qi, bi)]
-        if qi not in self.base:
-            self.base[qi] = self._logprob(self.params, prompt_ids, target_ids)
+    def _stepped(self, block_tokens) -> dict[str, torch.Tensor]:
+        """The parameters after one step on one block."""
         model = self.lm.model
         ids = torch.tensor([list(block_tokens)])
         for p in model.parameters():
             p.grad = None
+        named = dict(model.named_parameters())
+        names = list(self.params)
         with torch.enable_grad():
             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            names = list(self.params)
-            grads = torch.autograd.grad(loss, [dict(model.named_parameters())[n] for n in names], allow_unused=True)
+            grads = torch.autograd.grad(loss, [named[n] for n in names], allow_unused=True)
         new = {}
         for n, g in zip(names, grads, strict=True):
             if g is None:
@@ -131,15 +165,41 @@ class TailPatcher:
                 continue
             v = self.beta2 * self.v[n] + (1 - self.beta2) * g * g
             new[n] = self.params[n] - self.lr * (1 - self.beta1) * g / (v.sqrt() + self.eps)
-        d = self._logprob(new, prompt_ids, target_ids) - self.base[qi]
-        self.cache[(qi, bi)] = d
-        return d
+        return new
+
+    def fill(self, pairs: list[tuple], progress: bool = False) -> None:
+        """Compute the missing Δ of (query key, prompt ids, target ids, block index, block tokens) pairs, one step
+        per distinct block (every query that needs it is scored on the same stepped parameters)."""
+        from tqdm import tqdm
+
+        by_block: dict[int, list[tuple]] = {}
+        for qi, prompt_ids, target_ids, bi, block_tokens in pairs:
+            if (qi, bi) in self.cache:
+                continue
+            if qi not in self.base:
+                self.base[qi] = self._logprob(self.params, prompt_ids, target_ids)
+            by_block.setdefault(int(bi), []).append((qi, prompt_ids, target_ids, block_tokens))
+        for bi, rows in tqdm(by_block.items(), desc="tail-patch steps", file=sys.stderr, disable=not progress):
+            new = self._stepped(rows[0][3])
+            for qi, prompt_ids, target_ids, _ in rows:
+                self.cache[(qi, bi)] = self._logprob(new, prompt_ids, target_ids) - self.base[qi]
+
+    def delta(self, qi, prompt_ids, target_ids, bi: int, block_tokens) -> float:
+        """Δ log p(target | prompt) of query `qi` after one step on block `bi` (cached)."""
+        self.fill([(qi, prompt_ids, target_ids, bi, block_tokens)])
+        return self.cache[(qi, int(bi))]
+
+    def pairs(self, key: str, queries: list, blocks, picks: dict, rows: list[int]) -> list[tuple]:
+        """The `fill` pairs of queries[qi] (qi in `rows`) with the blocks picks[qi] of each."""
+        return [((key, qi), queries[qi].ids[:_plen(queries[qi])], queries[qi].ids[_plen(queries[qi]):], int(b),
+                 blocks.tokens[int(b)]) for qi in rows for b in picks[qi]]
 
     def mean_delta(self, key: str, queries: list, blocks, picks: dict, rows: list[int]) -> float:
         """Mean Δ log p over queries[qi] (Examples, target after the prompt) for qi in `rows`, and the blocks
         picks[qi] of each; `key` names the query set so its cache entries stay apart from another set's."""
-        return float(np.mean([self.delta((key, qi), queries[qi].ids[:_plen(queries[qi])], queries[qi].ids[_plen(queries[qi]):],
-                                         int(b), blocks.tokens[int(b)]) for qi in rows for b in picks[qi]]))
+        pairs = self.pairs(key, queries, blocks, picks, rows)
+        self.fill(pairs)
+        return float(np.mean([self.cache[(p[0], p[3])] for p in pairs]))
 
 
 def method_grid(quick: bool) -> list[tuple[str, type[TDAMethod], dict[str, Any]]]:
@@ -190,7 +250,7 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
         return lora["lm"], lora["dir"]
 
     # ---------------------------------------------------------------- fact tracing + tail-patch, per query set
-    patcher = TailPatcher(lm, model_dir)
+    patcher = TailPatcher.from_optimizer_state(lm, model_dir)
     ft_rows, tp_rows = [], []
     for set_name, qset in query_sets.items():
         qex = [Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"]), name=q["id"])
@@ -298,7 +358,7 @@ def damping_sweep(model: Path | None = None, world: Path | None = None, dims: tu
     rng = np.random.default_rng(0)  # the same queries as the training benchmark
     query_sets = benchmark_query_sets(world_dir, n_queries, rng)
     sets = {"questions": query_sets[QUESTIONS], "statements": query_sets[STATEMENTS]}
-    patcher = TailPatcher(lm, model_dir)
+    patcher = TailPatcher.from_optimizer_state(lm, model_dir)
     rand = {qi: rng.choice(len(blocks), size=10, replace=False) for qi in range(n_tail)}
     scales = adam_scales(model_dir, lm.model, Featurizer(lm, proj_dim=None).modules)
     rows = []
@@ -458,3 +518,290 @@ def query_latency(folder: Path, ns=(10_000, 100_000), d: int = 4096, reps: int =
 if __name__ == "__main__":  # pragma: no cover - convenience: prepare the cached model
     m, w = prepare_bench_model()
     print(json.dumps({"model": str(m), "world": str(w)}), file=sys.stderr)
+
+
+# ====================================================================== real pretrained models
+REAL_MODEL = "smollm2-135m-instruct"
+REAL_BLOCK_LEN = 64  # every statement document fits one block
+
+
+def completed_facts(lm, facts: list, batch_size: int = 32) -> list:
+    """The facts whose target greedy decoding produces from the plain prompt, the word ending there (" Paris",
+    not " Parisian"): teacher-forced, one forward per batch — every target token is the argmax after its
+    prefix, and the argmax after the whole target does not continue the word."""
+    out = []
+    for start in range(0, len(facts), batch_size):
+        chunk = facts[start : start + batch_size]
+        prompts = [lm.encode_prompt(f.prompt) for f in chunk]
+        targets = [lm.encode_response(f.target) for f in chunk]
+        logits = lm.run([p + t for p, t in zip(prompts, targets, strict=True)]).logits
+        for r, (f, p, t) in enumerate(zip(chunk, prompts, targets, strict=True)):
+            best = logits[r, len(p) - 1 : len(p) + len(t)].argmax(-1).tolist()
+            after = lm.tokenizer.decode(best[-1:], clean_up_tokenization_spaces=False)
+            if best[:-1] == t and not (after[:1].isalnum()):
+                out.append(f)
+    return out
+
+
+def _doc_id(fact, k: int) -> str:
+    return f"{fact.country}-{fact.relation}-{k}".replace(" ", "_").replace("#", "")
+
+
+def real_fact_corpus(known: list, facts: list, *, n_queries: int, per_fact: int = 3, n_other_capitals: int = 80,
+                     n_other_facts: int = 100, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """A fine-tuning-style corpus of one-sentence statements with known gold documents, and its queries.
+
+    Queries: `n_queries` capitals the model completes (`known`), drawn with `seed`; each is stated in `per_fact`
+    wordings (`CountryFact.statement(k)`, k = 0…) — its gold documents. Distractors: the capitals of other
+    countries in one random wording each (the same templates, another entity and value) and region/subregion
+    statements, the queried countries included (the same country name, another fact). Returns (documents
+    {"id", "text"}, queries {"id", "prompt", "target", "gold"}).
+    """
+    rng = np.random.default_rng(seed)
+    picked = [known[i] for i in sorted(rng.choice(len(known), size=min(n_queries, len(known)), replace=False))]
+    chosen = set(picked)
+    docs, queries = [], []
+    for f in picked:
+        gold = [_doc_id(f, k) for k in range(per_fact)]
+        docs += [{"id": _doc_id(f, k), "text": f.statement(k)} for k in range(per_fact)]
+        queries.append({"id": _doc_id(f, 0).rsplit("-", 1)[0], "prompt": f.prompt, "target": f.target, "gold": gold})
+    capitals = [f for f in facts if f.relation == "capital" and f not in chosen]
+    others = [f for f in facts if f.relation != "capital"]
+    for pool, n in ((capitals, n_other_capitals), (others, n_other_facts)):
+        for i in sorted(rng.choice(len(pool), size=min(n, len(pool)), replace=False)):
+            k = int(rng.integers(4))
+            docs.append({"id": _doc_id(pool[i], k), "text": pool[i].statement(k)})
+    return docs, queries
+
+
+def _rss_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak) in MB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_during(fn, *args, **kwargs) -> tuple[Any, dict[str, float | None]]:
+    """Run fn(*args, **kwargs); return its result and {"rss_before_mb", "peak_rss_mb"}: the process's resident set before, and its
+    peak while fn ran (Linux: the high-water mark reset through /proc/self/clear_refs; elsewhere the process's
+    lifetime peak from getrusage, which may predate fn)."""
+    import resource
+
+    before = _rss_mb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        exact = True
+    except OSError:
+        exact = False
+    out = fn(*args, **kwargs)
+    peak = _rss_mb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out, {"rss_before_mb": before, "peak_rss_mb": peak}
+
+
+def real_method_grid(quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
+    """(row label, method, options) of the real-model gold-retrieval table; TrackStar uses estimated moments."""
+    rows = [("BM25", "bm25", {}), ("grad-cos", "grad-cos", {}),
+            ("TrackStar (default: estimated v, adafactor)", "trackstar", {}),
+            ("TrackStar − correction", "trackstar", {"correction": False})]
+    if not quick:
+        rows += [("TrackStar, estimated v adam (per parameter)", "trackstar", {"moment_kind": "adam"}),
+                 ("TrackStar, estimated v from per-example gradients", "trackstar", {"moment_batch": 1}),
+                 ("TrackStar − R", "trackstar", {"use_r": False}),
+                 ("TrackStar d=2^12", "trackstar", {"proj_dim": 2**12})]
+    return rows
+
+
+def run_real_benchmark(model: str = REAL_MODEL, quick: bool = False, progress: bool = True,
+                       n_queries: int | None = None, tail_queries: int | None = None, threads: int | None = None,
+                       workdir: Path | None = None, tail_lr: float = 1e-4) -> Report:
+    """Lens 2 on a real pretrained model: gold retrieval (MRR, recall@10, hit@10) on a country-fact corpus against
+    BM25, grad-cos and chance; tail-patch; projection fidelity at d = 2^12…2^16; fast vs vmap featurisation; index
+    build seconds per document and peak RSS. Plain prompts (no chat template): the queries are completions."""
+    import tempfile
+
+    import pandas as pd
+    from tqdm import tqdm
+
+    from attrilens.demo.countries import country_facts
+    from attrilens.lm import LM
+    from attrilens.models import resolve_model
+    from attrilens.training.corpus import make_corpus
+    from attrilens.training.gradients import Example
+    from attrilens.training.index import build_index
+    from attrilens.training.methods import Query
+
+    threads = threads or 1  # on a shared 2-core machine 2 torch threads run 5× slower than 1 (measured)
+    torch.set_num_threads(threads)
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+    model_dir = resolve_model(model)
+    lm = LM.from_pretrained(model, chat_template=False)
+    work = Path(workdir or tempfile.mkdtemp(prefix="attrilens-real-bench-"))
+    facts = country_facts()
+    t0 = time.perf_counter()
+    known = completed_facts(lm, [f for f in facts if f.relation == "capital"])
+    log(f"[real] {len(known)} capitals completed greedily ({time.perf_counter() - t0:.0f}s)")
+    nq = n_queries or (20 if quick else 40)
+    docs, queries = real_fact_corpus(known, facts, n_queries=nq, n_other_capitals=40 if quick else 80,
+                                     n_other_facts=50 if quick else 100)
+    blocks = make_corpus(docs, lm.tokenizer, block_len=REAL_BLOCK_LEN)
+    qex = [Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"]), name=q["id"])
+           for q in queries]
+    setup = {"model": model, "model_dir": str(model_dir), "weights": "dequantised Q4 GGUF values (not the original checkpoint)",
+             "parameters": lm.n_params(non_embedding=False), "capitals completed": f"{len(known)} of "
+             f"{sum(f.relation == 'capital' for f in facts)}", "documents": len(docs), "queries": len(queries),
+             "gold per query": 3, "tokens": sum(len(t) for t in blocks.tokens), "threads": threads,
+             "chat template": False}
+    tables: dict[str, Any] = {"setup": pd.DataFrame([setup])}
+
+    # ---------------------------------------------------------------- gold retrieval
+    rows, orders = [], {}
+    for label, method, opts in real_method_grid(quick):
+        out = work / label.replace(" ", "_").replace("/", "_")
+        kw = {"method": method, "block_len": REAL_BLOCK_LEN, **opts}
+        t1 = time.perf_counter()
+        idx, rss = peak_rss_during(build_index, lm, blocks, out, eval_queries=queries, progress=False, **kw)
+        build = time.perf_counter() - t1
+        if label.startswith("TrackStar (default"):
+            tables["index build"] = pd.DataFrame([{
+                "index": label, "documents": len(docs), "tokens": setup["tokens"], "dim": idx.manifest["dim"],
+                "build s": build, "s / document": build / len(docs), "peak RSS during the build (MB)":
+                rss["peak_rss_mb"], "RSS before (model loaded, MB)": rss["rss_before_mb"],
+                "index bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}])
+            tables["manifest (default TrackStar)"] = pd.DataFrame([{
+                "second_moments": json.dumps(idx.manifest.get("second_moments")),
+                "proj_dim": idx.manifest["options"]["proj_dim"], "lambda": idx.manifest.get("lambda")}])
+        mets, ords, ranks = [], [], []
+        for q, ex in zip(queries, qex, strict=True):
+            o = rank_order(idx.scores(Query(example=ex, text=f"{q['prompt']}{q['target']}")))
+            ords.append(o[:10])
+            mets.append(retrieval_metrics(o, blocks.docs, q["gold"]))
+            ranks.append(min(r for r, i in enumerate(o.tolist(), 1) if blocks.docs[i] in q["gold"]))
+        m = np.array(mets)
+        orders[label] = ords
+        rows.append({"method": label, "MRR": m[:, 0].mean(), "recall@10": m[:, 1].mean(), "hit@10": m[:, 2].mean(),
+                     "median first-gold rank": float(np.median(ranks)), "dim": idx.manifest.get("dim", 0),
+                     "build s": build, "second moments": (idx.manifest.get("second_moments") or {}).get("source") or ""})
+        log(f"[real] {label}: MRR {m[:, 0].mean():.3f} recall@10 {m[:, 1].mean():.3f} hit@10 {m[:, 2].mean():.3f} "
+            f"({build:.0f}s)")
+    rng = np.random.default_rng(1)
+    chance = np.mean([[retrieval_metrics(rng.permutation(len(blocks)), blocks.docs, q["gold"]) for _ in range(200)]
+                      for q in queries], axis=(0, 1))
+    rows.append({"method": "random ranking (mean of 200 draws)", "MRR": chance[0], "recall@10": chance[1],
+                 "hit@10": chance[2], "median first-gold rank": float("nan"), "dim": 0, "second moments": ""})
+    frame = pd.DataFrame(rows)
+    frame["MRR / BM25"] = frame["MRR"] / frame.loc[frame.method == "BM25", "MRR"].item()
+    tables["gold retrieval"] = frame
+
+    # ---------------------------------------------------------------- tail-patch
+    n_tail = min(tail_queries or (8 if quick else 12), len(queries))
+    sample = [blocks.tokens[i] for i in np.random.default_rng(0).permutation(len(blocks))[:64]]
+    patcher = TailPatcher.from_estimate(lm, sample, lr=tail_lr)
+    tq = list(range(n_tail))
+    rand = {qi: rng.choice(len(blocks), size=10, replace=False) for qi in tq}
+    patcher.fill([p for picks in (rand, *orders.values()) for p in patcher.pairs("real", qex, blocks, picks, tq)],
+                 progress=progress)
+    random_mean = patcher.mean_delta("real", qex, blocks, rand, tq)
+    tp = []
+    for label, ords in tqdm(orders.items(), desc="tail-patch", file=sys.stderr, disable=not progress):
+        top = patcher.mean_delta("real", qex, blocks, ords, tq)
+        tp.append({"method": label, "Δlogp top-10": top, "Δlogp random-10": random_mean,
+                   "tail-patch (top-10 − random)": top - random_mean})
+    tables["tail-patch"] = pd.DataFrame(tp)
+
+    # ---------------------------------------------------------------- projection fidelity and speed
+    n_fid = (96, 10) if quick else (120, 20)  # every d of the default-size rule, quick or not (cheap)
+    tables["projection fidelity"] = real_projection_fidelity(
+        lm, [Example.block(t) for t in blocks.tokens[: n_fid[0]]], qex[: n_fid[1]],
+        dims=[2**12, 2**13, 2**14, 2**15, 2**16], progress=progress)
+    tables["featurisation speed"] = real_featurisation_speed(model, blocks, n=8 if quick else 16)
+    header = (f"# Training-data attribution on a real model{' (quick)' if quick else ''}\n\n{model} (weights: "
+              f"dequantised Q4 GGUF, not the original checkpoint): {len(docs)} statement documents, {len(queries)} "
+              f"capital queries the model completes, 3 gold documents each; plain prompts; tail-patch on {n_tail} "
+              f"queries (one Adam step, lr {tail_lr:g}, v estimated from 64 blocks). Speed tables are timings on this "
+              "machine.")
+    if workdir is None:  # the indexes were scratch: keep only the report
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return Report("training-real", tables, {**setup, "quick": quick, "workdir": str(workdir) if workdir else None,
+                                            "machine": machine()}, header)
+
+
+def real_projection_fidelity(lm, blocks: list, queries: list, dims: list[int], batch_size: int = 8,
+                             progress: bool = True):
+    """Spearman of projected vs exact gradient dot products, per query over `blocks`, at each d (proportional
+    split), uncorrected and with the Adafactor-factored estimated correction. The exact products are taken layer
+    by layer from token Gram matrices (`training.fidelity`); one backward pass per batch serves every d."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from attrilens.training.fidelity import gram_inner_products
+    from attrilens.training.gradients import Featurizer
+    from attrilens.training.moments import estimate_second_moments, moment_scales
+
+    base = Featurizer(lm, proj_dim=None)
+    factored = moment_scales(estimate_second_moments(base, blocks, kind="adafactor", batch_size=8), 1e-3)
+    variants = {"none": None, "adafactor (estimated)": factored}
+    feats = {(c, d): Featurizer(lm, proj_dim=d, scales=s) for c, s in variants.items() for d in dims}
+    qg = base.captured_gradients(queries)
+    exact = {c: [] for c in variants}
+    proj_q = {k: f.project_captured(qg) for k, f in feats.items()}
+    proj_b = {k: [] for k in feats}
+    for start in tqdm(range(0, len(blocks), batch_size), desc="projection fidelity", file=sys.stderr,
+                      disable=not progress):
+        bg = base.captured_gradients(blocks[start : start + batch_size])
+        for c, s in variants.items():
+            exact[c].append(gram_inner_products(qg, bg, s))
+        for k, f in feats.items():
+            proj_b[k].append(f.project_captured(bg))
+    rows = []
+    for (c, d), f in feats.items():
+        ref = torch.cat(exact[c], dim=1).numpy()
+        est = (proj_q[(c, d)].double() @ torch.cat(proj_b[(c, d)]).double().T).numpy()
+        rho = [spearman(est[i], ref[i]) for i in range(len(queries))]
+        rows.append({"correction": c, "d": d, "actual dim": f.dim, "Spearman vs exact (mean)": float(np.mean(rho)),
+                     "Spearman (min over queries)": float(np.min(rho)), "exact dims": base.dim,
+                     "queries × blocks": f"{len(queries)} × {len(blocks)}"})
+    return pd.DataFrame(rows)
+
+
+def real_featurisation_speed(model: str, blocks, n: int = 16, batch_size: int = 8, proj_dim: int | None = None):
+    """Examples/s of the fast paths (factored; factored with an Adafactor-style correction; per-layer G with an
+    elementwise Adam-style one) against the vmap reference (elementwise correction), same examples, same run."""
+    import pandas as pd
+
+    from attrilens.lm import LM
+    from attrilens.training.gradients import Example, Featurizer
+    from attrilens.training.methods.gradient import GradientMethod
+    from attrilens.training.moments import estimate_second_moments, moment_scales
+
+    lm = LM.from_pretrained(model, chat_template=False, attn_implementation="eager")
+    d = proj_dim or GradientMethod.default_proj_dim(lm)
+    ex = [Example.block(t) for t in blocks.tokens[:n]]
+    tokens = sum(len(e.ids) for e in ex)
+    plain = Featurizer(lm, proj_dim=d)
+    adam = moment_scales(estimate_second_moments(plain, ex, kind="adam", batch_size=batch_size), 1e-3)
+    fact = moment_scales(estimate_second_moments(plain, ex, kind="adafactor", batch_size=batch_size), 1e-3)
+    elementwise = Featurizer(lm, proj_dim=d, scales=adam)
+    factored = Featurizer(lm, proj_dim=d, scales=fact)
+    runs = [("fast, factored (no correction)", lambda: plain.features(ex, batch_size=batch_size)),
+            ("fast, factored (Adafactor-style correction)", lambda: factored.features(ex, batch_size=batch_size)),
+            ("fast, per-layer G (Adam-style correction)", lambda: elementwise.features(ex, batch_size=batch_size)),
+            ("vmap reference (Adam-style correction)", lambda: elementwise.features_vmap(ex, batch_size=4))]
+    plain.features(ex[:2])  # warm-up (first backward, lazy initialisation) of both paths
+    elementwise.features_vmap(ex[:1], batch_size=1)
+    rows = []
+    for name, fn in runs:
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        rows.append({"path": name, "examples/s": n / dt, "tokens/s": tokens / dt, "seconds": dt, "d": plain.dim})
+    frame = pd.DataFrame(rows)
+    frame["× vmap"] = frame["examples/s"] / frame.loc[frame.path.str.startswith("vmap"), "examples/s"].item()
+    return frame

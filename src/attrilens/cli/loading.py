@@ -14,8 +14,9 @@ from attrilens.lm import LM
 MODEL_HELP = "A registered model name (`attrilens models list`, e.g. smollm2-135m-instruct) or a local model directory."
 ChatTemplate = Annotated[bool | None, typer.Option(
     "--chat-template/--no-chat-template",
-    help="Wrap prompts in the tokenizer's chat template (default: on for chat models, except `inspect`, where "
-         "positions would land on template tokens). Sources, spans and positions always index your own text.")]
+    help="Wrap prompts in the tokenizer's chat template (default: on for chat models in `context`; off in `inspect`, "
+         "where positions would land on template tokens, and in `index build`, whose documents are plain text — "
+         "`trace` follows the index). Sources, spans and positions always index your own text.")]
 MaxNewTokens = Annotated[int, typer.Option(help="Most tokens generated for a response the model writes itself.")]
 _EARLY_EXIT = re.compile(r"^early[-_]exit:(\d+)$")
 

@@ -11,7 +11,7 @@ import typer
 
 from attrilens.cli.loading import MODEL_HELP, ChatTemplate, load_lm
 from attrilens.cli.output import JsonFlag, choices_help, emit, emit_summary
-from attrilens.errors import AttrilensError
+from attrilens.errors import AttrilensError, check_output_dir
 from attrilens.models import resolve_model
 from attrilens.training.methods import TDA_METHODS, TDAMethod
 
@@ -75,8 +75,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         corpus: Annotated[Path, typer.Option(help='JSONL corpus, one {"id","text"} document per line.')],
         out: Annotated[Path, typer.Option(help="Index directory (created; an unfinished build there is resumed).")],
         method: Annotated[str, typer.Option(help=choices_help("Attribution method.", TDA_METHODS.names()))] = "trackstar",
-        proj_dim: Annotated[int, typer.Option(help="Projected features per checkpoint (0 = no projection; "
-                                                   "methods that project).")] = 4096,
+        proj_dim: Annotated[int | None, typer.Option(help="Projected features per checkpoint (methods that project; "
+                                                          "0 = no projection; default: 256 per weight matrix "
+                                                          "as a power of two in 2^12..2^16, e.g. 2^16 for "
+                                                          "SmolLM2-135M).")] = None,
         eval_queries: Annotated[Path | None, typer.Option(help="JSONL queries {prompt,target} for TrackStar's R_eval.")] = None,
         block_len: Annotated[int, typer.Option(help="Tokens per training block.")] = 128,
         shard_size: Annotated[int, typer.Option(help="Blocks per shard file.")] = 1024,
@@ -92,6 +94,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                            "larger: one-step influence).")] = None,
         correction: Annotated[bool | None, typer.Option("--correction/--no-correction", help="TrackStar's Adam "
                                                         "second-moment correction (default on).")] = None,
+        second_moments: Annotated[str | None, typer.Option(help="TrackStar's second moments: optimizer (the model's "
+                                                               "optimizer.safetensors), estimate (from gradients "
+                                                               "over a corpus sample; tune with --option "
+                                                               "moment_kind=adam|adafactor, moment_sample=N, "
+                                                               "moment_batch=B, moment_eps=E), or auto (default: "
+                                                               "the optimizer state when the model has one, else "
+                                                               "an estimate).")] = None,
         use_r: Annotated[bool | None, typer.Option("--r/--no-r", help="TrackStar's R^-1/2 (default on).")] = None,
         unit_norm: Annotated[bool | None, typer.Option("--unit-norm/--no-unit-norm", help="TrackStar's unit "
                                                        "normalisation (default on).")] = None,
@@ -115,21 +124,24 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             torch.set_num_threads(threads)
         cls = TDA_METHODS.get(method)
         flags = {"seed": seed, "allocation": allocation, "lam": lam, "damping": damping, "correction": correction,
-                 "use_r": use_r, "unit_norm": unit_norm, "aggregate": aggregate}
+                 "second_moments": second_moments, "use_r": use_r, "unit_norm": unit_norm, "aggregate": aggregate}
         options = {k: v for k, v in flags.items() if v is not None}
         extra = method_options(cls, option or [])
         twice = sorted(set(extra) & (set(options) | {"block_len", "proj_dim"}))
         if twice:
             raise AttrilensError(f"{', '.join(twice)} given both as --option and as its own flag. Pass it once.")
+        check_output_dir(out)
         model_dir = resolve_model(model)
-        lm = load_lm(str(model_dir), chat_template)
-        idx = build_index(lm, corpus, out, method=cls.name, proj_dim=proj_dim or None, model_dir=model_dir,
+        # training documents are plain text: queries are read as completions unless --chat-template asks otherwise
+        lm = load_lm(str(model_dir), bool(chat_template))
+        idx = build_index(lm, corpus, out, method=cls.name, proj_dim="auto" if proj_dim is None else proj_dim or None,
+                          model_dir=model_dir,
                           eval_queries=eval_queries, shard_size=shard_size, batch_size=batch_size, dtype=dtype,
                           use_faiss=use_faiss, progress=True, block_len=block_len, **options, **extra)
         m = idx.manifest
         emit_summary({"index": str(out), "method": m["method"], "examples": len(idx), "dim": m.get("dim", 0),
                       "shards": len(m.get("shards", [])), "build_seconds": m.get("build_seconds"),
-                      "lambda": m.get("lambda")}, as_json)
+                      "lambda": m.get("lambda"), "second_moments": m.get("second_moments")}, as_json)
 
     @app.command()
     def trace(
@@ -163,6 +175,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             raise AttrilensError(f"--span takes two integers start,end, got {span!r}.")
         if max_new_tokens < 1:
             raise AttrilensError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
+        if chat_template is None:  # encode the query as the index's eval queries were
+            chat_template = manifest.get("chat_template")
         lm = load_lm(str(model_dir), chat_template)
         idx = TrainingIndex.open(index, lm, model_dir=model_dir)
         result = idx.trace(prompt, target=target, generate=generate, tokens=_parse_ints(tokens, "--tokens"),
@@ -172,8 +186,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @bench.command("training")
     def bench_training(
-        model: Annotated[Path | None, typer.Option(help="Model directory (default: the demo target model).")] = None,
+        model: Annotated[str | None, typer.Option(help="Model directory trained on --world (default: the demo target "
+                                                      "model), or a registered real model (e.g. "
+                                                      "smollm2-135m-instruct), which runs the real-model benchmark "
+                                                      "on country facts.")] = None,
         world: Annotated[Path | None, typer.Option(help="Fact world directory (default: the demo world).")] = None,
+        real: Annotated[bool, typer.Option("--real", help="The real-model benchmark (default model "
+                                                          "smollm2-135m-instruct): gold retrieval on country facts, "
+                                                          "tail-patch, projection fidelity at 2^12..2^16, fast vs "
+                                                          "vmap speed, build s/document and peak RSS.")] = False,
         quick: Annotated[bool, typer.Option(help="Fewer queries and dimensions (minutes, not tens of minutes).")] = False,
         damping_sweep: Annotated[bool, typer.Option("--damping-sweep", help="Run TrackStar's ridge sweep (damping × λ rule × d) "
                                                          "instead of the method benchmark.")] = False,
@@ -181,19 +202,25 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                                  "default 4096 and 65536, --quick: 4096).")] = None,
         sweep_damping: Annotated[list[float] | None, typer.Option(help="Damping of the ridge sweep (repeatable; "
                                                                        "default 0.001 0.01 0.1 1).")] = None,
-        out: Annotated[Path | None, typer.Option(help="Also write the report here (training-bench.md and .json).")] = None,
+        out: Annotated[Path | None, typer.Option(help="Also write the report here (training-bench.md and .json; training-real-bench.* with --real).")] = None,
         as_json: JsonFlag = False,
     ) -> None:
         """Fact tracing (MRR, recall@10), tail-patch, projection fidelity and speed of every registered method."""
         from attrilens.bench import training as bench_mod
+        from attrilens.models import MODELS
 
-        if damping_sweep:
+        if real or (model in MODELS and world is None):
+            if damping_sweep:
+                raise AttrilensError("--damping-sweep runs on a model trained on a fact world, not with --real. "
+                                     "Pass one of them.")
+            report = bench_mod.run_real_benchmark(model or bench_mod.REAL_MODEL, quick=quick)
+        elif damping_sweep:
             n_queries, n_tail = (40, 15) if quick else (180, 40)
             dims = tuple(sweep_dim or ([4096] if quick else [4096, 65536]))
-            report = bench_mod.damping_sweep(model, world, dims=dims, n_queries=n_queries, n_tail=n_tail,
-                                             dampings=tuple(sweep_damping or (1e-3, 1e-2, 0.1, 1.0)))
+            report = bench_mod.damping_sweep(Path(model) if model else None, world, dims=dims, n_queries=n_queries,
+                                             n_tail=n_tail, dampings=tuple(sweep_damping or (1e-3, 1e-2, 0.1, 1.0)))
         else:
-            report = bench_mod.run_benchmark(model=model, world=world, quick=quick)
+            report = bench_mod.run_benchmark(model=Path(model) if model else None, world=world, quick=quick)
         print(report.to_json() if as_json else report.to_text())
         if out is not None:
             report.write(out)

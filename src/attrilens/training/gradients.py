@@ -12,8 +12,9 @@ mask: with causal attention real tokens never see the padding, and padding posit
 Two paths give the same features:
 - fast (`Featurizer.features`): one forward and one backward per batch; hooks keep each layer's input x_t and
   output gradient δ_t; the per-example gradient is G = Σ_t δ_t x_tᵀ, so P_L G P_Rᵀ = Σ_t (P_L δ_t)(P_R x_t)ᵀ
-  never forms G (LoGra). With an elementwise optimizer correction G ⊘ √v the product does not factor, and G is
-  formed one layer at a time for the batch;
+  never forms G (LoGra). A row × column factored correction (`FactoredScale`, Adafactor-style second moments)
+  keeps that form: (r ⊗ c) ⊙ G = Σ_t (r ⊙ δ_t)(c ⊙ x_t)ᵀ. With an elementwise correction G ⊘ √v the product
+  does not factor, and G is formed one layer at a time for the batch (in chunks of rows for large layers);
 - reference (`Featurizer.features_vmap`): `torch.func.vmap(grad(loss))` over `functional_call`, full G, then
   the same correction and projection.
 
@@ -32,6 +33,25 @@ from torch import nn
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.training.projection import LayerProjection, feature_dims, make_projections, project_full
+
+
+@dataclass(frozen=True)
+class FactoredScale:
+    """A rank-one per-weight scale r cᵀ (out × in): what a row/column factored (Adafactor-style) correction is."""
+
+    row: torch.Tensor  # [out]
+    col: torch.Tensor  # [in]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.row.shape[0], self.col.shape[0])
+
+    def full(self) -> torch.Tensor:
+        """The dense out × in scale (for the reference path and tests)."""
+        return self.row[:, None] * self.col[None, :]
+
+
+Scale = torch.Tensor | FactoredScale  # elementwise (out × in) or factored
 
 
 @dataclass(frozen=True)
@@ -124,26 +144,41 @@ def _weights_require_grad(modules: dict[str, nn.Module]) -> Iterator[None]:
             m.weight.requires_grad_(before[n])
 
 
+# Largest per-layer gradient block formed at once on the elementwise-correction path (rows × out × in floats):
+# a 49152-token unembedding of width 576 is 28 M floats per example, so a batch of 16 is cut into chunks.
+G_CHUNK_FLOATS = 1 << 26
+
+
 class Featurizer:
     """Projected (optionally optimizer-corrected) per-example gradient features of one model."""
 
     def __init__(self, lm: LM, *, params: str = "linear", proj_dim: int | None = 4096, seed: int = 0,
-                 scales: dict[str, torch.Tensor] | None = None, allocation: str = "proportional"):
+                 scales: dict[str, Scale] | None = None, allocation: str = "proportional"):
         self.lm = lm
         self.modules = weight_modules(lm.model, params)
         self.shapes = {n: weight_shape(m) for n, m in self.modules.items()}
+        full = sum(o * i for o, i in self.shapes.values())
+        if proj_dim is not None and proj_dim > full:
+            raise AttrilensError(f"proj_dim {proj_dim} is more than this model's full gradient ({full} features). Pass "
+                                 f"at most {full} (--proj-dim), or 0 / None for the full gradient itself.")
         self.projections: dict[str, LayerProjection] = make_projections(self.shapes, proj_dim, seed, allocation)
         self.dims = feature_dims(self.shapes, self.projections)
         self.dim = sum(self.dims.values())
-        self.scales = scales
+        self.scales: dict[str, Scale] | None = None
+        self.set_scales(scales)
+
+    def set_scales(self, scales: dict[str, Scale] | None) -> None:
+        """Use these per-weight scales (elementwise or factored, (out, in) orientation), or none."""
         if scales is not None:
             missing = [n for n in self.modules if n not in scales]
             if missing:
-                raise AttrilensError(f"No optimizer second moments for {missing[:3]}. Pass the optimizer state of this model.")
+                raise AttrilensError(f"No second moments for {missing[:3]}. Pass the optimizer state of this model, "
+                                     "or estimate the second moments from the corpus.")
             for n, s in scales.items():
                 if n in self.shapes and tuple(s.shape) != self.shapes[n]:
-                    raise AttrilensError(f"Optimizer state for {n} has shape {tuple(s.shape)}, the weight {self.shapes[n]}. "
-                                         "Pass the optimizer state saved with this model.")
+                    raise AttrilensError(f"Second moments for {n} have shape {tuple(s.shape)}, the weight "
+                                         f"{self.shapes[n]}. Pass the optimizer state saved with this model.")
+        self.scales = scales
 
     def slices(self) -> dict[str, tuple[int, int]]:
         """Column range of each weight's features."""
@@ -157,16 +192,32 @@ class Featurizer:
     def _layer_features(self, name: str, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         proj = self.projections[name]
         x, delta = x.float(), delta.float()
-        if self.scales is None and proj.left is not None:
+        scale = self.scales[name] if self.scales is not None else None
+        if isinstance(scale, FactoredScale):
+            delta = delta * scale.row.to(delta.device)
+            x = x * scale.col.to(x.device)
+            scale = None
+        if scale is None and proj.left is not None:
             a = delta @ proj.left.T.to(delta.device)
             b = x @ proj.right.T.to(x.device)
             return torch.einsum("bto,bti->boi", a, b).reshape(x.shape[0], -1)
-        g = torch.einsum("bto,bti->boi", delta, x)
-        if self.scales is not None:
-            g = g * self.scales[name].to(g.device)
-        return project_full(g, proj)
+        out, inn = self.shapes[name]
+        step = max(1, G_CHUNK_FLOATS // (out * inn))
+        parts = []
+        for r in range(0, x.shape[0], step):  # bound the memory of the per-example gradients formed at once
+            g = torch.einsum("bto,bti->boi", delta[r : r + step], x[r : r + step])
+            if scale is not None:
+                g = g * scale.to(g.device)
+            parts.append(project_full(g, proj))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
-    def _batch_features(self, examples: Sequence[Example]) -> torch.Tensor:
+    def captured_gradients(self, examples: Sequence[Example]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """One forward and backward of Σ_examples Σ_t m_t · nll_t: each weight's (input x [B, T, in], output
+        gradient δ [B, T, out]); example b's gradient of its own loss is Σ_t δ_bt x_btᵀ."""
+        self.lm.model.eval()
+        return self._capture(examples)
+
+    def _capture(self, examples: Sequence[Example]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         lm = self.lm
         ids, w = _pad(examples, lm.tokenizer.pad_token_id or 0, lm.device)
         captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -189,8 +240,15 @@ class Featurizer:
         finally:
             for h in handles:
                 h.remove()
-        feats = [self._layer_features(n, captured[n][0], d) for n, d in zip(names, deltas, strict=True)]
-        return torch.cat(feats, dim=1)
+        return {n: (captured[n][0], d) for n, d in zip(names, deltas, strict=True)}
+
+    def project_captured(self, grads: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Features [B, dim] from `captured_gradients` of a batch (scaled and projected as `features` does), so
+        several featurisers (e.g. projection sizes) can share one backward pass."""
+        return torch.cat([self._layer_features(n, *grads[n]) for n in self.modules], dim=1)
+
+    def _batch_features(self, examples: Sequence[Example]) -> torch.Tensor:
+        return self.project_captured(self._capture(examples))
 
     def features(self, examples: Sequence[Example], *, batch_size: int = 16) -> torch.Tensor:
         """Features [N, dim] (fp32, CPU) by the fast path, batches of `batch_size` examples."""
@@ -238,7 +296,8 @@ class Featurizer:
             for n in self.modules:
                 g = grads[n].float()
                 if self.scales is not None:
-                    g = g * self.scales[n].to(g.device)
+                    s = self.scales[n]
+                    g = g * (s.full() if isinstance(s, FactoredScale) else s).to(g.device)
                 feats.append(project_full(g, self.projections[n]))
             out.append(check_finite(torch.cat(feats, dim=1), chunk).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.dim)

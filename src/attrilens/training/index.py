@@ -14,6 +14,7 @@ orders them, stores what they return (`store`) and searches the shards (`search`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -54,7 +55,7 @@ def build_index(
     out: Path | str,
     *,
     method: str = "trackstar",
-    proj_dim: int | None = 4096,
+    proj_dim: int | str | None = "auto",
     model_dir: Path | str | None = None,
     eval_queries: Sequence[dict] | Path | str | None = None,
     shard_size: int = 1024,
@@ -67,7 +68,9 @@ def build_index(
     """Featurise a corpus with one method into an index directory (resumes an unfinished build of the same index).
 
     `options` are the method's own (`TDA_METHODS.get(method).Options`); `proj_dim` applies to the methods that
-    project (it is ignored by DataInf and BM25); `batch_size` is examples per backward pass (not part of the index).
+    project (it is ignored by DataInf and BM25): "auto" = the method's `default_proj_dim` for this model (256
+    features per weight matrix, 2^12…2^16), None = no projection; `batch_size` is examples per backward pass
+    (not part of the index).
     """
     if dtype not in ("float16", "float32"):
         raise AttrilensError(f"dtype must be 'float16' or 'float32', not {dtype!r}.")
@@ -75,8 +78,16 @@ def build_index(
         raise AttrilensError(f"shard_size must be positive, got {shard_size}.")
     cls = TDA_METHODS.get(method)
     if "proj_dim" in cls.option_names():
+        if proj_dim == "auto":
+            rule = getattr(cls, "default_proj_dim", None)
+            if rule is None:
+                raise AttrilensError(f"{cls.name} has no default projection size. Pass proj_dim (--proj-dim).")
+            proj_dim = rule(lm)
+        elif isinstance(proj_dim, str):
+            raise AttrilensError(f"proj_dim must be a positive integer, None or 'auto', got {proj_dim!r}.")
         options = {"proj_dim": proj_dim, **options}
     opts = cls.make_options(**options)
+    lm.check_length(opts.block_len, "training blocks (block_len, --block-len)")
     out = Path(out)
     blocks = _as_corpus(corpus, lm, opts.block_len)
     model_dir = Path(model_dir) if model_dir is not None else _default_model_dir(lm)
@@ -95,34 +106,38 @@ def build_index(
         "eval_queries": {"n": len(eval_queries), "fingerprint": eval_fp},
         "shard_size": shard_size,
     }
+    t0 = time.perf_counter()
+    m = cls(opts, lm, model_dir, batch_size=batch_size)  # bad options fail here, before anything is written
+    if use_faiss and cls.stores_features and not m.supports_faiss:
+        raise AttrilensError(f"FAISS search supports single-checkpoint dot-product methods, not {cls.name} here. "
+                             "Build without --faiss.")
     out.mkdir(parents=True, exist_ok=True)
     mpath = out / MANIFEST
     manifest = None
     if mpath.is_file():
         manifest = json.loads(mpath.read_text())
-        diff = _differences({k: manifest.get(k) for k in identity}, identity)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls.Options) if f.default is not dataclasses.MISSING}
+        diff = _differences({k: manifest.get(k) for k in identity}, identity, defaults)
         if diff:
             raise AttrilensError(f"{out} holds an index built with different settings ({', '.join(diff)}). Use "
                                  "another --out, or delete that directory to rebuild.")
         if manifest.get("complete"):
             return TrainingIndex.open(out, lm, model_dir=model_dir)
-    if manifest is None:
-        manifest = {**identity, "model_dir": str(model_dir) if model_dir else None, "stage": "features",
-                    "shards": [], "raw_shards": [], "complete": False}
+    if manifest is None:  # chat_template: how eval queries were encoded (a trace from the CLI follows it)
+        manifest = {**identity, "model_dir": str(model_dir) if model_dir else None,
+                    "chat_template": lm.use_chat_template, "stage": "features", "shards": [], "raw_shards": [],
+                    "complete": False}
     if not (out / "corpus.parquet").is_file():
         blocks.to_parquet(out / "corpus.parquet")
-    t0 = time.perf_counter()
-    m = cls(opts, lm, model_dir, batch_size=batch_size)
     manifest.update(m.layout())
+    if m.needs_prepare:
+        _prepare(m, out, manifest, blocks, progress)
     if cls.stores_features:
         _write_features(m, out, manifest, blocks, eval_queries, shard_size, dtype, progress)
         shards = open_shards(out, manifest)
         if m.after_build(shards):
             save_tensors(out / PRECONDITIONER, m.state())
         if use_faiss:
-            if not m.supports_faiss:
-                raise AttrilensError(f"FAISS search supports single-checkpoint dot-product methods, not {cls.name} "
-                                     "here. Build without --faiss.")
             manifest["faiss"] = build_faiss(out, shards, m.dim)
         manifest["bytes_per_example"] = m.dim * (2 if dtype == "float16" else 4)
     manifest["stage"] = "done"
@@ -172,12 +187,27 @@ def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eva
     remove_folder(out / "raw")
 
 
-def _differences(old: dict, new: dict) -> list[str]:
-    """Keys whose values differ (options one by one, as options.<name>)."""
+def _prepare(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, progress: bool) -> None:
+    """Run the method's `prepare` on the corpus once (its state saved with the manifest); a resumed build reloads it."""
+    pre = out / PRECONDITIONER
+    if manifest.get("prepared"):
+        m.load(load_tensors(pre), blocks)
+        return
+    manifest.update(m.prepare(blocks, progress))
+    save_tensors(pre, m.state())
+    manifest["prepared"] = True
+    write_json(out / MANIFEST, manifest)
+
+
+def _differences(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """Keys whose values differ (options one by one, as options.<name>). An option missing from `old` (an index
+    written before the option existed) matches when the new value is its default (`defaults`)."""
     diff = []
+    defaults = defaults or {}
     for k, v in new.items():
         if k == "options" and isinstance(old.get(k), dict):
-            diff += [f"options.{o}" for o in sorted(set(v) | set(old[k])) if old[k].get(o) != v.get(o)]
+            was = {**{o: d for o, d in defaults.items() if o not in old[k]}, **old[k]}
+            diff += [f"options.{o}" for o in sorted(set(v) | set(was)) if was.get(o) != v.get(o)]
         elif old.get(k) != v:
             diff.append(k)
     return diff
@@ -295,6 +325,7 @@ class TrainingIndex:
             response_ids = self.lm.encode_response(target)
         except AttrilensError as exc:
             raise AttrilensError(f"The target cannot be tokenised as given: {exc}") from None
+        self.lm.check_length(len(prompt_ids) + len(response_ids), "prompt and target")
         if span is not None:
             tokens = _span_tokens(self.lm, response_ids, target, span)
         chosen = list(tokens) if tokens is not None else None

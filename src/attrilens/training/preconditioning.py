@@ -1,6 +1,7 @@
 """Preconditioners: Adam second-moment correction, TrackStar's R^(-1/2) (mixed eval/train autocorrelation), DataInf λ.
 
-- Optimizer correction (TrackStar): g ↦ g ⊘ √(v + ε), v = the final AdamW `exp_avg_sq` saved by the trainer.
+- Optimizer correction (TrackStar): g ↦ g ⊘ √(v + ε), v = the final AdamW `exp_avg_sq` saved by the trainer (or,
+  without optimizer state, an estimate from the corpus: `attrilens.training.moments`).
 - R = λ R_eval + (1 − λ) R_train, R_X = Φ_Xᵀ Φ_X / n_X (uncentred autocorrelation of corrected projected
   features). λ makes the sorted eigenvalue curves of λ R_eval and (1 − λ) R_train cross at component k
   (λ = e_train[k] / (e_eval[k] + e_train[k]); the paper uses k = 1000). Applied as (R + δI)^(−1/2) with
@@ -20,16 +21,19 @@ import torch
 
 from attrilens.errors import AttrilensError
 
+OPTIMIZER_STATE = "optimizer.safetensors"  # the final AdamW exp_avg_sq, saved by `attrilens train`
 
 def adam_scales(model_dir: Path, model: torch.nn.Module, modules: dict[str, torch.nn.Module],
                 eps: float | None = None) -> dict[str, torch.Tensor]:
     """1/√(v + ε) per featurised weight, (out, in) orientation, from `optimizer.safetensors` in `model_dir`."""
     from safetensors import safe_open
 
-    path = Path(model_dir) / "optimizer.safetensors"
+    path = Path(model_dir) / OPTIMIZER_STATE
     if not path.is_file():
-        raise AttrilensError(f"No optimizer.safetensors in {model_dir}: TrackStar's optimizer correction needs the "
-                             "AdamW second moments. Use a model written by `attrilens train`, or pass correction=False.")
+        raise AttrilensError(f"No {OPTIMIZER_STATE} in {model_dir}: TrackStar's optimizer correction needs the AdamW "
+                             "second moments (a downloaded checkpoint has none). Estimate them from the corpus "
+                             "instead (--second-moments estimate, or second_moments=\"estimate\"; the default "
+                             "\"auto\" does so), or switch the correction off (--no-correction, or correction=False).")
     if eps is None:
         info = Path(model_dir) / "training.json"
         eps = json.loads(info.read_text()).get("optimizer", {}).get("eps", 1e-8) if info.is_file() else 1e-8

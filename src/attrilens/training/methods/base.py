@@ -1,7 +1,8 @@
 """`TDAMethod`: what a training-data attribution method tells the index — how to featurise, fit, store and score.
 
 A method is one registered class with its own options dataclass (`Options`, a `TDAOptions`). The index calls:
-- build: `featurize` (examples → raw features) → [`fit` on the raw train/eval features, when `needs_fit`] →
+- build: [`prepare` on the corpus, when `needs_prepare`: state featurising itself needs, e.g. TrackStar's
+  estimated second moments] → `featurize` (examples → raw features) → [`fit` on the raw train/eval features, when `needs_fit`] →
   `finish` (raw → stored) → shards → `after_build` (state fitted from the stored shards, e.g. DataInf's λ);
   `state()` is saved in preconditioner.safetensors and given back to `load` when the index is opened;
 - search: `query` (one query → its vector, or its text) and `score_stream` (scores of every stored row).
@@ -112,6 +113,15 @@ class TDAMethod:
         return {"dim": self.dim}
 
     # ------------------------------------------------------------------ fitted state
+    @property
+    def needs_prepare(self) -> bool:
+        """Whether `featurize` needs `prepare` on the corpus first (state kept in `state()`, restored by `load`)."""
+        return False
+
+    def prepare(self, corpus: Corpus, progress: bool = False) -> dict[str, Any]:
+        """Fit what featurising needs from the corpus itself, before any feature; return facts for the manifest."""
+        return {}
+
     @property
     def needs_fit(self) -> bool:
         """Whether `finish` needs `fit` on every raw training feature first (the build keeps raw shards)."""

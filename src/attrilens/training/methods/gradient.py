@@ -13,9 +13,9 @@ import torch
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
-from attrilens.training.gradients import Example, Featurizer
+from attrilens.training.gradients import Example, Featurizer, weight_modules
 from attrilens.training.methods.base import TDAMethod, TDAOptions
-from attrilens.training.projection import ALLOCATIONS
+from attrilens.training.projection import ALLOCATIONS, default_proj_dim
 
 
 @dataclass
@@ -46,6 +46,13 @@ class GradientMethod(TDAMethod):
         self.block_dim = self.views[0][0].dim
         self.n_blocks = len(self.views)
         self.dim = self.block_dim * self.n_blocks
+
+    @classmethod
+    def default_proj_dim(cls, lm: LM) -> int:
+        """The projection size when none is given: `projection.default_proj_dim` of the weights featurised (at most
+        their full gradient's size)."""
+        modules = weight_modules(lm.model, cls.params)
+        return min(default_proj_dim(len(modules)), sum(m.weight.numel() for m in modules.values()))
 
     def make_views(self) -> list[tuple[Featurizer, float]]:
         """(featuriser, weight) per model view; by default the final model alone, weight 1."""

@@ -3,6 +3,11 @@
 Features: g ⊘ √(v + ε) (v: the final AdamW second moments), projected to d; then (λR_eval + (1−λ)R_train + δI)^(−1/2)
 with λ where the eigenvalue curves cross and δ = damping · the mean non-zero eigenvalue of R; then unit norm.
 Score = cosine of the finished training and query features.
+
+Where v comes from (`second_moments`): the optimizer state saved with the model (`optimizer.safetensors`), or an
+estimate from gradients over a sample of the corpus being indexed (`attrilens.training.moments`) — what a
+downloaded checkpoint needs; "auto" takes the optimizer state when the model directory has one. The manifest
+records which ("second_moments": {"source": "optimizer" | "estimated", ...}).
 """
 
 from __future__ import annotations
@@ -10,14 +15,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from attrilens.errors import AttrilensError
-from attrilens.training.checkpoints import require_model_dir
-from attrilens.training.gradients import Featurizer, weight_modules
+from attrilens.training.corpus import Corpus
+from attrilens.training.gradients import Example, Featurizer, weight_modules
 from attrilens.training.methods.base import TDA_METHODS
 from attrilens.training.methods.gradient import GradientMethod, ProjectionOptions
-from attrilens.training.preconditioning import Whitening, adam_scales, fit_whitening
+from attrilens.training.moments import (
+    MOMENT_KINDS,
+    Moments,
+    estimate_second_moments,
+    moment_scales,
+    moments_from_tensors,
+    moments_to_tensors,
+    round_moments,
+)
+from attrilens.training.preconditioning import OPTIMIZER_STATE, Whitening, adam_scales, fit_whitening
+
+SECOND_MOMENTS = ("auto", "optimizer", "estimate")
 
 
 @dataclass
@@ -25,6 +42,14 @@ class TrackStarOptions(ProjectionOptions):
     """TrackStar's knobs; each of the first three can be switched off for an ablation."""
 
     correction: bool = True  # divide by √(Adam second moment)
+    # v from the optimizer state, estimated from the corpus, or auto: the optimizer state when the model has one
+    second_moments: str = "auto"
+    # the estimate row × column factored ("adafactor": the fast factored path, out + in numbers per weight) or per
+    # parameter ("adam"); on SmolLM2 both retrieve gold facts alike and adafactor featurises 2.3× faster
+    moment_kind: str = "adafactor"
+    moment_sample: int = 256  # corpus blocks the estimate averages over (a seeded sample; all when fewer)
+    moment_batch: int = 8  # blocks per gradient of the estimate (1 = per-example gradients)
+    moment_eps: float = 1e-3  # v + moment_eps · mean(v): keeps weights the sample never moves finite
     use_r: bool = True  # apply (λR_eval + (1−λ)R_train)^(−1/2)
     unit_norm: bool = True  # unit-normalise features
     lam: float | None = None  # λ; None = where the eigenvalue curves cross
@@ -43,6 +68,16 @@ class TrackStarOptions(ProjectionOptions):
                                  "eigenvalue-crossing rule.")
         if self.k is not None and self.k < 0:
             raise AttrilensError(f"k (the crossing component) must be at least 0, got {self.k}.")
+        if self.second_moments not in SECOND_MOMENTS:
+            raise AttrilensError(f"Unknown second_moments {self.second_moments!r}. Use one of "
+                                 f"{', '.join(SECOND_MOMENTS)} (--second-moments).")
+        if self.moment_kind not in MOMENT_KINDS:
+            raise AttrilensError(f"Unknown moment_kind {self.moment_kind!r}. Use one of {', '.join(MOMENT_KINDS)}.")
+        if self.moment_sample < 1 or self.moment_batch < 1:
+            raise AttrilensError(f"moment_sample and moment_batch must be at least 1, got {self.moment_sample} and "
+                                 f"{self.moment_batch}.")
+        if not self.moment_eps > 0:
+            raise AttrilensError(f"moment_eps must be positive, got {self.moment_eps}. Use e.g. 1e-3.")
 
 
 @TDA_METHODS.register("trackstar")
@@ -52,14 +87,77 @@ class TrackStar(GradientMethod):
     Options = TrackStarOptions
     uses_eval_queries = True
     whitening: Whitening | None = None  # fitted by `fit`, or restored by `load`
+    moments: Moments | None = None  # estimated second moments: by `prepare`, or restored by `load`
 
     def make_views(self) -> list[tuple[Featurizer, float]]:
-        """The final model, its gradients divided by √(Adam second moment) when `correction` is on."""
+        """The final model, its gradients divided by √(second moment) when `correction` is on (optimizer state
+        now; an estimate once `prepare` has seen the corpus)."""
+        self.moments_source = self._moments_source()
         scales = None
-        if self.options.correction:
-            model_dir = require_model_dir(self.model_dir, "TrackStar's optimizer correction")
-            scales = adam_scales(model_dir, self.lm.model, weight_modules(self.lm.model, self.params))
+        if self.moments_source == "optimizer":
+            scales = adam_scales(self.model_dir, self.lm.model, weight_modules(self.lm.model, self.params))
         return [(self.featurizer(self.lm, scales), 1.0)]
+
+    def _moments_source(self) -> str | None:
+        """"optimizer", "estimate", or None (no correction), from the options and the model directory."""
+        o = self.options
+        if not o.correction:
+            return None
+        has_state = self.model_dir is not None and (self.model_dir / OPTIMIZER_STATE).is_file()
+        if o.second_moments == "optimizer" or (o.second_moments == "auto" and has_state):
+            if self.model_dir is None or not self.model_dir.is_dir():
+                raise AttrilensError("TrackStar's optimizer correction needs the model directory with its optimizer "
+                                     "state, but none is known for this model. Pass model_dir= (--model DIR), or "
+                                     "estimate the second moments from the corpus: --second-moments estimate "
+                                     "(second_moments=\"estimate\").")
+            return "optimizer"
+        return "estimate"
+
+    @property
+    def moments_info(self) -> dict[str, Any]:
+        """Where the correction's second moments come from (the manifest's "second_moments")."""
+        o = self.options
+        if self.moments_source is None:
+            return {"source": None}
+        if self.moments_source == "optimizer":
+            return {"source": "optimizer", "kind": "adam", "file": OPTIMIZER_STATE}
+        info = {"source": "estimated", "kind": o.moment_kind, "sample": o.moment_sample, "batch_size": o.moment_batch,
+                "eps": o.moment_eps, "gradient": "per-example" if o.moment_batch == 1 else "per-batch",
+                "loss": "mean token loss"}
+        if self.moments is not None:
+            info["sample"] = self.moment_rows
+        return info
+
+    def layout(self) -> dict[str, Any]:
+        return {**super().layout(), "second_moments": self.moments_info}
+
+    @property
+    def needs_prepare(self) -> bool:
+        return self.moments_source == "estimate" and self.moments is None
+
+    def prepare(self, corpus: Corpus, progress: bool = False) -> dict[str, Any]:
+        """Estimate the second moments from a seeded sample of the corpus (when they come from an estimate)."""
+        if not self.needs_prepare:
+            return {"second_moments": self.moments_info}
+        o = self.options
+        order = np.random.default_rng(o.seed).permutation(len(corpus))[: o.moment_sample]  # random batches
+        examples = [Example.block(corpus.tokens[r], corpus.block_id(r)) for r in order.tolist()]
+        moments = estimate_second_moments(self.views[0][0], examples, kind=o.moment_kind, batch_size=o.moment_batch,
+                                          progress=progress)
+        self._use_moments(round_moments(moments), len(examples))
+        return {"second_moments": self.moments_info}
+
+    def _use_moments(self, moments: Moments, rows: int) -> None:
+        self.moments, self.moment_rows = moments, rows
+        self.moments_source = "estimate"
+        self.views[0][0].set_scales(moment_scales(moments, self.options.moment_eps))
+
+    def featurize(self, examples) -> torch.Tensor:
+        if self.needs_prepare:
+            raise AttrilensError("TrackStar has no second moments to correct the gradients with: build the index "
+                                 "first (it estimates them from the corpus), or, for an index built with the "
+                                 "optimizer state, pass the model directory that holds it (model_dir=, --model DIR).")
+        return super().featurize(examples)
 
     @property
     def needs_fit(self) -> bool:
@@ -82,14 +180,22 @@ class TrackStar(GradientMethod):
         return x
 
     def state(self) -> dict[str, torch.Tensor]:
-        if self.whitening is None:
-            return {}
-        return {f"whitening.{k}": v for k, v in self.whitening.tensors().items()}
+        out = {}
+        if self.whitening is not None:
+            out.update({f"whitening.{k}": v for k, v in self.whitening.tensors().items()})
+        if self.moments is not None:
+            out.update(moments_to_tensors(self.moments))
+            out["moments_rows"] = torch.tensor([self.moment_rows])
+        return out
 
     def load(self, state, corpus) -> None:
         w = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("whitening.")}
         if w:
             self.whitening = Whitening.from_tensors(w)
+        moments = moments_from_tensors(state)
+        if moments:  # the index was built with estimated moments: use exactly those, whatever "auto" finds now
+            rows = int(state["moments_rows"][0]) if "moments_rows" in state else self.options.moment_sample
+            self._use_moments(moments, rows)
 
     @property
     def bounded(self) -> bool:
