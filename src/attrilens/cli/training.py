@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import typing
 from pathlib import Path
 from typing import Annotated, Any
@@ -156,17 +155,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         model: Annotated[str | None, typer.Option(help=f"Model (default: the one the index was built with). {MODEL_HELP}")] = None,
         neighbours: Annotated[bool, typer.Option(help="Include the neighbouring blocks' texts.")] = False,
         use_faiss: Annotated[bool, typer.Option("--faiss", help="Search with the index's FAISS index.")] = False,
+        verify: Annotated[bool, typer.Option("--verify", help="Check every file's checksum now (by default "
+                                                              "sizes and headers always, checksums on a file's "
+                                                              "first open).")] = False,
         chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
     ) -> None:
         """Top-k training examples that support (and oppose) a response, from an index."""
         from attrilens.training.index import TrainingIndex
+        from attrilens.training.store import read_manifest
 
-        mpath = index / "manifest.json"
-        if not mpath.is_file():
-            raise AttrilensError(f"{index} is not an attrilens index (no manifest.json). Build one with "
-                                 "`attrilens index build`.")
-        manifest = json.loads(mpath.read_text())
+        manifest = read_manifest(index)
         model_dir = resolve_model(model) if model else manifest.get("model_dir") or manifest["model"]["name"]
         if not model_dir or not Path(model_dir).is_dir():
             raise AttrilensError(f"The model the index was built with ({model_dir}) is not on disk. Pass --model DIR.")
@@ -178,7 +177,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if chat_template is None:  # encode the query as the index's eval queries were
             chat_template = manifest.get("chat_template")
         lm = load_lm(str(model_dir), chat_template)
-        idx = TrainingIndex.open(index, lm, model_dir=model_dir)
+        idx = TrainingIndex.open(index, lm, model_dir=model_dir, verify=True if verify else None)
         result = idx.trace(prompt, target=target, generate=generate, tokens=_parse_ints(tokens, "--tokens"),
                            span=tuple(span_t) if span_t else None, top_k=top_k, neighbours=neighbours,
                            use_faiss=use_faiss, max_new_tokens=max_new_tokens)

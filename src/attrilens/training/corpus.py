@@ -65,12 +65,18 @@ class Corpus:
 
     @classmethod
     def from_parquet(cls, path: Path) -> Corpus:
+        """The blocks an index was built on; a missing, foreign or damaged file is an error naming it."""
+        import pyarrow
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        d = table.to_pydict()
-        return cls(d["doc"], d["block"], d["text"], d["tokens"], int(meta["block_len"]), meta["fingerprint"])
+        try:
+            table = pq.read_table(path)
+            meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+            d = table.to_pydict()
+            return cls(d["doc"], d["block"], d["text"], d["tokens"], int(meta["block_len"]), meta["fingerprint"])
+        except (OSError, pyarrow.ArrowException, KeyError, ValueError, UnicodeDecodeError) as exc:
+            raise AttrilensError(f"{path} is not the corpus file of an attrilens index ({type(exc).__name__}). The "
+                                 "index is damaged: rebuild it.") from None
 
 
 def _fingerprint(ids: Sequence[str], texts: Sequence[str], block_len: int) -> str:

@@ -37,11 +37,13 @@ from attrilens.training.store import (
     INDEX_SCHEMA,
     MANIFEST,
     PRECONDITIONER,
+    build_lock,
     load_tensors,
     open_shards,
     read_manifest,
     remove_folder,
     save_tensors,
+    sha256_file,
     to_dtype,
     write_json,
     write_shards,
@@ -112,39 +114,43 @@ def build_index(
         raise AttrilensError(f"FAISS search supports single-checkpoint dot-product methods, not {cls.name} here. "
                              "Build without --faiss.")
     out.mkdir(parents=True, exist_ok=True)
-    mpath = out / MANIFEST
-    manifest = None
-    if mpath.is_file():
-        manifest = json.loads(mpath.read_text())
-        defaults = {f.name: f.default for f in dataclasses.fields(cls.Options) if f.default is not dataclasses.MISSING}
-        diff = _differences({k: manifest.get(k) for k in identity}, identity, defaults)
-        if diff:
-            raise AttrilensError(f"{out} holds an index built with different settings ({', '.join(diff)}). Use "
-                                 "another --out, or delete that directory to rebuild.")
-        if manifest.get("complete"):
-            return TrainingIndex.open(out, lm, model_dir=model_dir)
-    if manifest is None:  # chat_template: how eval queries were encoded (a trace from the CLI follows it)
-        manifest = {**identity, "model_dir": str(model_dir) if model_dir else None,
-                    "chat_template": lm.use_chat_template, "stage": "features", "shards": [], "raw_shards": [],
-                    "complete": False}
-    if not (out / "corpus.parquet").is_file():
-        blocks.to_parquet(out / "corpus.parquet")
-    manifest.update(m.layout())
-    if m.needs_prepare:
-        _prepare(m, out, manifest, blocks, progress)
-    if cls.stores_features:
-        _write_features(m, out, manifest, blocks, eval_queries, shard_size, dtype, progress)
-        shards = open_shards(out, manifest)
-        if m.after_build(shards):
-            save_tensors(out / PRECONDITIONER, m.state())
-        if use_faiss:
-            manifest["faiss"] = build_faiss(out, shards, m.dim)
-        manifest["bytes_per_example"] = m.dim * (2 if dtype == "float16" else 4)
-    manifest["stage"] = "done"
-    manifest["complete"] = True
-    manifest["build_seconds"] = round(manifest.get("build_seconds", 0.0) + time.perf_counter() - t0, 3)
-    write_json(mpath, manifest)
-    return TrainingIndex.open(out, lm, model_dir=model_dir)
+    with build_lock(out):  # one build at a time per --out
+        mpath = out / MANIFEST
+        manifest = None
+        if mpath.is_file():
+            manifest = json.loads(mpath.read_text())
+            defaults = {f.name: f.default for f in dataclasses.fields(cls.Options) if f.default is not dataclasses.MISSING}
+            diff = _differences({k: manifest.get(k) for k in identity}, identity, defaults)
+            if diff:
+                raise AttrilensError(f"{out} holds an index built with different settings ({', '.join(diff)}). Use "
+                                     "another --out, or delete that directory to rebuild.")
+            if manifest.get("complete"):
+                return TrainingIndex.open(out, lm, model_dir=model_dir)
+        if manifest is None:  # chat_template: how eval queries were encoded (a trace from the CLI follows it)
+            manifest = {**identity, "model_dir": str(model_dir) if model_dir else None,
+                        "chat_template": lm.use_chat_template, "stage": "features", "shards": [], "raw_shards": [],
+                        "complete": False}
+        if not (out / "corpus.parquet").is_file():
+            blocks.to_parquet(out / "corpus.parquet")
+        manifest.update(m.layout())
+        if m.needs_prepare:
+            _prepare(m, out, manifest, blocks, progress)
+        if cls.stores_features:
+            _write_features(m, out, manifest, blocks, eval_queries, shard_size, dtype, progress)
+            shards = open_shards(out, manifest)
+            if m.after_build(shards):
+                save_tensors(out / PRECONDITIONER, m.state())
+            if use_faiss:
+                manifest["faiss"] = build_faiss(out, shards, m.dim)
+            manifest["bytes_per_example"] = m.dim * (2 if dtype == "float16" else 4)
+        pre = out / PRECONDITIONER
+        if pre.is_file():  # recorded, so that opening the index can tell a missing or damaged one
+            manifest["preconditioner"] = {"bytes": pre.stat().st_size, "sha256": sha256_file(pre)}
+        manifest["stage"] = "done"
+        manifest["complete"] = True
+        manifest["build_seconds"] = round(manifest.get("build_seconds", 0.0) + time.perf_counter() - t0, 3)
+        write_json(mpath, manifest)
+        return TrainingIndex.open(out, lm, model_dir=model_dir)
 
 
 def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_queries: list[dict],
@@ -241,13 +247,14 @@ def _eval_examples(lm: LM, queries: Sequence[dict]) -> list[Example]:
 class TrainingIndex:
     """An opened index: memory-mapped shards, the corpus, and the method that featurises and scores queries."""
 
-    def __init__(self, path: Path, manifest: dict, corpus: Corpus, lm: LM, method: TDAMethod):
+    def __init__(self, path: Path, manifest: dict, corpus: Corpus, lm: LM, method: TDAMethod, *,
+                 verify: bool | None = None):
         self.path = Path(path)
         self.manifest = manifest
         self.corpus = corpus
         self.lm = lm
         self.method = method
-        self.shards = open_shards(self.path, manifest)
+        self.shards = open_shards(self.path, manifest, verify=verify)
 
     @property
     def method_name(self) -> str:
@@ -259,8 +266,10 @@ class TrainingIndex:
 
     @classmethod
     def open(cls, path: Path | str, lm: LM, *, corpus: Path | str | Sequence[dict] | None = None,
-             model_dir: Path | str | None = None) -> TrainingIndex:
-        """Open an index for querying with `lm`; errors if it was built with another model or (when given) corpus."""
+             model_dir: Path | str | None = None, verify: bool | None = None) -> TrainingIndex:
+        """Open an index for querying with `lm`; errors if it was built with another model or (when given) corpus,
+        or if a file is damaged: sizes and headers are always checked, checksums on a file's first open or with
+        `verify=True` (CLI `--verify`)."""
         path = Path(path)
         manifest = read_manifest(path)
         fp = lm.fingerprint()
@@ -269,7 +278,7 @@ class TrainingIndex:
                                  f"fingerprint {manifest['model']['fingerprint'][:12]}) than the one given "
                                  f"({lm.name}, {fp[:12]}). Query it with that model, or rebuild the index.")
         blocks = Corpus.from_parquet(path / "corpus.parquet")
-        if blocks.fingerprint != manifest["corpus"]["fingerprint"]:
+        if blocks.fingerprint != manifest["corpus"]["fingerprint"] or len(blocks) != manifest["corpus"]["n_blocks"]:
             raise AttrilensError(f"{path}/corpus.parquet does not match the manifest. Rebuild the index.")
         if corpus is not None:
             docs = read_documents(Path(corpus)) if isinstance(corpus, (str, Path)) else list(corpus)
@@ -282,16 +291,25 @@ class TrainingIndex:
         if mdir is None and manifest.get("model_dir") and Path(manifest["model_dir"]).is_dir():
             mdir = Path(manifest["model_dir"])
         method = method_cls(method_cls.make_options(**manifest["options"]), lm, mdir)
-        method.load(load_tensors(path / PRECONDITIONER), blocks)
+        method.load(_load_state(path, manifest, verify), blocks)
+        method.check_state()
         if method.dim != manifest["dim"]:
             raise AttrilensError(f"The method gives {method.dim} features but the index holds {manifest['dim']}. "
                                  "Rebuild it.")
-        return cls(path, manifest, blocks, lm, method)
+        return cls(path, manifest, blocks, lm, method, verify=verify)
 
     # ------------------------------------------------------------------ scoring
     def score_stream(self, query: torch.Tensor | str) -> ScoreStream:
-        """Yield (row offset, scores) over the shards for a query vector (or text) from `method.query`."""
-        yield from self.method.score_stream(self.shards, query)
+        """Yield (row offset, scores) over the shards for a query vector (or text) from `method.query`; a NaN or
+        infinite score is an error naming the rows (a damaged shard), never a ranking."""
+        for start, scores in self.method.score_stream(self.shards, query):
+            bad = ~np.isfinite(np.asarray(scores, dtype=np.float64))
+            if bad.any():
+                row = start + int(np.nonzero(bad)[0][0])
+                raise AttrilensError(f"The index in {self.path} gives {int(bad.sum())} non-finite scores (NaN or "
+                                     f"Inf; first at block {row}): a shard is damaged. Check it with "
+                                     "`attrilens trace --verify`, or rebuild the index.")
+            yield start, scores
 
     def scores(self, query: Example | str | Query) -> np.ndarray:
         """Scores of every block for one query: an Example (gradient methods), its text (BM25), or a Query (any)."""
@@ -353,6 +371,19 @@ class TrainingIndex:
         return [TraceHit(rank, self.corpus.docs[i], int(self.corpus.blocks[i]), float(s), self.corpus.texts[i],
                          self.corpus.neighbours(i) if neighbours else None)
                 for rank, (i, s) in enumerate(zip(idx.tolist(), scores.tolist(), strict=True), 1)]
+
+
+def _load_state(path: Path, manifest: dict, verify: bool | None) -> dict[str, torch.Tensor]:
+    """The method's fitted state, checked against what the manifest recorded at the end of the build."""
+    pre, recorded = path / PRECONDITIONER, manifest.get("preconditioner")
+    if recorded:
+        if not pre.is_file():
+            raise AttrilensError(f"{pre} is missing: it holds the method's fitted state. Restore it, or rebuild the "
+                                 "index.")
+        if pre.stat().st_size != recorded["bytes"] or (verify and sha256_file(pre) != recorded["sha256"]):
+            raise AttrilensError(f"{pre} is not the file the build wrote (size or checksum differs). Restore it, or "
+                                 "rebuild the index.")
+    return load_tensors(pre)
 
 
 def _span_tokens(lm: LM, response_ids: list[int], text: str, span: tuple[int, int]) -> list[int]:

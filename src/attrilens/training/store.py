@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,17 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Named tensors of a safetensors file; {} when there is none (a method without fitted state)."""
+    """Named tensors of a safetensors file; {} when there is none (a method without fitted state); a truncated or
+    foreign file is an error naming it."""
     from safetensors.torch import load_file
 
-    return load_file(str(path)) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
+        raise AttrilensError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:120]}). The "
+                             "index is damaged: rebuild it.") from None
 
 
 def to_dtype(x: torch.Tensor, dtype: str, names: Sequence[str]) -> np.ndarray:
@@ -107,18 +115,47 @@ def to_dtype(x: torch.Tensor, dtype: str, names: Sequence[str]) -> np.ndarray:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of a complete index of this schema; anything else is an error saying how to fix it."""
+    """The manifest of a complete index of this schema whose shard list covers its corpus; anything else is an
+    error saying how to fix it."""
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise AttrilensError(f"{path} is not an attrilens index (no manifest.json). Build one with "
                              "`attrilens index build`.")
-    manifest = json.loads(mpath.read_text())
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AttrilensError(f"{mpath} is not valid JSON ({exc}). The index is damaged: rebuild it.") from None
+    if not isinstance(manifest, dict):
+        raise AttrilensError(f"{mpath} is not an index manifest (a JSON object). The index is damaged: rebuild it.")
     if manifest.get("schema") != INDEX_SCHEMA:
         raise AttrilensError(f"{path} has index schema {manifest.get('schema')!r}, expected {INDEX_SCHEMA!r}. Rebuild it.")
     if not manifest.get("complete"):
         raise AttrilensError(f"The index in {path} is incomplete (its build was interrupted). Rerun the same "
                              "`attrilens index build` command to finish it.")
+    _check_shard_list(path, manifest)
     return manifest
+
+
+def _check_shard_list(path: Path, manifest: dict) -> None:
+    """The shards of an index that stores features must tile its corpus' blocks 0..n-1 exactly."""
+    if manifest.get("dtype") is None:  # a method without stored features (BM25)
+        return
+    try:
+        n_blocks = int(manifest["corpus"]["n_blocks"])
+        dim = int(manifest["dim"])
+        np.dtype(manifest["dtype"])
+        spans = sorted((int(s["start"]), int(s["rows"]), str(s["file"]), str(s["sha256"])) for s in manifest["shards"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AttrilensError(f"{path / MANIFEST} lacks or garbles a field the index needs ({exc}). The index is "
+                             "damaged: rebuild it.") from None
+    covered = 0
+    for start, rows, _, _ in spans:
+        if start != covered or rows < 1:
+            break
+        covered += rows
+    if covered != n_blocks or dim < 1:
+        raise AttrilensError(f"The manifest of {path} lists shards for {covered} of its {n_blocks} blocks. The "
+                             "index is damaged: rebuild it.")
 
 
 def write_shards(out: Path, manifest: dict, key: str, folder: Path, n_rows: int, shard_size: int,
@@ -147,19 +184,138 @@ def write_shards(out: Path, manifest: dict, key: str, folder: Path, n_rows: int,
     bar.close()
 
 
-def open_shards(path: Path, manifest: dict) -> Shards:
-    """Memory-map the finished feature shards in row order, checking each one's shape against the manifest."""
+def open_shards(path: Path, manifest: dict, *, verify: bool | None = None) -> Shards:
+    """Memory-map the finished feature shards in row order, after checking each one against the manifest: always
+    its .npy header (dtype, shape) and byte size; its sha256 too when `verify` is True, or (None, the default)
+    when the file is new or changed since it last verified (a cache keyed by size and mtime)."""
+    dtype = np.dtype(manifest["dtype"]) if manifest.get("dtype") else None
+    checked = _VerifiedCache(path)
     shards = []
     for s in sorted(manifest.get("shards", []), key=lambda s: s["start"]):
         p = path / s["file"]
         if not p.is_file():
             raise AttrilensError(f"Shard {p} is missing. Rebuild the index.")
-        arr = np.load(p, mmap_mode="c")
-        if arr.shape != (s["rows"], manifest["dim"]):
-            raise AttrilensError(f"Shard {p} has shape {arr.shape}, the manifest says "
-                                 f"({s['rows']}, {manifest['dim']}). Rebuild the index.")
-        shards.append((s["start"], arr))
+        shape, stored, offset = npy_header(p)
+        want = (s["rows"], manifest["dim"])
+        if shape != want:
+            raise AttrilensError(f"Shard {p} has shape {shape}, the manifest says {want}. Rebuild the index.")
+        if dtype is not None and stored != dtype:
+            raise AttrilensError(f"Shard {p} holds {stored} values, the index stores {dtype}. The shard is damaged: "
+                                 "rebuild the index.")
+        size, expected = p.stat().st_size, offset + stored.itemsize * want[0] * want[1]
+        if size != expected:
+            raise AttrilensError(f"Shard {p} is {size} bytes, {expected} expected (truncated or padded). The shard "
+                                 "is damaged: rebuild the index.")
+        if verify or (verify is None and not checked.fresh(p, s["sha256"])):
+            if sha256_file(p) != s["sha256"]:
+                raise AttrilensError(f"Shard {p} does not match the checksum in its manifest: it changed after the "
+                                     "build. Rebuild the index.")
+            checked.add(p, s["sha256"])
+        shards.append((s["start"], np.load(p, mmap_mode="c", allow_pickle=False)))
+    checked.save()
     return shards
+
+
+def npy_header(p: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a .npy file from its header alone; a file that is no .npy is an error."""
+    try:
+        with open(p, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+    except (ValueError, OSError, SyntaxError, EOFError) as exc:
+        raise AttrilensError(f"Shard {p} is not a readable .npy array ({exc}). The shard is damaged: rebuild the "
+                             "index.") from None
+    if fortran or dtype.hasobject:
+        raise AttrilensError(f"Shard {p} holds {'objects' if dtype.hasobject else 'a Fortran-ordered array'}, not "
+                             "the index's features. The shard is damaged: rebuild the index.")
+    return tuple(shape), dtype, offset
+
+
+class _VerifiedCache:
+    """sha256 checks already passed, by (file, size, mtime): opening an unchanged index hashes nothing again.
+    Kept in the user cache (never beside a shipped index); a cache that cannot be read or written is ignored."""
+
+    def __init__(self, index: Path):
+        from attrilens.models import cache_root
+
+        key = hashlib.sha256(str(index.resolve()).encode()).hexdigest()[:24]
+        self.file = cache_root() / "verified" / f"{key}.json"
+        try:
+            self.entries = json.loads(self.file.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+        self.changed = False
+
+    @staticmethod
+    def _stamp(p: Path, sha: str) -> list:
+        st = p.stat()
+        return [st.st_size, st.st_mtime_ns, sha]
+
+    def fresh(self, p: Path, sha: str) -> bool:
+        return self.entries.get(p.name + "@" + str(p.parent.name)) == self._stamp(p, sha)
+
+    def add(self, p: Path, sha: str) -> None:
+        self.entries[p.name + "@" + str(p.parent.name)] = self._stamp(p, sha)
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.file, self.entries)
+        except OSError:
+            pass
+
+
+LOCK = ".build.lock"
+
+
+@contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """Hold `out/.build.lock` (with this process' pid) while building into `out`: a second build into the same
+    folder is refused by name; a lock left by a process that no longer runs (a killed build) is taken over."""
+    lock = out / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = _lock_holder(lock)
+            if pid is not None and pid != os.getpid() and _running(pid):
+                raise AttrilensError(f"Another build (pid {pid}) is writing to {out}. Wait for it to finish, or "
+                                     "pass another --out.") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone (or it is ours, from an interrupted call)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise AttrilensError(f"Could not take the build lock {lock}: another build keeps taking it. Pass another --out.")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip() or "x")
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def remove_folder(folder: Path) -> None:

@@ -142,6 +142,9 @@ class TDAMethod:
     def load(self, state: dict[str, torch.Tensor], corpus: Corpus) -> None:
         """Get ready to score an opened index: restore the saved `state` (the corpus is there for text methods)."""
 
+    def check_state(self) -> None:
+        """Raise if a finished index lacks state that scoring needs (e.g. its preconditioner file was lost)."""
+
     # ------------------------------------------------------------------ search
     @property
     def bounded(self) -> bool:

@@ -90,6 +90,11 @@ class DataInf(GradientMethod):
         if "datainf.lambdas" in state:
             self.lambdas = state["datainf.lambdas"]
 
+    def check_state(self) -> None:
+        if self.lambdas is None:
+            raise AttrilensError("DataInf's λ is not in this index (its preconditioner.safetensors is missing or "
+                                 "was replaced). Rebuild the index.")
+
     @property
     def supports_faiss(self) -> bool:
         return False
@@ -97,7 +102,8 @@ class DataInf(GradientMethod):
     def score_stream(self, shards: Shards, query: torch.Tensor) -> ScoreStream:
         """DataInf per checkpoint (one closed-form r per LoRA layer), then mean or median over checkpoints."""
         if self.lambdas is None:
-            raise AttrilensError("DataInf's λ has not been fitted. Build the index first.")
+            raise AttrilensError("DataInf's λ is not in this index (its preconditioner.safetensors is missing or "
+                                 "was replaced). Rebuild the index.")
         groups, lam, q = self.layer_groups(), self.lambdas, query
         n = sum(a.shape[0] for _, a in shards)
         acc = [torch.zeros(b - a, dtype=torch.float64) for a, b in groups]

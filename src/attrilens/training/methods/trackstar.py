@@ -197,6 +197,11 @@ class TrackStar(GradientMethod):
             rows = int(state["moments_rows"][0]) if "moments_rows" in state else self.options.moment_sample
             self._use_moments(moments, rows)
 
+    def check_state(self) -> None:
+        if self.options.use_r and self.whitening is None:
+            raise AttrilensError("TrackStar's fitted R^(-1/2) is not in this index (its preconditioner.safetensors is "
+                                 "missing or was replaced). Rebuild the index.")
+
     @property
     def bounded(self) -> bool:
         return self.options.unit_norm
