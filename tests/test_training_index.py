@@ -7,6 +7,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import errno
 import json
 import random
+import shutil
 import sys
 
 import numpy as np
@@ -446,3 +447,47 @@ def test_default_projection_size_follows_the_model(lm, tmp_path):
     assert 0.9 * default_proj_dim(n_weights) <= idx.manifest["dim"] <= default_proj_dim(n_weights)
     with pytest.raises(AttrilensError, match="proj_dim must be a positive integer, None or 'auto'"):
         build_index(lm, _docs(6), tmp_path / "e", method="grad-cos", proj_dim="big", block_len=12, progress=False)
+
+
+def test_a_half_precision_optimizer_state_that_lost_its_range_is_refused(lm, model_dir, tmp_path):
+    """Second moments saved in float16 underflow to 0 below 6e-8; TrackStar must not divide by √ε for them."""
+    from attrilens.demo.paths import demo_model_dir
+    from attrilens.training.preconditioning import adam_scales, optimizer_state_problem
+
+    assert optimizer_state_problem(model_dir) is None  # float32 moments: trusted
+    bad = tmp_path / "fp16-model"
+    shutil.copytree(model_dir, bad)
+    g = torch.Generator().manual_seed(5)
+    save_file({f"exp_avg_sq.{n}": (torch.rand(p.shape, generator=g) * 1e-7).half()  # most fall below fp16's range
+               for n, p in lm.model.named_parameters()}, str(bad / "optimizer.safetensors"))
+    problem = optimizer_state_problem(bad)
+    assert problem and "half precision" in problem and "underflowed to 0" in problem
+    with pytest.raises(AttrilensError, match="underflowed to 0.*float32.*--second-moments estimate"):
+        adam_scales(bad, lm.model, {"lm_head": lm.model.lm_head})
+    kw = dict(method="trackstar", proj_dim=128, block_len=12, eval_queries=QUERIES, progress=False)
+    with pytest.raises(AttrilensError, match="underflowed to 0"):
+        build_index(lm, _docs(10), tmp_path / "opt", model_dir=bad, second_moments="optimizer", **kw)
+    auto = build_index(lm, _docs(10), tmp_path / "auto", model_dir=bad, **kw)  # auto: estimated, and says why
+    moments = auto.manifest["second_moments"]
+    assert moments["source"] == "estimated" and "underflowed" in moments["optimizer_state_refused"]
+    # the shipped demo model was packaged with float16 moments (81 % zeros): it is refused, and its index estimates
+    shipped = optimizer_state_problem(demo_model_dir("target"))
+    assert shipped and "862,760 of 1,064,960" in shipped
+
+
+def test_packaged_demo_models_keep_float32_second_moments(tmp_path):
+    from attrilens.demo.build import package_model
+    from attrilens.training.preconditioning import optimizer_state_problem
+
+    src = tmp_path / "run"
+    lm = tiny_lm("llama", seed=11)
+    lm.save_pretrained(src)
+    save_file({f"exp_avg_sq.{n}": torch.rand(p.shape) * 1e-9 for n, p in lm.model.named_parameters()},
+              str(src / "optimizer.safetensors"))
+    (src / "training.json").write_text(json.dumps({"optimizer": {"final_lr": 1e-4, "eps": 1e-8}}))
+    package_model(src, tmp_path / "packaged")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "packaged" / "optimizer.safetensors"), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+    assert optimizer_state_problem(tmp_path / "packaged") is None

@@ -202,6 +202,32 @@ class TailPatcher:
         return float(np.mean([self.cache[(p[0], p[3])] for p in pairs]))
 
 
+def saved_or_estimated_patcher(lm, model_dir: Path, blocks, log=lambda *a: None) -> tuple[TailPatcher, str]:
+    """The tail-patcher of the run's own AdamW state, or (when that state lost its range, e.g. float16 underflow)
+    one whose v is estimated from the corpus' first 64 blocks; and which of the two it is."""
+    from attrilens.training.preconditioning import optimizer_state_problem
+
+    refused = optimizer_state_problem(model_dir)
+    if not refused:
+        return TailPatcher.from_optimizer_state(lm, model_dir), "optimizer state"
+    log(f"[bench] {refused}: tail-patch estimates v from 64 blocks instead")
+    final_lr = float(json.loads((Path(model_dir) / "training.json").read_text())["optimizer"]["final_lr"])
+    return TailPatcher.from_estimate(lm, [list(t) for t in blocks.tokens[:64]], lr=final_lr), "estimated"
+
+
+def correction_scales(lm, model_dir: Path, featurizer, blocks) -> dict:
+    """1/√v per featurised weight from the saved AdamW state, or, when it lost its range, from v estimated
+    per parameter over the corpus' first 64 blocks (what TrackStar's "auto" does then)."""
+    from attrilens.training.gradients import Example
+    from attrilens.training.moments import estimate_second_moments, moment_scales
+    from attrilens.training.preconditioning import adam_scales, optimizer_state_problem
+
+    if not optimizer_state_problem(model_dir):
+        return adam_scales(model_dir, lm.model, featurizer.modules)
+    sample = [Example.block(t) for t in blocks.tokens[:64]]
+    return moment_scales(estimate_second_moments(featurizer, sample, kind="adam"), eps=1e-3)
+
+
 def method_grid(quick: bool) -> list[tuple[str, type[TDAMethod], dict[str, Any]]]:
     """(row label, method class, options) of every registered method's benchmark variants, in registry order."""
     return [(label, cls, opts) for _, cls in TDA_METHODS.items() for label, opts in cls.benchmark_variants(quick)]
@@ -250,7 +276,9 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
         return lora["lm"], lora["dir"]
 
     # ---------------------------------------------------------------- fact tracing + tail-patch, per query set
-    patcher = TailPatcher.from_optimizer_state(lm, model_dir)
+    patcher, v_source = saved_or_estimated_patcher(lm, model_dir, blocks, log)
+    setup["tail-patch v"] = v_source
+    tables["setup"] = pd.DataFrame([setup])
     ft_rows, tp_rows = [], []
     for set_name, qset in query_sets.items():
         qex = [Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"]), name=q["id"])
@@ -319,7 +347,10 @@ def projection_fidelity(lm, model_dir: Path, blocks, queries: list, dims: list[i
     from attrilens.training.methods.trackstar import TrackStar, TrackStarOptions
 
     def raw_features(**options):
-        return TrackStar(TrackStarOptions(use_r=False, unit_norm=False, **options), lm, model_dir)
+        m = TrackStar(TrackStarOptions(use_r=False, unit_norm=False, **options), lm, model_dir)
+        if m.needs_prepare:  # second moments estimated (the saved state lost its range): same seeded sample each time
+            m.prepare(blocks)
+        return m
 
     ref = raw_features(proj_dim=None)
     bex = [Example.block(t, blocks.block_id(i)) for i, t in enumerate(blocks.tokens)]
@@ -349,7 +380,7 @@ def damping_sweep(model: Path | None = None, world: Path | None = None, dims: tu
     from attrilens.lm import LM
     from attrilens.training.corpus import make_corpus, read_documents
     from attrilens.training.gradients import Example, Featurizer
-    from attrilens.training.preconditioning import adam_scales, fit_whitening
+    from attrilens.training.preconditioning import fit_whitening
 
     torch.set_num_threads(1)
     model_dir, world_dir, model_desc = _resolve(model, world, progress)
@@ -358,9 +389,9 @@ def damping_sweep(model: Path | None = None, world: Path | None = None, dims: tu
     rng = np.random.default_rng(0)  # the same queries as the training benchmark
     query_sets = benchmark_query_sets(world_dir, n_queries, rng)
     sets = {"questions": query_sets[QUESTIONS], "statements": query_sets[STATEMENTS]}
-    patcher = TailPatcher.from_optimizer_state(lm, model_dir)
+    patcher, _ = saved_or_estimated_patcher(lm, model_dir, blocks)
     rand = {qi: rng.choice(len(blocks), size=10, replace=False) for qi in range(n_tail)}
-    scales = adam_scales(model_dir, lm.model, Featurizer(lm, proj_dim=None).modules)
+    scales = correction_scales(lm, model_dir, Featurizer(lm, proj_dim=None), blocks)
     rows = []
     for d in dims:
         fz = Featurizer(lm, proj_dim=d, scales=scales)
@@ -409,13 +440,11 @@ def featurisation_speed(model_dir: Path, blocks, n: int = 64, proj_dim: int = 40
 
     from attrilens.lm import LM
     from attrilens.training.gradients import Example, Featurizer
-    from attrilens.training.preconditioning import adam_scales
-
     lm = LM.from_pretrained(model_dir, attn_implementation="eager")
     ex = [Example.block(t) for t in blocks.tokens[:n]]
     tokens = sum(len(e.ids) for e in ex)
     plain = Featurizer(lm, proj_dim=proj_dim)
-    corrected = Featurizer(lm, proj_dim=proj_dim, scales=adam_scales(model_dir, lm.model, plain.modules))
+    corrected = Featurizer(lm, proj_dim=proj_dim, scales=correction_scales(lm, model_dir, plain, blocks))
     runs = [("fast, factored (no correction)", lambda: plain.features(ex, batch_size=16)),
             ("fast, per-layer G (Adam-corrected)", lambda: corrected.features(ex, batch_size=16)),
             ("vmap reference (Adam-corrected)", lambda: corrected.features_vmap(ex, batch_size=16)),

@@ -52,7 +52,8 @@ def _log(msg: str) -> None:
 
 
 def package_model(src: Path, dst: Path) -> None:
-    """Copy a trained model dir into ``dst``: fp32 weights, fp16 second moments and checkpoints."""
+    """Copy a trained model dir into ``dst``: weights, float32 second moments (float16 would zero most of them)
+    and checkpoints."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -64,8 +65,9 @@ def package_model(src: Path, dst: Path) -> None:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
     opt = load_file(str(src / "optimizer.safetensors"))
-    save_file({k: v.to(torch.float16) for k, v in opt.items()}, str(dst / "optimizer.safetensors"),
-              metadata={"format": "attrilens/adamw-exp_avg_sq/v1", "dtype": "float16"})
+    # float32: AdamW's second moments reach far below float16's smallest value (6e-8) and would become 0
+    save_file({k: v.float() for k, v in opt.items()}, str(dst / "optimizer.safetensors"),
+              metadata={"format": "attrilens/adamw-exp_avg_sq/v1", "dtype": "float32"})
     for ck in sorted((src / "checkpoints").glob("step-*")):
         out = dst / "checkpoints" / ck.name
         out.mkdir(parents=True)

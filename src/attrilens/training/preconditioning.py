@@ -22,6 +22,35 @@ import torch
 from attrilens.errors import AttrilensError
 
 OPTIMIZER_STATE = "optimizer.safetensors"  # the final AdamW exp_avg_sq, saved by `attrilens train`
+# A float16 file cannot hold second moments below 6e-8: they become exactly 0, and 1/√(v + ε) turns into one
+# constant 1/√ε for all of them. Refuse a half-precision state in which more than this share of a tensor is 0.
+MAX_ZERO_SHARE = 0.01
+
+
+def optimizer_state_problem(model_dir: Path) -> str | None:
+    """Why the optimizer state in `model_dir` cannot be trusted as TrackStar's second moments (None: it can): a
+    half-precision file whose tensors lost their range (moments that underflowed to exactly 0)."""
+    from safetensors import safe_open
+
+    path = Path(model_dir) / OPTIMIZER_STATE
+    zeros = total = 0
+    worst = ("", 0.0)
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            if f.get_slice(key).get_dtype() not in ("F16", "BF16"):
+                continue
+            v = f.get_tensor(key)
+            if v.ndim != 2:
+                continue
+            z = int((v == 0).sum())
+            zeros, total = zeros + z, total + v.numel()
+            if z / v.numel() > worst[1]:
+                worst = (key, z / v.numel())
+    if total and worst[1] > MAX_ZERO_SHARE:
+        return (f"{path} stores second moments in half precision and {zeros:,} of {total:,} ({zeros / total:.0%}; "
+                f"{worst[1]:.1%} of {worst[0]}) underflowed to 0")
+    return None
+
 
 def adam_scales(model_dir: Path, model: torch.nn.Module, modules: dict[str, torch.nn.Module],
                 eps: float | None = None) -> dict[str, torch.Tensor]:
@@ -34,6 +63,10 @@ def adam_scales(model_dir: Path, model: torch.nn.Module, modules: dict[str, torc
                              "second moments (a downloaded checkpoint has none). Estimate them from the corpus "
                              "instead (--second-moments estimate, or second_moments=\"estimate\"; the default "
                              "\"auto\" does so), or switch the correction off (--no-correction, or correction=False).")
+    problem = optimizer_state_problem(Path(model_dir))
+    if problem:
+        raise AttrilensError(f"{problem}. Re-save the optimizer state in float32 (or bfloat16, float32's range), or "
+                             "estimate the second moments from the corpus (--second-moments estimate).")
     if eps is None:
         info = Path(model_dir) / "training.json"
         eps = json.loads(info.read_text()).get("optimizer", {}).get("eps", 1e-8) if info.is_file() else 1e-8

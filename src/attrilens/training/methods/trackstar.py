@@ -32,7 +32,13 @@ from attrilens.training.moments import (
     moments_to_tensors,
     round_moments,
 )
-from attrilens.training.preconditioning import OPTIMIZER_STATE, Whitening, adam_scales, fit_whitening
+from attrilens.training.preconditioning import (
+    OPTIMIZER_STATE,
+    Whitening,
+    adam_scales,
+    fit_whitening,
+    optimizer_state_problem,
+)
 
 SECOND_MOMENTS = ("auto", "optimizer", "estimate")
 
@@ -104,6 +110,9 @@ class TrackStar(GradientMethod):
         if not o.correction:
             return None
         has_state = self.model_dir is not None and (self.model_dir / OPTIMIZER_STATE).is_file()
+        self.refused_state = optimizer_state_problem(self.model_dir) if has_state and o.second_moments == "auto" else None
+        if self.refused_state:  # auto: a state that lost its range is not used; the manifest says why
+            return "estimate"
         if o.second_moments == "optimizer" or (o.second_moments == "auto" and has_state):
             if self.model_dir is None or not self.model_dir.is_dir():
                 raise AttrilensError("TrackStar's optimizer correction needs the model directory with its optimizer "
@@ -126,6 +135,8 @@ class TrackStar(GradientMethod):
                 "loss": "mean token loss"}
         if self.moments is not None:
             info["sample"] = self.moment_rows
+        if getattr(self, "refused_state", None):
+            info["optimizer_state_refused"] = self.refused_state
         return info
 
     def layout(self) -> dict[str, Any]:
