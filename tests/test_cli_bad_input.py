@@ -8,6 +8,7 @@ case runs the real entry point (`attrilens.cli.main`) in-process on the shipped 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -44,6 +45,8 @@ CASES = [
                                 "--method", "oracle"], "oracle"),
     ("context/missing-model", ["context", "--model", "{missing}", "--context-file", "{ctx}", "--query", "q"],
      "does not exist"),
+    ("context/pickled-model", ["context", "--model", "{pickled}", "--context-file", "{ctx}", "--query", "q"],
+     "pickle files (pytorch_model.bin)"),
     ("context/unknown-model-name", ["context", "--model", "smollm9", "--context-file", "{ctx}", "--query", "q"],
      "smollm2-135m-instruct"),
     # inspect
@@ -121,9 +124,14 @@ def files(tmp_path_factory) -> dict[str, str]:
     (root / "latin1.txt").write_bytes("{\"text\": \"Café in Zürich\"}\n".encode("latin-1"))
     (root / "corpus.jsonl").write_text('{"id": "a", "text": "Zarir has its capital at Kaper."}\n', encoding="utf-8")
     (root / "a-file").write_text("not a directory", encoding="utf-8")
+    pickled = root / "pickled-model"  # a model whose weights are a pickle: refused before anything reads it
+    pickled.mkdir()
+    shutil.copy(demo_model_dir("target") / "config.json", pickled / "config.json")
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04cos\nsystem\n")
     return {"ctx": str(root / "ctx.txt"), "long": str(root / "long.txt"), "empty": str(root / "empty.txt"),
             "latin1": str(root / "latin1.txt"), "corpus": str(root / "corpus.jsonl"), "file": str(root / "a-file"),
-            "under_file": str(root / "a-file" / "out"), "missing": str(root / "missing")}
+            "under_file": str(root / "a-file" / "out"), "missing": str(root / "missing"),
+            "pickled": str(pickled)}
 
 
 @pytest.mark.parametrize(("argv", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

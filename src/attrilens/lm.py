@@ -190,15 +190,32 @@ def _load_model_and_tokenizer(path: Path, dtype: torch.dtype, attn_implementatio
             f"{str(path)!r} holds a {config.model_type!r} model, which is not a causal LM. "
             "Pass a directory of an AutoModelForCausalLM model."
         )
-    kwargs = {"local_files_only": True, "dtype": dtype}
+    refuse_pickled_weights(path, "model.safetensors")
+    kwargs = {"local_files_only": True, "dtype": dtype, "use_safetensors": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise AttrilensError(f"Cannot load the model or tokenizer in {str(path)!r}: {exc}.") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise AttrilensError(f"Cannot load the model or tokenizer in {str(path)!r}: {first}") from None
     return model, tokenizer
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def refuse_pickled_weights(path: Path, expected: str) -> None:
+    """Weights only from safetensors: a directory whose weights are pickle files (which run code when loaded) is
+    refused in one line naming them, never unpickled."""
+    if any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")):
+        return
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise AttrilensError(f"{str(path)!r} holds its weights as pickle files ({', '.join(pickled[:3])}), which can "
+                             f"run code when loaded; attrilens reads safetensors only. Convert them to {expected} "
+                             "(save_pretrained in a trusted environment) and pass that directory.")
 
 
 class LM:
@@ -271,11 +288,13 @@ class LM:
         if not base or not Path(base).is_dir():
             raise AttrilensError(f"The base model of the LoRA adapter in {str(path)!r} ({base}) is not a local directory. "
                                  "Pass its base model directory.")
+        refuse_pickled_weights(path, "adapter_model.safetensors")
         model, tokenizer = _load_model_and_tokenizer(Path(base), kwargs["dtype"], kwargs["attn_implementation"])
         try:
-            inner = PeftModel.from_pretrained(model, str(path)).base_model.model
+            inner = PeftModel.from_pretrained(model, str(path), use_safetensors=True).base_model.model
         except Exception as exc:  # noqa: BLE001 - the message is what the user needs
-            raise AttrilensError(f"Cannot load the LoRA adapter in {str(path)!r} onto {base}: {exc}.") from exc
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise AttrilensError(f"Cannot load the LoRA adapter in {str(path)!r} onto {base}: {first}") from None
         return cls(inner.eval().to(kwargs["device"]), tokenizer, chat_template=kwargs["chat_template"], name=str(path))
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
