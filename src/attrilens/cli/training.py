@@ -149,7 +149,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         target: Annotated[str | None, typer.Option(help="The response to attribute (teacher-forced).")] = None,
         generate: Annotated[bool, typer.Option(help="Attribute the model's own greedy response instead.")] = False,
         max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate with --generate (at least 1).")] = 24,
-        tokens: Annotated[str | None, typer.Option(help="Only these response token indices count, e.g. 0,1.")] = None,
+        tokens: Annotated[str | None, typer.Option(help="Only these response token indices count, e.g. 0,1 (-1: the last token).")] = None,
         span: Annotated[str | None, typer.Option(help="Only response tokens overlapping this character span start,end.")] = None,
         top_k: Annotated[int, typer.Option(help="Proponents and opponents to return.")] = 10,
         model: Annotated[str | None, typer.Option(help=f"Model (default: the one the index was built with). {MODEL_HELP}")] = None,

@@ -77,7 +77,7 @@ class Example:
         for t in chosen:
             if not -n <= t < n:
                 raise AttrilensError(f"Token index {t} is outside the response's {n} tokens. "
-                                     f"Pass indices in 0..{n - 1}.")
+                                     f"Pass indices in 0..{n - 1}, or -{n}..-1 to count from the end.")
             mask[len(prompt_ids) + t % n] = 1.0
         return cls(list(prompt_ids) + list(response_ids), mask, name)
 

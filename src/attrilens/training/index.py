@@ -348,6 +348,8 @@ class TrainingIndex:
             tokens = _span_tokens(self.lm, response_ids, target, span)
         chosen = list(tokens) if tokens is not None else None
         ex = Example.response(prompt_ids, response_ids, chosen, name="query")
+        if chosen is not None:  # validated above; negative indices count from the end, reported as positions
+            chosen = sorted({t % len(response_ids) for t in chosen})
         text = target if chosen is None else self.lm.tokenizer.decode([response_ids[t] for t in chosen])
         q = self.method.query(Query(example=ex, text=f"{prompt} {text}"))
         passes = self.method.query_passes
