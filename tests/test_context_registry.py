@@ -101,10 +101,8 @@ def llama():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    lm = tiny_lm("llama", seed=41)
     path = tmp_path_factory.mktemp("tiny-llama")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
+    tiny_lm("llama", seed=41).save_pretrained(path)
     return path
 
 

@@ -39,8 +39,7 @@ def model_dir(tmp_path_factory):
     """A tiny llama saved like the trainer does: weights, tokenizer, optimizer second moments, a checkpoint."""
     d = tmp_path_factory.mktemp("model")
     lm = tiny_lm("llama", seed=7)
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
+    lm.save_pretrained(d)
     g = torch.Generator().manual_seed(3)
     save_file({f"exp_avg_sq.{n}": torch.rand(p.shape, generator=g) * 1e-4 + 1e-6 for n, p in lm.model.named_parameters()},
               str(d / "optimizer.safetensors"))

@@ -64,9 +64,7 @@ def toy_method():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
-    lm = tiny_lm("llama", seed=7)
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
+    tiny_lm("llama", seed=7).save_pretrained(d)
     return d
 
 
