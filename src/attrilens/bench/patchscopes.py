@@ -80,6 +80,13 @@ def _log(msg: str) -> None:
     sys.stderr.write(msg + "\n")
 
 
+def _add_run_facts(info: dict, t0: float) -> None:
+    """The run's wall seconds, peak resident memory and machine, recorded once per benchmark."""
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    info["peak_rss_mib"] = _peak_rss_mib()
+    info["machine"] = machine()
+
+
 def _peak_rss_mib() -> float:
     """This process's peak resident set size so far, in MiB (Linux reports KiB, macOS bytes)."""
     import resource
@@ -682,9 +689,7 @@ def run_real_benchmark(model: str | Path, quick: bool = False, lens_out: Path | 
     tables["speed"], info["speed"] = speed_table(lm, eval_texts, cfg, reps=1 if quick else 3)
     seconds["speed"] = round(time.perf_counter() - t, 1)
     info["part_seconds"] = seconds
-    info["seconds"] = round(time.perf_counter() - t0, 1)
-    info["peak_rss_mib"] = _peak_rss_mib()
-    info["machine"] = machine()
+    _add_run_facts(info, t0)
     header = (f"# Patchscopes benchmark, real model{' (quick)' if quick else ''}: {name}\n\n"
               "Weights are dequantised Q4 GGUF values, not the original checkpoint: compare with published numbers "
               "with care. Plain prompts (no chat template). Next token by layer on held-out (sequence, position) "
@@ -795,9 +800,7 @@ def run_benchmark(model: str | Path | None = None, world: Path | None = None, qu
     tables["multi_hop"], info["multi_hop"] = multi_hop_table(lm, facts, cfg, max_items=60 if quick else None)
     _log("[inspect bench] 4/4 speed")
     tables["speed"], info["speed"] = speed_table(lm, eval_texts, cfg, reps=3 if quick else 5)
-    info["seconds"] = round(time.perf_counter() - t0, 1)
-    info["peak_rss_mib"] = _peak_rss_mib()
-    info["machine"] = machine()
+    _add_run_facts(info, t0)
     header = (f"# Patchscopes benchmark{' (quick)' if quick else ''}: {model.name} on {world.name}\n\n"
               "Next token by layer on held-out (sequence, position) pairs: precision@1 (higher is better) and surprisal "
               "(nats, lower is better), long form and pivoted layer × method. Attribute extraction and multi-hop: "

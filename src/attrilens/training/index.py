@@ -303,7 +303,7 @@ class TrainingIndex:
         """Yield (row offset, scores) over the shards for a query vector (or text) from `method.query`; a NaN or
         infinite score is an error naming the rows (a damaged shard), never a ranking."""
         for start, scores in self.method.score_stream(self.shards, query):
-            bad = ~np.isfinite(np.asarray(scores, dtype=np.float64))
+            bad = ~np.isfinite(scores)
             if bad.any():
                 row = start + int(np.nonzero(bad)[0][0])
                 raise AttrilensError(f"The index in {self.path} gives {int(bad.sum())} non-finite scores (NaN or "

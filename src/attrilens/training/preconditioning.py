@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +30,20 @@ MAX_ZERO_SHARE = 0.01
 
 def optimizer_state_problem(model_dir: Path) -> str | None:
     """Why the optimizer state in `model_dir` cannot be trusted as TrackStar's second moments (None: it can): a
-    half-precision file whose tensors lost their range (moments that underflowed to exactly 0)."""
+    half-precision file whose tensors lost their range (moments that underflowed to exactly 0). Read once per
+    version of the file: the answer is kept by path, size and mtime."""
+    path = (Path(model_dir) / OPTIMIZER_STATE).resolve()
+    st = path.stat()
+    return _state_problem(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _state_problem(path: str, size: int, mtime_ns: int) -> str | None:
     from safetensors import safe_open
 
-    path = Path(model_dir) / OPTIMIZER_STATE
     zeros = total = 0
     worst = ("", 0.0)
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(path, framework="pt") as f:
         for key in f.keys():
             if f.get_slice(key).get_dtype() not in ("F16", "BF16"):
                 continue

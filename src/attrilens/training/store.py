@@ -251,15 +251,17 @@ class _VerifiedCache:
         self.changed = False
 
     @staticmethod
-    def _stamp(p: Path, sha: str) -> list:
+    def _entry(p: Path, sha: str) -> tuple[str, list]:
         st = p.stat()
-        return [st.st_size, st.st_mtime_ns, sha]
+        return f"{p.parent.name}/{p.name}", [st.st_size, st.st_mtime_ns, sha]
 
     def fresh(self, p: Path, sha: str) -> bool:
-        return self.entries.get(p.name + "@" + str(p.parent.name)) == self._stamp(p, sha)
+        key, stamp = self._entry(p, sha)
+        return self.entries.get(key) == stamp
 
     def add(self, p: Path, sha: str) -> None:
-        self.entries[p.name + "@" + str(p.parent.name)] = self._stamp(p, sha)
+        key, stamp = self._entry(p, sha)
+        self.entries[key] = stamp
         self.changed = True
 
     def save(self) -> None:
