@@ -254,7 +254,8 @@ def test_attention_scores_are_attention_mass(arch: str):
 def test_json_schema_round_trip(llama):
     r = ContextAttributor(llama, method="hierarchical", top_k=1).attribute(random_context(18, 3), "bank?", " ada")
     d = r.to_dict()
-    assert list(d) == ["schema", "method", "query", "response", "sources", "cost", "faithfulness"]
+    assert list(d) == ["schema", "method", "query", "response", "sources", "cost", "faithfulness", "approximation"]
+    assert d["approximation"] is None  # exact where scored (pruning is reported by faithfulness)
     assert d["schema"] == "attrilens/context/v1" and d["method"] == "cached+hierarchical"
     assert set(d["cost"]) == {"forward_passes", "tokens_computed", "seconds"}
     assert all(list(s) == ["index", "text", "start", "end", "level", "score"] for s in d["sources"])

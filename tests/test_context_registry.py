@@ -165,7 +165,7 @@ def test_combination_rules_come_from_the_declared_capabilities(llama, toy_first)
     with pytest.raises(AttrilensError, match="contextcite cannot be combined with proxy"):
         parse_method("contextcite+proxy")
     assert parse_method("toy-first").name == "toy-first" and not parse_method("toy-first").cached
-    assert {"naive", "cached", "hierarchical", "proxy", "proxy-pruning"} == set(CONTEXT_WRAPPERS.names())
+    assert {"naive", "cached", "knockout", "hierarchical", "proxy", "proxy-pruning"} == set(CONTEXT_WRAPPERS.names())
 
 
 # ---------------------------------------------------------------------------------------------- options

@@ -745,6 +745,7 @@ class LM:
         read_layers: Sequence[int] = (),
         patches: Sequence[Patch] = (),
         logits_at: Sequence[Sequence[int]] | None = None,
+        hide: Sequence[Sequence[int]] | None = None,
     ) -> RunOutput:
         """Continue each suffix from the first `keep[r]` tokens of a cached prefix, all rows in one forward.
 
@@ -753,19 +754,24 @@ class LM:
         computation as running prefix[:keep[r]] + suffix from scratch. Suffixes are right-padded. Logits
         are for the suffix positions only (or, with `logits_at`, for those suffix positions of each row, the
         same count per row); patches use positions in the full (kept prefix + suffix) row.
+        `hide[r]` (attention knockout): kept-prefix positions row r's suffix may not attend to; the cached prefix
+        itself stays as it was computed (with those positions visible).
         """
         from transformers import DynamicCache
 
         n_prefix = prefix.lengths[0]
         if len(keep) != len(suffixes):
             raise AttrilensError(f"Got {len(keep)} keep lengths for {len(suffixes)} suffixes; pass one per suffix.")
+        if hide is not None and (len(hide) != len(keep) or any(not 0 <= p < k for h, k in zip(hide, keep, strict=True)
+                                                                for p in h)):
+            raise AttrilensError("hide needs one list per suffix of positions inside that row's kept prefix.")
         if any(not 1 <= k <= n_prefix for k in keep):
             raise AttrilensError(f"keep lengths must lie in 1..{n_prefix} (the cached prefix), got {list(keep)}.")
         for k, s in zip(keep, suffixes, strict=True):
             self.check_length(k + len(s))
         if self.sliding_window is not None and len(set(keep)) > 1:
             return self._extend_by_keep(prefix, keep, suffixes, read_layers=read_layers, patches=patches,
-                                        logits_at=logits_at)
+                                        logits_at=logits_at, hide=hide)
         width, rows = max(keep), len(suffixes)
         # one copy of the kept prefix per row, made when the cache is built (expand is a view)
         cache = DynamicCache(ddp_cache_data=[
@@ -774,6 +780,8 @@ class LM:
         cache_mask = torch.zeros((len(suffixes), width), dtype=torch.long, device=self.device)
         for r, k in enumerate(keep):
             cache_mask[r, :k] = 1
+            if hide is not None and hide[r]:
+                cache_mask[r, list(hide[r])] = 0
         batch = self.pad_batch(suffixes, padding_side="right")
         batch.position_ids = batch.position_ids + torch.as_tensor(list(keep), device=self.device)[:, None]
         return self._forward(
@@ -788,7 +796,8 @@ class LM:
 
     def _extend_by_keep(self, prefix: RunOutput, keep: Sequence[int], suffixes: Sequence[Sequence[int]], *,
                         read_layers: Sequence[int], patches: Sequence[Patch],
-                        logits_at: Sequence[Sequence[int]] | None) -> RunOutput:
+                        logits_at: Sequence[Sequence[int]] | None,
+                        hide: Sequence[Sequence[int]] | None = None) -> RunOutput:
         """`extend` one group of rows per keep length, stitched back in row order (right-padded).
 
         Sliding-window layers place their window by cache index; a row that keeps fewer prefix tokens than
@@ -804,7 +813,8 @@ class LM:
             local = {r: i for i, r in enumerate(rows)}
             sub = [Patch(local[p.row], p.layer, p.position, p.value) for p in patches if p.row in local]
             out = self.extend(prefix, [k] * len(rows), [suffixes[r] for r in rows], read_layers=read_layers,
-                              patches=sub, logits_at=None if logits_at is None else [logits_at[r] for r in rows])
+                              patches=sub, logits_at=None if logits_at is None else [logits_at[r] for r in rows],
+                              hide=None if hide is None else [hide[r] for r in rows])
             if logits is None:
                 cols = width if logits_at is None else len(logits_at[0])
                 logits = out.logits.new_zeros((len(keep), cols, out.logits.shape[-1]))

@@ -123,7 +123,8 @@ class ContextAttributor:
         token_ids = run.token_ids if run.token_ids is not None else rids
         return ContextResult(self.spec.name, query, response, sources, cost,
                              token_offsets=response_token_offsets(token_lm, token_ids), rescorer=estimate.rescorer,
-                             details=details, faithfulness=faithfulness)
+                             details=details, faithfulness=faithfulness,
+                             approximation="; ".join(self.pipeline.approximations()) or None)
 
     def faithfulness(self, run: AttributionRun, scores: list[float | None]) -> Faithfulness:
         """LL(r | full context), LL(r | the kept context) and, when pruned, LL(r | no context) under the target.

@@ -19,7 +19,7 @@ from attrilens.results import Cost, Timer
 from attrilens.spans import Sources
 
 
-def _token_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+def token_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
     """log p(targets[t]) from logits[t] (rows aligned), in fp32."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return logp[torch.arange(len(targets)), torch.as_tensor(list(targets), device=logits.device)].cpu()
@@ -61,6 +61,15 @@ class Scorer:
         if self.record is not None:
             self.record[context] = self.base_logprobs
 
+    def base_without(self, sources: Sources, drop: Sequence[int]) -> torch.Tensor:
+        """Per-token log p of the response with the `drop` sources ablated (by default: removed from the text)."""
+        return self.base(sources.ablate(drop))
+
+    def score_without(self, sources: Sources, drops: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[len(drops), T] per-token log p with each set of sources ablated (after `base_without` of the context
+        they are ablated from; by default each set is removed from the text and the prompt re-scored)."""
+        return self.score([sources.ablate(d) for d in drops])
+
     def score(self, contexts: Sequence[str]) -> torch.Tensor:
         """[len(contexts), T] per-token log p of the response under each context."""
         with Timer(self.cost):
@@ -89,7 +98,7 @@ class CachedScorer(Scorer):
             n = len(self.base_ids)
             self.prefix = self.lm.prefix_cache(full, logits_at=range(n - 1, len(full) - 1))
             self.cost.add(1, len(full))
-            self.base_logprobs = _token_logprobs(self.prefix.logits[0], self.response_ids)
+            self.base_logprobs = token_logprobs(self.prefix.logits[0], self.response_ids)
             self.base_context = context
             self._keep(context)
         return self.base_logprobs
@@ -132,7 +141,7 @@ class CachedScorer(Scorer):
                                      logits_at=[range(f, f + T) for f in first])
                 self.cost.add(len(rows), sum(len(suffix[i]) for i in rows))
                 for r, i in enumerate(rows):
-                    out[i] = _token_logprobs(ext.logits[r], self.response_ids)
+                    out[i] = token_logprobs(ext.logits[r], self.response_ids)
             return out
 
 
@@ -146,8 +155,8 @@ def loo(scorer: Scorer, sources: Sources, *, base_drop: Sequence[int] = (), cand
     """
     base_drop = list(base_drop)
     cand = [i for i in (range(len(sources)) if candidates is None else candidates) if i not in set(base_drop)]
-    base = scorer.base(sources.ablate(base_drop))
-    ablated = scorer.score([sources.ablate([*base_drop, i]) for i in cand])
+    base = scorer.base_without(sources, base_drop)
+    ablated = scorer.score_without(sources, [[*base_drop, i] for i in cand])
     drop = torch.full((len(sources), len(scorer.response_ids)), float("nan"))
     if cand:
         drop[cand] = base[None, :] - ablated

@@ -64,6 +64,10 @@ class Pipeline:
         """The scorer the method's runs use (naive or cached), None for methods without one."""
         return next((w.scorer_class for w in self.wrappers if isinstance(w, ScorerWrapper)), None)
 
+    def approximations(self) -> list[str]:
+        """How this method's scores may differ from the target's exact LOO, one line per stage that approximates."""
+        return [w.approximation for w in self.wrappers if w.approximation]
+
     def check(self, level: str) -> None:
         """Refuse a source level one of the wrappers cannot work at."""
         for w in self.wrappers:

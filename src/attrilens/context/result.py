@@ -61,6 +61,8 @@ class ContextResult(Result):
     details: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # LL(response | full context) vs LL(response | the kept context the scores were computed in), and a warning.
     faithfulness: Faithfulness | None = field(default=None, compare=False)
+    # How the scores may differ from the target's exact LOO (knockout, proxy scores); None: exact where scored.
+    approximation: str | None = None
 
     @property
     def warning(self) -> str | None:
@@ -108,6 +110,7 @@ class ContextResult(Result):
             rescorer=lambda sub: self.rescorer([tokens[i] for i in sub]),
             details={**self.details, "response_span": [a, b]},
             faithfulness=None if self.faithfulness is None else self.faithfulness.for_tokens(tokens),
+            approximation=self.approximation,
         )
 
     # ------------------------------------------------------------------ JSON / pandas
@@ -122,6 +125,7 @@ class ContextResult(Result):
             "sources": [s.to_dict() for s in self.sources],
             "cost": self.cost.to_dict(),
             "faithfulness": None if self.faithfulness is None else self.faithfulness.to_dict(),
+            "approximation": self.approximation,
         }
 
     @classmethod
@@ -132,7 +136,8 @@ class ContextResult(Result):
                                    None if s["score"] is None else float(s["score"])) for s in d["sources"]]
             faith = d.get("faithfulness")
             return cls(d["method"], d["query"], d["response"], sources, Cost.from_dict(d.get("cost", {})),
-                       faithfulness=None if faith is None else Faithfulness.from_dict(faith))
+                       faithfulness=None if faith is None else Faithfulness.from_dict(faith),
+                       approximation=d.get("approximation"))
         except (KeyError, TypeError, ValueError) as exc:
             raise AttrilensError(f"Malformed attrilens/context/v1 document ({exc!r}). Pass what to_json() wrote.") from exc
 

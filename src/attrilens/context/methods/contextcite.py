@@ -47,11 +47,10 @@ class ContextCite(ContextMethod):
         """Scores from n_ablations random ablations, and a re-scorer that refits on a response sub-span."""
         o = self.options
         masks = random_masks(len(run.sources), int(o.n_ablations), seed=o.seed)
-        contexts = [run.sources.ablate(np.flatnonzero(m == 0).tolist()) for m in masks]
         scorer = run.scorer()
         if scorer.cached:
-            scorer.base(run.sources.context)
-        logprobs = scorer.score(contexts)
+            scorer.base_without(run.sources, [])
+        logprobs = scorer.score_without(run.sources, [np.flatnonzero(m == 0).tolist() for m in masks])
 
         def rescore(tokens: Sequence[int]) -> list[float | None]:
             tokens = list(tokens)

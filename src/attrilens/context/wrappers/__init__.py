@@ -1,6 +1,13 @@
-"""The context lens's wrappers, by name: `CONTEXT_WRAPPERS` (naive, cached, hierarchical, proxy, proxy-pruning)."""
+"""The context lens's wrappers, by name: `CONTEXT_WRAPPERS` (naive, cached, knockout, hierarchical, proxy, proxy-pruning)."""
 
-from attrilens.context.wrappers import cached, hierarchical, naive, proxy, proxy_pruning  # noqa: F401  (they register)
+from attrilens.context.wrappers import (  # noqa: F401  (they register)
+    cached,
+    hierarchical,
+    knockout,
+    naive,
+    proxy,
+    proxy_pruning,
+)
 from attrilens.context.wrappers.base import (
     CONTEXT_WRAPPERS,
     ContextWrapper,

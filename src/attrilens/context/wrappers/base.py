@@ -25,6 +25,7 @@ class ContextWrapper(Configurable):
     slot: ClassVar[str | None] = None  # wrappers sharing a slot exclude each other; None: the wrapper's own name
     order: ClassVar[int] = 0
     proxy_mode: ClassVar[str | None] = None  # what a proxy model does here ("scores", "prune"); None: no proxy
+    approximation: ClassVar[str | None] = None  # how this stage's scores may differ from exact LOO (in the result)
 
     @classmethod
     def slot_name(cls) -> str:

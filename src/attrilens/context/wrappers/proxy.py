@@ -20,6 +20,7 @@ class Proxy(DropsWrapper):
     slot = "proxy"
     order = 20
     proxy_mode = "scores"
+    approximation = "proxy: the scores are the proxy model's leave-one-out, not the target's"
 
     def wrap(self, inner: SourceDrops, method: ContextMethod, run: AttributionRun) -> SourceDrops:
         """`inner` run by the proxy instead of the target."""
