@@ -75,3 +75,19 @@ def test_report_comparison_shows_both_texts_and_the_word_diff(watched, tmp_path)
     assert view.locator(".al-col").nth(0).locator(".al-example").count() == 4
     assert view.locator(".al-col").nth(1).locator(".al-example").count() == 4
     assert watched.errors == []
+
+
+def test_report_says_when_context_scores_are_approximate_or_unfaithful(watched, tmp_path):
+    doc = fixture("context.json")
+    doc["approximation"] = "knockout: each source is hidden <b>from</b> the response's attention"
+    doc["faithfulness"] = {**(doc.get("faithfulness") or {}), "warning": "the kept context <i>no longer</i> supports it"}
+    page = open_report(watched, tmp_path, [doc, fixture("inspect.json")])
+    notes = page.locator(".al-view-context .al-notice").all_inner_texts()
+    assert any(n.startswith("Approximate scores — knockout: each source is hidden <b>from</b>") for n in notes)
+    assert any(n.startswith("Unfaithful: the kept context <i>no longer</i>") for n in notes)  # shown as text
+    assert page.locator(".al-view-context .al-notice b, .al-view-context .al-notice i").count() == 0
+    doc.pop("approximation")
+    doc["faithfulness"]["warning"] = None
+    page = open_report(watched, tmp_path, [doc, fixture("inspect.json")])
+    assert page.locator(".al-view-context .al-notice").count() == 0
+    assert watched.errors == []

@@ -88,6 +88,8 @@ export function contextView(doc, host) {
     return section("Context attribution",
       "Each source of the context shaded by how much removing it lowers the log-likelihood of the response (leave-one-out).",
       h("p", { class: "al-meta" }, `method ${d.method ?? "?"} · ${cost.forward_passes ?? "?"} forward passes · ${cost.tokens_computed ?? "?"} tokens · ${fmt(cost.seconds, 2)} s`),
+      d.faithfulness && d.faithfulness.warning ? notice("error", `Unfaithful: ${d.faithfulness.warning}`) : null,
+      d.approximation ? notice("info", `Approximate scores — ${d.approximation}.`) : null,
       h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Query"), h("p", { class: "al-text" }, d.query ?? "")),
       h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Response (select a span to attribute just that)"), sel.node, out),
       divergingLegend(limit, "LOO score (red: the response relies on it, blue: it works against the response)"),
