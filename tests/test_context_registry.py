@@ -165,12 +165,13 @@ def test_combination_rules_come_from_the_declared_capabilities(llama, toy_first)
     with pytest.raises(AttrilensError, match="contextcite cannot be combined with proxy"):
         parse_method("contextcite+proxy")
     assert parse_method("toy-first").name == "toy-first" and not parse_method("toy-first").cached
-    assert {"naive", "cached", "knockout", "hierarchical", "proxy", "proxy-pruning"} == set(CONTEXT_WRAPPERS.names())
+    assert {"naive", "cached", "knockout", "hierarchical", "proxy", "proxy-pruning", "attention-pruning"} == set(
+        CONTEXT_WRAPPERS.names())
 
 
 # ---------------------------------------------------------------------------------------------- options
 def test_options_go_to_the_components_that_take_them(llama, toy_first):
-    with pytest.raises(AttrilensError, match=r"top_k=5 does not apply to method 'cached'.*hierarchical, proxy-pruning"):
+    with pytest.raises(AttrilensError, match=r"top_k=5 does not apply to method 'cached'.*hierarchical, attention-pruning, proxy-pruning"):
         ContextAttributor(llama, method="cached", top_k=5)
     ContextAttributor(llama, method="cached", top_k=3, n_ablations=64)  # the defaults: nothing asked, accepted
     with pytest.raises(AttrilensError, match="weight=2.0 does not apply to method 'cached'; drop it, or use a method "

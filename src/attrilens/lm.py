@@ -106,6 +106,7 @@ class RunOutput:
     attention_mask: torch.Tensor | None = None
     lengths: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+    attentions: tuple[torch.Tensor, ...] | None = None  # per layer [B, heads, queries, keys], when asked for
 
 
 @dataclass
@@ -136,6 +137,14 @@ def _shallow_module_copy(module: nn.Module) -> nn.Module:
     clone = copy.copy(module)
     clone._modules = dict(module._modules)
     return clone
+
+
+def _attentions(output) -> tuple[torch.Tensor, ...]:
+    """The per-layer attention weights of a forward run with output_attentions (an error if the model gave none)."""
+    att = getattr(output, "attentions", None)
+    if not att or any(a is None for a in att):
+        raise AttrilensError("This model returned no attention weights. Use a method that does not read them.")
+    return tuple(att)
 
 
 def _output_cache(output) -> object:
@@ -587,12 +596,15 @@ class LM:
         patches: Sequence[Patch] = (),
         padding_side: str = "right",
         keep_cache: bool = False,
+        attentions: bool = False,
     ) -> RunOutput:
-        """One batched forward over token-id rows; read residual states and apply per-row patches."""
+        """One batched forward over token-id rows; read residual states and apply per-row patches (and return the
+        attention weights, computed by eager attention, when asked)."""
         batch = self.pad_batch(sequences, padding_side=padding_side)
         for n in batch.lengths:
             self.check_length(n, "sequence")
-        return self._forward(batch, read_layers=read_layers, patches=patches, keep_cache=keep_cache)
+        return self._forward(batch, read_layers=read_layers, patches=patches, keep_cache=keep_cache,
+                             attentions=attentions)
 
     def _forward(
         self,
@@ -605,6 +617,7 @@ class LM:
         chunk_start: Sequence[int] | int = 0,
         keep_cache: bool = False,
         logits_at: torch.Tensor | None = None,
+        attentions: bool = False,
     ) -> RunOutput:
         """One forward of a padded batch (continuing `cache` when given); with `logits_at` ([B, K] columns of this
         chunk) the unembedding runs only there and the logits are [B, K, V] — a vocabulary-sized product per
@@ -629,7 +642,10 @@ class LM:
         extra = {self._cache_kwarg: cache}
         if logits_at is not None:
             extra["logits_to_keep"] = logits_at.to(batch.input_ids.device)
-        with torch.no_grad(), self._hooks(read, writes, store, applied):
+        if attentions:
+            extra["output_attentions"] = True
+        with torch.no_grad(), self._hooks(read, writes, store, applied), (
+                self.eager_attention() if attentions else contextlib.nullcontext()):
             out = self.model(
                 input_ids=batch.input_ids,
                 attention_mask=mask,
@@ -652,7 +668,20 @@ class LM:
             attention_mask=mask,
             lengths=batch.lengths,
             offsets=batch.offsets,
+            attentions=_attentions(out) if attentions else None,
         )
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Eager attention (the implementation that returns weights) for the duration, then the original again."""
+        before = self.model.config._attn_implementation
+        if before != "eager":
+            self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            if before != "eager":
+                self.model.set_attn_implementation(before)
 
     # ------------------------------------------------------------------ hidden states
     @torch.no_grad()
@@ -746,6 +775,7 @@ class LM:
         patches: Sequence[Patch] = (),
         logits_at: Sequence[Sequence[int]] | None = None,
         hide: Sequence[Sequence[int]] | None = None,
+        attentions: bool = False,
     ) -> RunOutput:
         """Continue each suffix from the first `keep[r]` tokens of a cached prefix, all rows in one forward.
 
@@ -755,7 +785,8 @@ class LM:
         are for the suffix positions only (or, with `logits_at`, for those suffix positions of each row, the
         same count per row); patches use positions in the full (kept prefix + suffix) row.
         `hide[r]` (attention knockout): kept-prefix positions row r's suffix may not attend to; the cached prefix
-        itself stays as it was computed (with those positions visible).
+        itself stays as it was computed (with those positions visible). `attentions`: also return the suffix's
+        attention weights (eager attention for this forward; keys = the kept prefix, then the suffix).
         """
         from transformers import DynamicCache
 
@@ -770,6 +801,9 @@ class LM:
         for k, s in zip(keep, suffixes, strict=True):
             self.check_length(k + len(s))
         if self.sliding_window is not None and len(set(keep)) > 1:
+            if attentions:
+                raise AttrilensError("Attention weights of rows with different keep lengths are not supported on "
+                                     "sliding-window models; extend rows of one keep length together.")
             return self._extend_by_keep(prefix, keep, suffixes, read_layers=read_layers, patches=patches,
                                         logits_at=logits_at, hide=hide)
         width, rows = max(keep), len(suffixes)
@@ -792,6 +826,7 @@ class LM:
             cache_mask=cache_mask,
             chunk_start=list(keep),
             logits_at=None if logits_at is None else torch.as_tensor([list(c) for c in logits_at], dtype=torch.long),
+            attentions=attentions,
         )
 
     def _extend_by_keep(self, prefix: RunOutput, keep: Sequence[int], suffixes: Sequence[Sequence[int]], *,

@@ -57,8 +57,8 @@ class Setting:
 # Table labels that differ from the registered name (kept so that tables compare with earlier runs).
 LABELS = {"gradient": "gradient-norm"}
 NAIVE, CACHED = "loo (naive, exact)", "cached (exact)"
-QUICK = {NAIVE, CACHED, "hierarchical K=2", "knockout", "proxy-pruning K=3", "hier+proxy-pruning K=3",
-         "contextcite n=16"}
+QUICK = {NAIVE, CACHED, "hierarchical K=2", "knockout", "knockout+attention-pruning K=3", "proxy-pruning K=3",
+         "hier+proxy-pruning K=3", "contextcite n=16"}
 
 
 def proxy_settings(proxy: str | None, suffix: str, *, pruning_k: Sequence[int] = (3, 5),
@@ -93,6 +93,8 @@ def default_settings(quick: bool = False, proxies: Sequence[str] | None = None, 
         *(Setting(f"hierarchical K={k}", "hierarchical", {"top_k": k}) for k in (2, 4)),
         Setting("knockout", "knockout"),
         Setting("knockout+hierarchical K=2", "knockout+hierarchical", {"top_k": 2}),
+        *(Setting(f"attention-pruning K={k}", "attention-pruning", {"top_k": k}) for k in (3, 5)),
+        *(Setting(f"knockout+attention-pruning K={k}", "knockout+attention-pruning", {"top_k": k}) for k in (3, 5)),
         *proxy_rows,
         *(Setting(f"contextcite n={n}", "naive+contextcite", {"n_ablations": n}) for n in contextcite_n),
     ]

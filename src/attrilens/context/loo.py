@@ -14,9 +14,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from attrilens.context.token_sources import pool_by_source, prompt_token_owner
 from attrilens.lm import LM, length_batches
 from attrilens.results import Cost, Timer
 from attrilens.spans import Sources
+
+
+def mean_attention(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[queries, keys] attention of row 0, averaged over layers and heads (fp32, on the CPU)."""
+    return torch.stack([a[0].float() for a in attentions]).mean(dim=(0, 1)).cpu()
 
 
 def token_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
@@ -70,6 +76,16 @@ class Scorer:
         they are ablated from; by default each set is removed from the text and the prompt re-scored)."""
         return self.score([sources.ablate(d) for d in drops])
 
+    def response_attention(self, sources: Sources) -> torch.Tensor:
+        """[S, T] attention mass from the position predicting each response token to each source's tokens (mean
+        over layers and heads): one full eager pass over prompt + response here; one response row when cached."""
+        with Timer(self.cost):
+            ids, owner = prompt_token_owner(self.lm, self.prompt, sources)
+            n, T = len(ids), len(self.response_ids)
+            out = self.lm.run([ids + self.response_ids[:-1]], attentions=True)
+            self.cost.add(1, n + T - 1)
+            return pool_by_source(mean_attention(out.attentions)[n - 1 :, :n], owner, len(sources))
+
     def score(self, contexts: Sequence[str]) -> torch.Tensor:
         """[len(contexts), T] per-token log p of the response under each context."""
         with Timer(self.cost):
@@ -102,6 +118,18 @@ class CachedScorer(Scorer):
             self.base_context = context
             self._keep(context)
         return self.base_logprobs
+
+    def response_attention(self, sources: Sources) -> torch.Tensor:
+        """[S, T] attention mass per source, read from one response-length row over the full prompt's cache."""
+        self.base(sources.context)
+        with Timer(self.cost):
+            owner = prompt_token_owner(self.lm, self.prompt, sources)[1]
+            n, T = len(self.base_ids), len(self.response_ids)
+            ext = self.lm.extend(self.prefix, [n - 1], [[self.base_ids[n - 1], *self.response_ids[:-1]]],
+                                 logits_at=[[0]], attentions=True)
+            self.cost.add(1, T)
+            # keys: the n - 1 cached prompt positions, then the row itself (its first column is prompt position n - 1)
+            return pool_by_source(mean_attention(ext.attentions)[:, :n], owner, len(sources))
 
     def groups(self, lengths: Sequence[int]) -> list[list[int]]:
         """Suffixes continued in one forward: similar lengths (padding costs as much as a token), batch_size rows."""

@@ -6,30 +6,13 @@ interface). Scores add over response tokens, so a response sub-span is re-scored
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
 from attrilens.context.methods.base import CONTEXT_METHODS, ContextMethod, Estimate
 from attrilens.context.run import AttributionRun
 from attrilens.context.token_sources import pool_by_source, prompt_token_owner
 from attrilens.errors import AttrilensError
-from attrilens.lm import LM
 from attrilens.results import Timer
-
-
-@contextlib.contextmanager
-def _eager_attention(lm: LM) -> Iterator[None]:
-    """Switch to eager attention (which returns weights) for the duration, then restore the original."""
-    before = lm.model.config._attn_implementation
-    if before != "eager":
-        lm.model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if before != "eager":
-            lm.model.set_attn_implementation(before)
 
 
 @CONTEXT_METHODS.register("attention")
@@ -46,7 +29,7 @@ class AttentionWeights(ContextMethod):
             ids, owner = prompt_token_owner(lm, run.prompt, run.sources)
             full = ids + list(run.response_ids)
             lm.check_length(len(full))
-            with _eager_attention(lm):
+            with lm.eager_attention():
                 out = lm.model(input_ids=torch.tensor([full], device=lm.device), output_attentions=True)
             if not out.attentions or out.attentions[0] is None:
                 raise AttrilensError("This model returned no attention weights. Use another method (e.g. cached).")

@@ -1,6 +1,8 @@
-"""The context lens's wrappers, by name: `CONTEXT_WRAPPERS` (naive, cached, knockout, hierarchical, proxy, proxy-pruning)."""
+"""The context lens's wrappers, by name: `CONTEXT_WRAPPERS` (naive, cached, knockout, hierarchical,
+proxy, proxy-pruning, attention-pruning)."""
 
 from attrilens.context.wrappers import (  # noqa: F401  (they register)
+    attention_pruning,
     cached,
     hierarchical,
     knockout,
