@@ -21,6 +21,7 @@ import dataclasses
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -618,8 +619,11 @@ def fact_attribute_tables(lm: LM, facts: list[CountryFact], cfg: BenchConfig):
             hit = [greedy_match(gens[(layer, k)], f.target) for k, f in enumerate(fs)]
             row = {"relation": rel, "layer": layer, "facts": len(fs), "patchscope": sum(hit) / len(fs),
                    "no-patch control": control / len(fs), "probe-able facts": len(seen),
-                   "patchscope (probe-able)": float("nan"), "linear probe (probe-able)": float("nan")}
+                   "patchscope (probe-able)": float("nan"), "linear probe (probe-able)": float("nan"),
+                   "majority class (probe-able)": float("nan")}
             if seen:
+                majority = Counter(f.value for f in train).most_common(1)[0][0]  # the probe's floor: one guess
+                row["majority class (probe-able)"] = sum(fs[k].value == majority for k in seen) / len(seen)
                 pred = _probe_predict(feats[layer][[index[f.country] for f in train]], [f.value for f in train],
                                       feats[layer][[index[fs[k].country] for k in seen]])
                 row["patchscope (probe-able)"] = sum(hit[k] for k in seen) / len(seen)
@@ -634,7 +638,8 @@ def fact_attribute_tables(lm: LM, facts: list[CountryFact], cfg: BenchConfig):
                        **{c: float((sub[c] * sub["facts"]).sum() / n) for c in ("patchscope", "no-patch control")},
                        "probe-able facts": int(m),
                        **{c: float((sub[c].fillna(0) * sub["probe-able facts"]).sum() / m) if m else float("nan")
-                          for c in ("patchscope (probe-able)", "linear probe (probe-able)")}})
+                          for c in ("patchscope (probe-able)", "linear probe (probe-able)",
+                                    "majority class (probe-able)")}})
     info = {"countries": len(countries), "dev_countries": len(dev), "test_countries": len(countries) - len(dev),
             "layers": layers, "source_template": SOURCE_TEMPLATE,
             "targets": {rel: fact_target(rel) for rel in relations},
