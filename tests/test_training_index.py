@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
-from attrilens.testing import tiny_lm
+from attrilens.testing import save_with_adam_moments, tiny_lm
 from attrilens.training import store
 from attrilens.training.corpus import make_corpus
 from attrilens.training.gradients import Example, Featurizer
@@ -38,11 +38,7 @@ def _docs(n=24, seed=0):
 def model_dir(tmp_path_factory):
     """A tiny llama saved like the trainer does: weights, tokenizer, optimizer second moments, a checkpoint."""
     d = tmp_path_factory.mktemp("model")
-    lm = tiny_lm("llama", seed=7)
-    lm.save_pretrained(d)
-    g = torch.Generator().manual_seed(3)
-    save_file({f"exp_avg_sq.{n}": torch.rand(p.shape, generator=g) * 1e-4 + 1e-6 for n, p in lm.model.named_parameters()},
-              str(d / "optimizer.safetensors"))
+    save_with_adam_moments(tiny_lm("llama", seed=7), d, seed=3)
     ck = tiny_lm("llama", seed=8)
     ck.model.save_pretrained(d / "checkpoints" / "step-5")
     info = {"checkpoints": [{"step": 5, "lr": 2e-3, "path": "checkpoints/step-5"}],

@@ -110,6 +110,21 @@ def tiny_lm(arch: str = "llama", *, seed: int = 0, layers: int = 2, width: int =
     return LM(model.float().eval(), tiny_tokenizer(), name=f"tiny-{arch}")
 
 
+def save_with_adam_moments(lm: LM, out, *, seed: int) -> LM:
+    """Save `lm` like the trainer does (weights, tokenizer) plus random Adam second moments (optimizer.safetensors,
+    drawn from `seed`, all positive) and return it reloaded from there, so TrackStar's correction has state to read."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    lm.save_pretrained(out)
+    g = torch.Generator().manual_seed(seed)
+    save_file({f"exp_avg_sq.{n}": torch.rand(p.shape, generator=g) * 1e-4 + 1e-6 for n, p in lm.model.named_parameters()},
+              str(out / "optimizer.safetensors"))
+    return LM.from_pretrained(out)
+
+
 def random_ids(lm: LM, n: int, *, generator: torch.Generator) -> list[int]:
     """n random token ids, avoiding special tokens."""
     hi = len(lm.tokenizer)

@@ -6,10 +6,11 @@ Layout of an index directory:
     preconditioner.safetensors the method's fitted state (TrackStar's R^(-1/2) in thin form, DataInf's λ_l)
     shards/shard-00000.npy     features, fp16 (or fp32), one row per block; .npy so search can memory-map them
     raw/                       features before a fit (TrackStar's R), only while building
-    faiss.index                optional exact inner-product FAISS index (single dot-product methods)
+    faiss.index                optional FAISS index (single dot-product methods): flat (exact), ivf-pq or hnsw (ann.py)
 
 Every method-specific step is a hook of the method's class (`attrilens.training.methods`); this module only
-orders them, stores what they return (`store`) and searches the shards (`search`).
+orders them, stores what they return (`store`) and searches the shards (`search`); `distributed` runs the same
+build and search on Ray.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from attrilens.errors import AttrilensError
 from attrilens.jsonl import iter_jsonl
 from attrilens.lm import LM
 from attrilens.results import Cost
+from attrilens.training.ann import AnnIndex, build_ann, faiss_params
 from attrilens.training.corpus import Corpus, make_corpus, read_documents
+from attrilens.training.distributed import read_corpus, search_ray, write_features_ray
 from attrilens.training.gradients import Example
 from attrilens.training.methods import TDA_METHODS, Query, TDAMethod
+from attrilens.training.preconditioning import moment_sum
 from attrilens.training.result import TraceHit, TraceResult
-from attrilens.training.search import ScoreStream, build_faiss, faiss_search, topk_merge
+from attrilens.training.search import ScoreStream, topk_merge
 from attrilens.training.store import (
     INDEX_SCHEMA,
     MANIFEST,
@@ -63,7 +67,10 @@ def build_index(
     shard_size: int = 1024,
     dtype: str = "float16",
     batch_size: int = 16,
-    use_faiss: bool = False,
+    use_faiss: bool | str = False,
+    faiss_options: dict | None = None,
+    ray: str | None = None,
+    ray_workers: int | None = None,
     progress: bool = True,
     **options,
 ) -> TrainingIndex:
@@ -72,7 +79,9 @@ def build_index(
     `options` are the method's own (`TDA_METHODS.get(method).Options`); `proj_dim` applies to the methods that
     project (it is ignored by DataInf and BM25): "auto" = the method's `default_proj_dim` for this model (256
     features per weight matrix, 2^12…2^16), None = no projection; `batch_size` is examples per backward pass
-    (not part of the index).
+    (not part of the index). `use_faiss`: also write a FAISS index, True or "flat" (exact), "ivf-pq" or "hnsw"
+    (approximate; `faiss_options` such as nlist, m, nprobe, M, ef_search). `ray`: featurise on Ray ("local", "auto"
+    or a cluster address; the corpus may then also be Parquet or a `datasets` folder) with `ray_workers` actors.
     """
     if dtype not in ("float16", "float32"):
         raise AttrilensError(f"dtype must be 'float16' or 'float32', not {dtype!r}.")
@@ -91,6 +100,8 @@ def build_index(
     opts = cls.make_options(**options)
     lm.check_length(opts.block_len, "training blocks (block_len, --block-len)")
     out = Path(out)
+    if ray is not None and isinstance(corpus, (str, Path)):
+        corpus = read_corpus(corpus, ray)  # JSONL, Parquet or a `datasets` folder, read with Ray Data
     blocks = _as_corpus(corpus, lm, opts.block_len)
     model_dir = Path(model_dir) if model_dir is not None else _default_model_dir(lm)
     if isinstance(eval_queries, (str, Path)):
@@ -110,7 +121,10 @@ def build_index(
     }
     t0 = time.perf_counter()
     m = cls(opts, lm, model_dir, batch_size=batch_size)  # bad options fail here, before anything is written
-    if use_faiss and cls.stores_features and not m.supports_faiss:
+    faiss_kind = "flat" if use_faiss is True else use_faiss or None
+    if faiss_kind:  # a bad kind or option fails here, before anything is written
+        faiss_params(faiss_kind, len(blocks), m.dim, faiss_options)
+    if faiss_kind and cls.stores_features and not m.supports_faiss:
         raise AttrilensError(f"FAISS search supports single-checkpoint dot-product methods, not {cls.name} here. "
                              "Build without --faiss.")
     out.mkdir(parents=True, exist_ok=True)
@@ -135,13 +149,17 @@ def build_index(
         manifest.update(m.layout())
         if m.needs_prepare:
             _prepare(m, out, manifest, blocks, progress)
-        if cls.stores_features:
+        if cls.stores_features and ray is not None:
+            write_features_ray(m, out, manifest, blocks, _eval_examples(lm, eval_queries), shard_size, dtype,
+                               progress, address=ray, workers=ray_workers, batch_size=batch_size)
+        elif cls.stores_features:
             _write_features(m, out, manifest, blocks, eval_queries, shard_size, dtype, progress)
+        if cls.stores_features:
             shards = open_shards(out, manifest)
             if m.after_build(shards):
                 save_tensors(out / PRECONDITIONER, m.state())
-            if use_faiss:
-                manifest["faiss"] = build_faiss(out, shards, m.dim)
+            if faiss_kind:
+                manifest["faiss"] = build_ann(out, shards, m.dim, faiss_kind, faiss_options)
             manifest["bytes_per_example"] = m.dim * (2 if dtype == "float16" else 4)
         pre = out / PRECONDITIONER
         if pre.is_file():  # recorded, so that opening the index can tell a missing or damaged one
@@ -175,9 +193,13 @@ def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eva
     if manifest["stage"] == "features":
         shards("raw_shards", "raw", lambda rows: raw_rows(rows).numpy().astype(np.float32), f"featurise {m.name}")
         ordered = sorted(manifest["raw_shards"], key=lambda s: s["start"])
-        train_raw = torch.from_numpy(np.concatenate([np.load(out / s["file"]) for s in ordered]))
         eval_raw = m.featurize(_eval_examples(m.lm, eval_queries)) if eval_queries else None
-        facts = m.fit(train_raw, eval_raw)
+        if getattr(m, "fits_moments", False) and len(blocks) >= m.dim:  # R from Σ ΦᵀΦ, as a Ray build reduces it
+            total = sum(moment_sum(torch.from_numpy(np.load(out / s["file"]))) for s in ordered)
+            facts = m.fit_moments(total, len(blocks), eval_raw)
+        else:  # fewer rows than dimensions: the thin form on the raw features is cheaper and gives the same R
+            train_raw = torch.from_numpy(np.concatenate([np.load(out / s["file"]) for s in ordered]))
+            facts = m.fit(train_raw, eval_raw)
         save_tensors(pre, m.state())
         manifest["stage"] = "finish"
         manifest.update(facts)
@@ -255,6 +277,7 @@ class TrainingIndex:
         self.lm = lm
         self.method = method
         self.shards = open_shards(self.path, manifest, verify=verify)
+        self._ann: AnnIndex | None = None  # the FAISS index, read on the first FAISS search
 
     @property
     def method_name(self) -> str:
@@ -272,6 +295,9 @@ class TrainingIndex:
         `verify=True` (CLI `--verify`)."""
         path = Path(path)
         manifest = read_manifest(path)
+        if manifest.get("method") == "verbatim":
+            raise AttrilensError(f"{path} is a verbatim index: open it with attrilens.training.verbatim.VerbatimIndex "
+                                 "(`attrilens trace` opens either kind).")
         fp = lm.fingerprint()
         if manifest["model"]["fingerprint"] != fp:
             raise AttrilensError(f"The index in {path} was built with another model ({manifest['model']['name']}, "
@@ -320,8 +346,9 @@ class TrainingIndex:
     # ------------------------------------------------------------------ trace
     def trace(self, prompt: str, target: str | None = None, generate: bool = False, tokens: Sequence[int] | None = None,
               top_k: int = 10, *, span: tuple[int, int] | None = None, neighbours: bool = False,
-              use_faiss: bool = False, max_new_tokens: int = 24) -> TraceResult:
-        """Top-k proponents and opponents of the response (target, or generated) among the training blocks."""
+              use_faiss: bool = False, ray: str | None = None, max_new_tokens: int = 24) -> TraceResult:
+        """Top-k proponents and opponents of the response (target, or generated) among the training blocks: exact
+        blocked search, or with `use_faiss` the index's FAISS index, or with `ray` exact map-reduce on Ray."""
         cost = Cost()
         t0 = time.perf_counter()
         if not prompt or not prompt.strip():
@@ -356,10 +383,21 @@ class TrainingIndex:
         cost.add(forward_passes=passes, tokens=len(ex.ids) * passes)
         n = len(self)
         k = min(top_k, n)
+        if use_faiss and ray is not None:
+            raise AttrilensError("Pass one of --faiss and --ray: FAISS searches its own index on this machine.")
         if use_faiss:
             if "faiss" not in self.manifest:
-                raise AttrilensError("This index has no FAISS index. Rebuild with --faiss, or search without it.")
-            bi, bs, wi, ws = faiss_search(self.path / self.manifest["faiss"], q.numpy(), k)
+                raise AttrilensError("This index has no FAISS index. Rebuild with --faiss KIND, or search without it.")
+            if self._ann is None:
+                self._ann = AnnIndex(self.path, self.manifest["faiss"])
+            bi, bs, wi, ws = self._ann.search(q.numpy(), k, self.shards)
+            cost.extra["search"] = self._ann.label
+        elif ray is not None:
+            if not self.method.supports_faiss or not torch.is_tensor(q):
+                raise AttrilensError(f"Search on Ray scores one inner product per row, which {self.method_name} is "
+                                     "not here. Search without --ray.")
+            bi, bs, wi, ws = search_ray(self.path, self.manifest["shards"], q, k, self.method.bounded, ray)
+            cost.extra["search"] = "ray map-reduce (exact)"
         else:
             bi, bs, wi, ws = topk_merge(self.score_stream(q), n, k)
         if not self.method.has_opponents:

@@ -113,7 +113,11 @@ def eigenvalues(features: torch.Tensor) -> torch.Tensor:
 
 def mixing_lambda(eval_features: torch.Tensor, train_features: torch.Tensor, k: int | None = None) -> tuple[float, int]:
     """λ at which the sorted eigenvalue curves of λR_eval and (1−λ)R_train cross at component k."""
-    ee, et = eigenvalues(eval_features), eigenvalues(train_features)
+    return _crossing(eigenvalues(eval_features), eigenvalues(train_features), k)
+
+
+def _crossing(ee: torch.Tensor, et: torch.Tensor, k: int | None) -> tuple[float, int]:
+    """λ where the sorted eigenvalue curves ee (of R_eval) and et (of R_train) cross at component k."""
     if k is None:
         k = min(1000, max(1, min(len(ee), len(et)) // 2))
     k = min(k, len(ee) - 1, len(et) - 1)
@@ -178,6 +182,46 @@ def fit_whitening(train_features: torch.Tensor, eval_features: torch.Tensor | No
         e, vecs = _sym_eig(m.T @ m)
     delta = damping * float(e.sum()) / min(d, int((e > e[0] * 1e-12).sum()))  # mean non-zero eigenvalue
     if delta <= 0:
+        raise AttrilensError("All training features are zero; R cannot be fitted. Check the model and corpus.")
+    weights = (e + delta).rsqrt()
+    return Whitening(vecs.float(), weights.float(), delta ** -0.5, lam_, k_)
+
+
+def moment_sum(features: torch.Tensor) -> torch.Tensor:
+    """ΦᵀΦ in float64 [d, d]: one shard's share of R_train · n (the shards' sums add up to the whole statistic)."""
+    f = features.double()
+    return f.T @ f
+
+
+def fit_whitening_moments(train_moments: torch.Tensor, n_train: int, eval_features: torch.Tensor | None = None, *,
+                          lam: float | None = None, k: int | None = None, damping: float = 1e-2) -> Whitening:
+    """`fit_whitening` from the reduced statistic Σ_shards ΦᵀΦ (`moment_sum`) instead of the features: the same R
+    and rules (λ crossing, δ), eigendecomposed as a d × d matrix, so no node ever holds every feature; eigenvectors
+    past the rank (≤ the number of rows) are dropped, which is what the thin form keeps."""
+    if n_train < 1:
+        raise AttrilensError("No training features to fit R on. Pass a non-empty corpus.")
+    d = train_moments.shape[0]
+    r_train = train_moments.double() / n_train
+    n_eval = 0 if eval_features is None else eval_features.shape[0]
+    if n_eval == 0:
+        lam_, k_ = 0.0, 0
+        if lam not in (None, 0.0):
+            raise AttrilensError("λ > 0 needs evaluation queries for R_eval. Pass eval queries or λ = 0.")
+    elif lam is None:
+        lam_, k_ = _crossing(eigenvalues(eval_features), _sym_eig(r_train)[0][: min(n_train, d)], k)
+    else:
+        if not 0.0 <= lam <= 1.0:
+            raise AttrilensError(f"λ must lie in [0, 1], got {lam}.")
+        lam_, k_ = float(lam), int(k or 0)
+    r = r_train * (1 - lam_)
+    if lam_ > 0:
+        f = eval_features.double()
+        r = r + (f.T @ f) * (lam_ / n_eval)
+    e, vecs = _sym_eig(r)
+    rank = min(n_train + (n_eval if lam_ > 0 else 0), d, int((e > e[0] * 1e-12).sum()))
+    e, vecs = e[:rank], vecs[:, :rank]
+    delta = damping * float(e.sum()) / max(rank, 1)  # mean non-zero eigenvalue
+    if not delta > 0:
         raise AttrilensError("All training features are zero; R cannot be fitted. Check the model and corpus.")
     weights = (e + delta).rsqrt()
     return Whitening(vecs.float(), weights.float(), delta ** -0.5, lam_, k_)

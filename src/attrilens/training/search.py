@@ -1,4 +1,4 @@
-"""Exact search over memory-mapped feature shards: blocked scoring, per-block top-k then a merge; FAISS optional.
+"""Exact search over memory-mapped feature shards: blocked scoring, per-block top-k then a merge (FAISS: ann.py).
 
 Shards are streamed in blocks of rows, so memory stays flat whatever the corpus size; every block keeps its own
 top-k and bottom-k and the merge of those is the exact answer (equal scores are ordered by row, but which of
@@ -8,13 +8,9 @@ several equal scores at the k-th place is kept is not specified).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-
-from attrilens.errors import AttrilensError
-from attrilens.training.store import atomic_write
 
 ScoreStream = Iterator[tuple[int, np.ndarray]]  # (first row, scores of the rows from there)
 
@@ -32,10 +28,17 @@ def topk_merge(scores_iter, n_total: int, k: int) -> tuple[np.ndarray, np.ndarra
         best_s.append(s[top])
         worst_i.append(bot + offset)
         worst_s.append(s[bot])
-    if not best_i:
+    return merge_topk(list(zip(best_i, best_s, worst_i, worst_s, strict=True)), k)
+
+
+def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], k: int):
+    """Merge per-block (top ids, top scores, bottom ids, bottom scores) into the overall top-k and bottom-k (equal
+    scores ordered by row): the reduce step of the blocked and the distributed search."""
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
         e = np.zeros(0)
         return e.astype(int), e, e.astype(int), e
-    bi, bs, wi, ws = (np.concatenate(x) for x in (best_i, best_s, worst_i, worst_s))
+    bi, bs, wi, ws = (np.concatenate(x) for x in zip(*parts, strict=True))
     o = np.lexsort((bi, -bs))[:k]
     w = np.lexsort((wi, ws))[:k]
     return bi[o], bs[o], wi[w], ws[w]
@@ -88,26 +91,3 @@ def checkpoint_dot_stream(shards: Sequence[tuple[int, np.ndarray]], q: torch.Ten
     for offset, x in iter_chunks(shards, rows):
         per = torch.stack([x[:, c * bd : (c + 1) * bd] @ q[c * bd : (c + 1) * bd] for c in range(n_blocks)], dim=1)
         yield offset, aggregate_checkpoints(per, how).numpy()
-
-
-def build_faiss(out: Path, shards: Sequence[tuple[int, np.ndarray]], dim: int, name: str = "faiss.index") -> str:
-    """Write an exact inner-product FAISS index of the shards to out/name (atomically); return its file name."""
-    import faiss
-
-    index = faiss.IndexFlatIP(dim)
-    for _, arr in shards:
-        index.add(np.asarray(arr).astype(np.float32))
-    atomic_write(out / name, lambda tmp: faiss.write_index(index, str(tmp)))
-    return name
-
-
-def faiss_search(path: Path, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k and bottom-k inner products of q with a FAISS index file (bottom-k: the top-k of −q)."""
-    import faiss
-
-    if not path.is_file():
-        raise AttrilensError(f"The FAISS index {path} is missing. Rebuild the index with --faiss.")
-    index = faiss.read_index(str(path))
-    s, i = index.search(q[None].astype(np.float32), k)
-    s2, i2 = index.search(-q[None].astype(np.float32), k)
-    return i[0], s[0], i2[0], -s2[0]

@@ -37,6 +37,7 @@ from attrilens.training.preconditioning import (
     Whitening,
     adam_scales,
     fit_whitening,
+    fit_whitening_moments,
     optimizer_state_problem,
 )
 
@@ -181,6 +182,17 @@ class TrackStar(GradientMethod):
         o = self.options
         self.whitening = fit_whitening(train_raw, eval_raw, lam=o.lam, k=o.k, damping=o.damping)
         return {"lambda": self.whitening.lam, "lambda_k": self.whitening.k}
+
+    @property
+    def fits_moments(self) -> bool:
+        """Whether R can be fitted from the reduced statistic ΣΦᵀΦ (`fit_moments`) instead of every raw feature."""
+        return self.options.use_r
+
+    def fit_moments(self, train_moments: torch.Tensor, n_train: int, eval_raw: torch.Tensor | None) -> dict[str, Any]:
+        """`fit` from Σ_shards ΦᵀΦ of the raw training features (a distributed build reduces to it): the same R."""
+        o = self.options
+        self.whitening = fit_whitening_moments(train_moments, n_train, eval_raw, lam=o.lam, k=o.k, damping=o.damping)
+        return {"lambda": self.whitening.lam, "lambda_k": self.whitening.k, "r_fit": "second-moment reduction"}
 
     def finish(self, raw: torch.Tensor) -> torch.Tensor:
         x = raw.float()

@@ -1,0 +1,407 @@
+"""The training-data index on Ray: read the corpus with Ray Data, featurise shards with an actor pool, fit
+TrackStar's R by one reduction of per-shard second moments, and search the shards as map (top-k per shard) →
+reduce (merge).
+
+The driver owns the index directory's manifest: workers write shard files (atomic, as `store.atomic_save`) and
+return their sha256; only the driver lists a shard in the manifest, after the file is on disk. A build killed
+anywhere therefore resumes like a local one (finished shards are kept), and a worker that dies is restarted by
+Ray and its shard retried. The index directory must be on storage every node can read and write (one machine,
+or a shared filesystem), since workers write the shards where the driver's manifest says.
+
+Same answer as the local path: the actors run the same featurising code on the same blocks (the driver cuts the
+corpus with `make_corpus`), with `threads` torch threads each; the shard files are byte-identical to a local
+build at the same thread count (tests/test_distributed.py checks it). R is fitted from Σ_shards ΦᵀΦ summed in
+shard order on the driver (`fit_whitening_moments`), which the local build also uses once the corpus has at least
+as many blocks as dimensions; with fewer, the local build's thin form gives the same R to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attrilens.errors import AttrilensError
+from attrilens.training.corpus import Corpus
+from attrilens.training.gradients import Example
+from attrilens.training.methods import TDAMethod
+from attrilens.training.preconditioning import moment_sum
+from attrilens.training.search import dot_stream, merge_topk, topk_merge
+from attrilens.training.store import (
+    MANIFEST,
+    PRECONDITIONER,
+    atomic_save,
+    load_tensors,
+    remove_folder,
+    save_tensors,
+    sha256_file,
+    to_dtype,
+    write_json,
+)
+
+RAY_INSTALL = 'pip install "attrilens[ray]"'
+KILL_ONCE_AT_SHARD: int | None = None  # fault injection for the tests: a worker dies once, on this shard
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise AttrilensError(f"--ray needs Ray, which is not installed. Install it: {RAY_INSTALL}.") from None
+    return ray
+
+
+@contextmanager
+def ray_cluster(address: str) -> Iterator[Any]:
+    """Connect to Ray for one call: "local" starts a cluster sized to this machine (stopped afterwards), "auto"
+    joins the running one, anything else is its address (checked first: nothing listening there is an error at
+    once); a Ray already initialised in this process is used as it is."""
+    ray = _ray()
+    if not isinstance(address, str) or not address.strip():
+        raise AttrilensError("--ray takes 'local', 'auto' or a cluster address such as 10.0.0.1:6379.")
+    if address not in ("local", "auto"):
+        _check_reachable(address)
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or ValueError by case
+        ray.shutdown()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise AttrilensError(f"Cannot reach the Ray cluster at {address!r} ({first}). Start one with `ray start "
+                             "--head` and pass its address, or pass --ray local.") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (Ray itself waits minutes) when nothing listens at HOST:PORT (or ray://HOST:PORT)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise AttrilensError(f"--ray {address!r} is not a cluster address. Pass HOST:PORT (e.g. 10.0.0.1:6379), "
+                             "ray://HOST:PORT, auto or local.")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise AttrilensError(f"Cannot reach the Ray cluster at {address!r} ({exc.strerror or exc}). Start one with "
+                             "`ray start --head` and pass its address, or pass --ray local.") from None
+
+
+# ---------------------------------------------------------------------- corpus
+def read_corpus(path: Path | str, address: str = "local") -> list[dict]:
+    """Documents {"id", "text"} of a JSONL file, a Parquet file or folder, or a `datasets.save_to_disk` folder, read
+    with Ray Data in file order; the same checks as the local reader (non-empty text, unique ids without '#')."""
+    with ray_cluster(address):
+        return _read_corpus(Path(path))
+
+
+def _read_corpus(path: Path) -> list[dict]:
+    from ray import data as rd
+
+    if not path.exists():
+        raise AttrilensError(f"Corpus {str(path)!r} does not exist. Pass a JSONL file, a Parquet file or folder, or "
+                             "a `datasets` folder saved with save_to_disk.")
+    rd.DataContext.get_current().execution_options.preserve_order = True
+    if (path / "state.json").is_file():  # datasets.save_to_disk: Arrow stream files listed in state.json
+        import pyarrow as pa
+
+        files = [path / f["filename"] for f in json.loads((path / "state.json").read_text()).get("_data_files", [])]
+        ds = rd.from_arrow([pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files])
+    elif path.is_dir() or path.suffix == ".parquet":
+        ds = rd.read_parquet(str(path))
+    elif path.suffix in (".jsonl", ".json"):
+        ds = rd.read_json(str(path), lines=True)
+    else:
+        raise AttrilensError(f"Cannot tell the format of {str(path)!r}. Pass a .jsonl or .parquet file, or a "
+                             "`datasets` folder saved with save_to_disk.")
+    names = ds.schema().names
+    if "text" not in names:
+        raise AttrilensError(f"The corpus {str(path)!r} has no 'text' column (it has {', '.join(names)}). Name the "
+                             "column of document texts 'text' (and their ids 'id').")
+    rows = ds.select_columns([c for c in ("id", "text") if c in names]).take_all()
+    docs, seen = [], set()
+    for k, row in enumerate(rows, 1):
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise AttrilensError(f"{path}: row {k} has no text. Give every document a non-empty 'text' string.")
+        doc_id = str(row["id"]) if row.get("id") is not None else f"line-{k}"
+        if "#" in doc_id or doc_id in seen:
+            raise AttrilensError(f"{path}: row {k}: document id {doc_id!r} "
+                                 f"{'contains #' if '#' in doc_id else 'occurs twice'}. Give every document a "
+                                 "unique id without '#'.")
+        seen.add(doc_id)
+        docs.append({"id": doc_id, "text": row["text"]})
+    if not docs:
+        raise AttrilensError(f"The corpus {str(path)!r} has no documents.")
+    return docs
+
+
+# ---------------------------------------------------------------------- workers
+class Featuriser:
+    """One Ray actor: the model and method loaded once, then shard after shard (raw, stored or finished features)."""
+
+    def __init__(self, spec: dict[str, Any]):
+        from attrilens.lm import LM
+        from attrilens.training.methods import TDA_METHODS
+
+        torch.set_num_threads(spec["threads"])
+        self.spec = spec
+        device = "cuda" if spec["gpu"] and torch.cuda.is_available() else "cpu"
+        lm = LM.from_pretrained(spec["model_path"], dtype=getattr(torch, spec["model_dtype"]), device=device,
+                                chat_template=spec["chat_template"])
+        if lm.fingerprint() != spec["fingerprint"]:
+            raise AttrilensError(f"The Ray worker loaded another model from {spec['model_path']} than the driver's. "
+                                 "Give every node the same model directory.")
+        cls = TDA_METHODS.get(spec["method"])
+        self.m: TDAMethod = cls(cls.make_options(**spec["options"]), lm, spec["model_dir"], batch_size=spec["batch_size"])
+        self.out = Path(spec["out"])
+
+    def pid(self) -> int:
+        """This worker's process id (the tests kill it)."""
+        return os.getpid()
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the method's fitted state from the driver (the broadcast of R^(-1/2) or the estimated moments)."""
+        if state:
+            self.m.load(state, None)
+
+    def run(self, stage: str, i: int, start: int, tokens: list[list[int]], names: list[str]) -> dict[str, Any]:
+        """Write shard i (rows start…) of a stage: "raw" (raw features, + their ΣΦᵀΦ), "stored" (finished features
+        of methods without a fit), "finish" (the fitted state applied to the raw shard) or "moments" (ΣΦᵀΦ of a raw
+        shard written by an earlier run)."""
+        if self.spec.get("kill_once_at") == i:
+            marker = self.out / f".kill-once-{i}"
+            if not marker.exists():
+                marker.touch()
+                os._exit(1)
+        raw_file = self.out / "raw" / f"shard-{i:05d}.npy"
+        if stage == "moments":
+            return {"moments": moment_sum(torch.from_numpy(np.load(raw_file))).numpy()}
+        if stage == "finish":
+            x = torch.from_numpy(np.load(raw_file))
+        else:
+            x = self.m.featurize([Example.block(t, n) for t, n in zip(tokens, names, strict=True)])
+        if stage == "raw":
+            arr = x.numpy().astype(np.float32)
+            return {"file": f"raw/shard-{i:05d}.npy", "sha256": atomic_save(raw_file, arr),
+                    "moments": moment_sum(torch.from_numpy(arr)).numpy()}
+        arr = to_dtype(self.m.finish(x), self.spec["dtype"], names)
+        return {"file": f"shards/shard-{i:05d}.npy", "sha256": atomic_save(self.out / "shards" / f"shard-{i:05d}.npy", arr)}
+
+
+def _spec(m: TDAMethod, out: Path, dtype: str, batch_size: int, threads: int, gpu: bool) -> dict[str, Any]:
+    lm = m.lm
+    if not lm.name or not Path(lm.name).is_dir():
+        raise AttrilensError("A Ray build loads the model in every worker from its directory, but this model was not "
+                             "loaded from one. Load it with LM.from_pretrained(DIR) (the CLI does).")
+    return {"model_path": lm.name, "model_dtype": str(lm.model.dtype).removeprefix("torch."), "fingerprint":
+            lm.fingerprint(), "chat_template": lm.use_chat_template, "method": m.name, "options": m.options.to_dict(),
+            "model_dir": str(m.model_dir) if m.model_dir else None, "batch_size": batch_size, "out": str(out.resolve()),
+            "dtype": dtype, "threads": threads, "gpu": gpu, "kill_once_at": KILL_ONCE_AT_SHARD}
+
+
+class _Pool:
+    """Actors fed shard jobs, two in flight each; results come back as they finish."""
+
+    def __init__(self, ray, spec: dict[str, Any], workers: int | None):
+        self.ray = ray
+        res = ray.cluster_resources()
+        gpus = int(res.get("GPU", 0))
+        cpus = max(1, int(res.get("CPU", 1)) // spec["threads"])
+        n = workers or (gpus or cpus)
+        if n < 1:
+            raise AttrilensError(f"--ray-workers must be at least 1, got {n}.")
+        spec = {**spec, "gpu": gpus > 0}
+        actor = ray.remote(num_cpus=spec["threads"], num_gpus=1 if gpus else 0, max_restarts=3,
+                           max_task_retries=3)(Featuriser)
+        self.actors = [actor.remote(spec) for _ in range(n)]
+        self.size = n
+
+    def close(self) -> None:
+        """Stop the actors (their CPUs and GPUs go back to the cluster; a write in flight leaves only a .tmp file)."""
+        for a in self.actors:
+            self.ray.kill(a)
+
+    def broadcast(self, state: dict[str, torch.Tensor]) -> None:
+        ref = self.ray.put(state)
+        self.ray.get([a.load.remote(ref) for a in self.actors])
+
+    def map(self, jobs: Sequence[tuple], desc: str, progress: bool, total: int, done: int) -> Iterator[tuple]:
+        """Yield (job, result) as workers finish; a worker error becomes one line naming the shard."""
+        from tqdm import tqdm
+
+        ray = self.ray
+        bar = tqdm(total=total, initial=done, desc=desc, file=sys.stderr, disable=not progress, mininterval=1.0,
+                   dynamic_ncols=True)
+        queue, flight, k = list(jobs), {}, 0
+        try:
+            while queue or flight:
+                while queue and len(flight) < 2 * self.size:
+                    job = queue.pop(0)
+                    flight[self.actors[k % self.size].run.remote(*job)] = job
+                    k += 1
+                ready, _ = ray.wait(list(flight), num_returns=1)
+                job = flight.pop(ready[0])
+                yield job, _get(ray, ready[0], job)
+                bar.update(len(job[4]))
+        finally:
+            bar.close()
+            for ref in flight:
+                ray.cancel(ref, force=False)
+
+
+def _get(ray, ref, job: tuple) -> dict[str, Any]:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
+        if isinstance(cause, AttrilensError):
+            raise AttrilensError(str(cause)) from None
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1][:200]
+        raise AttrilensError(f"A Ray worker failed on shard {job[1]} ({first}). Finished shards are kept: fix it and "
+                             "rerun the same build to resume.") from None
+    except ray.exceptions.RayError as exc:  # the worker died more often than Ray restarts it, or the node went away
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise AttrilensError(f"A Ray worker died on shard {job[1]} ({first}). Finished shards are kept: rerun the "
+                             "same build to resume.") from None
+
+
+# ---------------------------------------------------------------------- build
+def write_features_ray(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_examples: list[Example],
+                       shard_size: int, dtype: str, progress: bool, *, address: str, workers: int | None = None,
+                       batch_size: int = 16, threads: int = 1) -> None:
+    """`index._write_features` on Ray: the same shard files, written by an actor pool; the driver commits them and
+    fits R from the reduced second moments (never every feature on one node)."""
+    if m.needs_fit and not getattr(m, "fits_moments", False):
+        raise AttrilensError(f"{m.name} fits its state from every raw feature at once, which a Ray build does not "
+                             "gather on one node. Build it without --ray.")
+    for folder in ("raw", "shards"):
+        (out / folder).mkdir(exist_ok=True)
+    for key in ("raw_shards", "shards"):
+        for s in manifest[key]:
+            p = out / s["file"]
+            if not p.is_file() or sha256_file(p) != s["sha256"]:
+                raise AttrilensError(f"Shard {p} is missing or changed since it was written. Delete {out} and rebuild.")
+    with ray_cluster(address) as ray:
+        pool = _Pool(ray, _spec(m, out, dtype, batch_size, threads, False), workers)
+        try:
+            _run_stages(m, out, manifest, blocks, eval_examples, shard_size, progress, pool)
+        finally:
+            pool.close()
+    remove_folder(out / "raw")
+
+
+def _run_stages(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_examples: list[Example],
+                shard_size: int, progress: bool, pool: _Pool) -> None:
+    """The build's stages on the pool: stored features, or raw features → R from the reduced moments → finished."""
+    n = len(blocks)
+    names = [blocks.block_id(r) for r in range(n)]
+    all_shards = [(i, start, range(start, min(start + shard_size, n))) for i, start in enumerate(range(0, n, shard_size))]
+    state = m.state()  # second moments estimated by `prepare` on the driver, if any
+    if state:
+        pool.broadcast(state)
+
+    def jobs(stage: str, key: str) -> tuple[list[tuple], int]:
+        done = {s["start"] for s in manifest[key]}
+        todo = [(stage, i, st, [blocks.tokens[r] for r in rows], [names[r] for r in rows])
+                for i, st, rows in all_shards if st not in done]
+        return todo, sum(len(rows) for _, st, rows in all_shards if st in done)
+
+    def commit(key: str, job: tuple, res: dict) -> None:  # the driver alone lists a shard, once it is on disk
+        manifest[key].append({"file": res["file"], "start": job[2], "rows": len(job[4]), "sha256": res["sha256"]})
+        manifest[key].sort(key=lambda s: s["start"])
+        write_json(out / MANIFEST, manifest)
+
+    desc = f"featurise {m.name} on Ray ({pool.size} workers)"
+    if not m.needs_fit:
+        todo, done = jobs("stored", "shards")
+        for job, res in pool.map(todo, desc, progress, n, done):
+            commit("shards", job, res)
+        return
+    if manifest["stage"] == "features":
+        todo, done = jobs("raw", "raw_shards")
+        reduce = _OrderedSum([st for _, st, _ in all_shards])
+        pending = {j[2] for j in todo}  # raw shards of an earlier run: their ΣΦᵀΦ is recomputed by a worker
+        again = [("moments", i, st, [], []) for i, st, _ in all_shards if st not in pending]
+        for job, res in pool.map(again + todo, desc, progress, n, done):
+            if job[0] == "raw":
+                commit("raw_shards", job, res)
+            reduce.add(job[2], torch.from_numpy(np.array(res.pop("moments"))))
+        eval_raw = m.featurize(eval_examples) if eval_examples else None
+        facts = m.fit_moments(reduce.total(), n, eval_raw)  # the one reduction: eigendecomposition on the driver
+        save_tensors(out / PRECONDITIONER, m.state())
+        manifest["stage"] = "finish"
+        manifest.update(facts)
+        write_json(out / MANIFEST, manifest)
+    else:  # resumed after the fit: the R^(-1/2) it saved
+        m.load(load_tensors(out / PRECONDITIONER), blocks)
+    pool.broadcast(m.state())  # R^(-1/2) to every worker
+    if manifest["stage"] == "finish":
+        todo, done = jobs("finish", "shards")
+        for job, res in pool.map([(j[0], j[1], j[2], [], j[4]) for j in todo], "apply the fitted state on Ray",
+                                 progress, n, done):
+            commit("shards", job, res)
+        manifest["stage"], manifest["raw_shards"] = "finished", []
+        write_json(out / MANIFEST, manifest)
+
+
+class _OrderedSum:
+    """Σ of per-shard d × d statistics added in shard order whatever order they arrive in (a deterministic sum, the
+    local build's), holding only those that arrived early."""
+
+    def __init__(self, starts: list[int]):
+        self.order, self.next, self.early, self.sum = sorted(starts), 0, {}, None
+
+    def add(self, start: int, x: torch.Tensor) -> None:
+        self.early[start] = x
+        while self.next < len(self.order) and self.order[self.next] in self.early:
+            y = self.early.pop(self.order[self.next])
+            self.sum = y if self.sum is None else self.sum + y
+            self.next += 1
+
+    def total(self) -> torch.Tensor:
+        if self.next != len(self.order):
+            raise AttrilensError("The second-moment reduction is missing shards. Rerun the same build.")
+        return self.sum
+
+
+# ---------------------------------------------------------------------- search
+def _shard_topk(path: str, start: int, q: np.ndarray, bounded: bool, k: int):
+    """Map: exact top-k and bottom-k of one memory-mapped shard (global row ids); non-finite scores are an error."""
+    arr = np.load(path, mmap_mode="c", allow_pickle=False)
+    stream = list(dot_stream([(start, arr)], torch.from_numpy(np.array(q)), bounded=bounded))
+    for off, s in stream:
+        bad = ~np.isfinite(s)
+        if bad.any():
+            raise AttrilensError(f"Shard {path} gives {int(bad.sum())} non-finite scores (first at block "
+                                 f"{off + int(np.nonzero(bad)[0][0])}): it is damaged. Rebuild the index.")
+    return topk_merge(iter(stream), arr.shape[0], k)
+
+
+def search_ray(path: Path, shards: Sequence[dict], q: torch.Tensor, k: int, bounded: bool, address: str):
+    """Exact top-k / bottom-k of x·q over an index's shards: one Ray task per shard (map), merged here (reduce)."""
+    with ray_cluster(address) as ray:
+        task = ray.remote(num_cpus=1)(_shard_topk)
+        qref = ray.put(q.float().numpy())
+        refs = [task.remote(str((Path(path) / s["file"]).resolve()), s["start"], qref, bounded, k) for s in shards]
+        try:
+            parts = ray.get(refs)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, AttrilensError):
+                raise AttrilensError(str(cause)) from None
+            raise
+    return merge_topk(parts, k)
