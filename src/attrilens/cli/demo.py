@@ -45,24 +45,37 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         lora: Annotated[bool, typer.Option(help="With --base: LoRA fine-tuning via peft (r=8, alpha=32; saves adapter + AdamW state).")] = False,
         lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
         lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
+        capture: Annotated[Path | None, typer.Option(help="Also write a training-data index here, captured from the "
+                                                         "training's own backward pass: one row per training "
+                                                         "sequence per step (open it with `attrilens trace`).")] = None,
+        capture_method: Annotated[str, typer.Option(help="Method of the --capture index: grad-dot or grad-cos.")] = "grad-dot",
+        capture_proj_dim: Annotated[int | None, typer.Option(help="Projected features of the --capture index (default: "
+                                                                  "as `attrilens index build`).")] = None,
     ) -> None:
         """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU; resumable. With --base --lora: LoRA fine-tune."""
         # unset options keep the defaults of whichever trainer runs (scratch: TrainConfig; --lora: finetune_lora)
         given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
         check_output_dir(out)
+        cap = None
+        if capture is not None:
+            from attrilens.training.capture import GradientCapture
+
+            check_output_dir(capture, "--capture")
+            cap = GradientCapture(capture, method=capture_method,
+                                  proj_dim="auto" if capture_proj_dim is None else capture_proj_dim or None)
         if lora or base is not None:
             if base is None or not lora:
                 raise AttrilensError("Fine-tuning needs both --base DIR and --lora. Pass both, or neither to train from scratch.")
             from attrilens.demo.lora import finetune_lora
 
-            print(str(finetune_lora(base, corpus, out, r=lora_r, alpha=lora_alpha, seed=seed, **given)))
+            print(str(finetune_lora(base, corpus, out, r=lora_r, alpha=lora_alpha, seed=seed, capture=cap, **given)))
             return
         from attrilens.demo.trainer import TrainConfig
         from attrilens.demo.trainer import train as run_training
 
         config = TrainConfig(corpus=corpus, out=out, arch=arch, layers=layers, width=width, max_minutes=max_minutes,
                              seed=seed, tokenizer=tokenizer, **given)
-        print(str(run_training(config)))
+        print(str(run_training(config, capture=cap)))
 
     @app.command()
     def demo(

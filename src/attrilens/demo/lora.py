@@ -15,12 +15,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.training.corpus import read_documents
+
+if TYPE_CHECKING:
+    from attrilens.training.capture import GradientCapture
 
 LORA_TARGETS = {"gpt2": ["c_attn"], "gpt_neox": ["query_key_value"]}  # everything else: q_proj, v_proj
 
@@ -37,8 +41,11 @@ def lora_config(model_type: str, r: int = 8, alpha: int = 32, target_modules: Se
 def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out: Path | str, *, r: int = 8,
                   alpha: int = 32, target_modules: Sequence[str] | None = None, epochs: int = 1, lr: float = 1e-3,
                   batch_size: int = 8, seq_len: int = 256, seed: int = 0, keep_checkpoints: int = 2,
-                  max_steps: int | None = None, weight_decay: float = 0.0, progress: bool = True) -> Path:
-    """LoRA-fine-tune the model in `base_dir` on a corpus with AdamW; save adapter, optimizer state, checkpoints."""
+                  max_steps: int | None = None, weight_decay: float = 0.0, progress: bool = True,
+                  capture: GradientCapture | None = None) -> Path:
+    """LoRA-fine-tune the model in `base_dir` on a corpus with AdamW; save adapter, optimizer state, checkpoints.
+    With `capture`, also write index features of every document of every step from the training's own backward
+    (rows named by document id; a row's step is the number of updates before it, as `checkpoints/step-s` counts)."""
     from peft import get_peft_model
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -70,6 +77,8 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
     checkpoints, losses = [], []
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     t0 = time.perf_counter()
+    if capture is not None:
+        capture.attach(peft_model, tok, block_len=seq_len, name=str(out))
     peft_model.train()
     for step, batch in enumerate(tqdm(batches, desc="lora", file=sys.stderr, disable=not progress), 1):
         rows = [seqs[i] for i in batch]
@@ -82,6 +91,8 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
         step_lr = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / max(1, total)))
         for group in opt.param_groups:
             group["lr"] = step_lr
+        if capture is not None:
+            capture.begin_step(step - 1, step_lr, [str(docs[i].get("id", i)) for i in batch])
         loss = peft_model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
         loss.backward()
         opt.step()
@@ -95,6 +106,8 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
     tok.save_pretrained(out)
     sq = {f"exp_avg_sq.{n}": opt.state[p]["exp_avg_sq"].contiguous() for n, p in named.items() if p in opt.state}
     save_file(sq, str(out / "optimizer.safetensors"), metadata={"format": "attrilens/adamw-exp_avg_sq/v1"})
+    if capture is not None:
+        capture.close(model_dir=out)
     info = {"schema": "attrilens/lora/v1", "base": str(base_dir.resolve()), "finished": True,
             "config": {"r": r, "alpha": alpha, "target_modules": list(peft_model.peft_config["default"].target_modules),
                        "epochs": epochs, "lr": lr, "batch_size": batch_size, "seq_len": seq_len, "seed": seed,

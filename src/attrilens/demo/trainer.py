@@ -26,12 +26,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from attrilens.errors import AttrilensError
 from attrilens.jsonl import load_jsonl
+
+if TYPE_CHECKING:
+    from attrilens.training.capture import GradientCapture
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -238,8 +241,11 @@ def _comparable(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in _RESUME_FREE and v is not None}  # None = unset/older field
 
 
-def train(config: TrainConfig) -> Path:
-    """Train (or resume, or return an already finished run) and return the output directory."""
+def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
+    """Train (or resume, or return an already finished run) and return the output directory; with `capture`, also
+    write index features of every training row of every step from the training's own backward pass
+    (`attrilens.training.capture`: row names are the packed documents' ids joined by "+", a row's step is the
+    number of updates before it, so rows of step s equal a post-hoc build at checkpoints/step-s)."""
     from safetensors.torch import save_file
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
@@ -259,6 +265,9 @@ def train(config: TrainConfig) -> Path:
     if info_path.is_file() and not resume_path.is_file():
         info = json.loads(info_path.read_text())
         if info.get("finished") and _comparable(info["config"]) == _comparable(config.to_dict()):
+            if capture is not None:
+                raise AttrilensError(f"{out} already holds this finished training run: there is no training left to "
+                                     "capture. Pass another --out (or delete it) to train and capture again.")
             return out
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -306,6 +315,8 @@ def train(config: TrainConfig) -> Path:
         state = saved
         state["config"] = config.to_dict()
 
+    if capture is not None:
+        capture.attach(model, tok, block_len=config.seq_len, first_step=state["step"], name=str(out))
     log_every = max(1, total // 1000)
     n_ck = config.keep_checkpoints
     start = time.monotonic()
@@ -332,6 +343,8 @@ def train(config: TrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr
         input_ids, mask, labels = _collate(batches[step], docs, tok.pad_token_id)
+        if capture is not None:
+            capture.begin_step(step, lr, ["+".join(ids[i] for i in row) for row in batches[step]])
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         if config.grad_clip:
@@ -358,6 +371,8 @@ def train(config: TrainConfig) -> Path:
         if due and step < total:
             state["train_seconds"] += now - start
             start = last_resume = now
+            if capture is not None:
+                capture.flush()  # the rows of every step the resume state covers are on disk
             _save_resume(resume_path, model, opt, state)
     bar.close()
     state["train_seconds"] += time.monotonic() - start
@@ -369,6 +384,12 @@ def train(config: TrainConfig) -> Path:
     if not sq:  # no step taken yet: zeros keep the file's contract
         sq = {f"exp_avg_sq.{n}": torch.zeros_like(p) for n, p in params.items()}
     save_file(sq, str(out / "optimizer.safetensors"), metadata={"format": "attrilens/adamw-exp_avg_sq/v1"})
+    if capture is not None:
+        if finished:
+            capture.close(model_dir=out)
+        else:
+            capture.flush()
+            capture.detach()
     if finished:
         resume_path.unlink(missing_ok=True)
     else:

@@ -211,6 +211,11 @@ class Featurizer:
             parts.append(project_full(g, proj))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
+    def layer_features(self, name: str, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Features [B, dims[name]] of one weight from its input x [B, T, in] and output gradient δ [B, T, out]:
+        what a hook on a trainer's own backward pass feeds in, one layer at a time (`training.capture`)."""
+        return self._layer_features(name, x, delta)
+
     def captured_gradients(self, examples: Sequence[Example]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """One forward and backward of Σ_examples Σ_t m_t · nll_t: each weight's (input x [B, T, in], output
         gradient δ [B, T, out]); example b's gradient of its own loss is Σ_t δ_bt x_btᵀ."""
