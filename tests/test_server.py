@@ -70,7 +70,8 @@ def test_page_embeds_the_report_documents_in_server_mode(client):
     page = client.get("/").text
     data = json.loads(re.search(r'id="attrilens-data">(.*?)</script>', page, re.S).group(1))
     schemas = sorted({d["schema"] for d in data})
-    assert schemas == ["attrilens/compare/v1", "attrilens/context/v1", "attrilens/inspect/v1", "attrilens/training/v1"]
+    assert schemas == ["attrilens/compare/v1", "attrilens/context/v1", "attrilens/inspect/v1", "attrilens/training/v1",
+                       "attrilens/verbatim/v1"]
     assert '"mode": "server"' in page
     assert client.get("/api/documents").json() == data
     assert client.get("/api/health").json()["documents"] == len(data)

@@ -115,12 +115,19 @@ def test_widget_carries_documents_and_answers_requests_through_the_backend():
     w = widget_for(docs)
     assert w.documents == [{"schema": "attrilens/inspect/v1", "cells": [], "x": None}]
     assert "export default { render }" in w._esm and ".al-root" in w._css and w.can_compute is False
+    assert w.can_verbatim is False
     w.request = {"id": "1", "kind": "trace", "payload": {"prompt": "p"}}
     assert w.response == {"id": "1", "document": None}
 
     backend = Recorder()
     w = widget_for(docs, backend=backend)
-    assert w.can_compute is True
+    assert w.can_compute is True and w.can_verbatim is False  # Recorder has no verbatim method
+
+    class WithVerbatim(Recorder):
+        def verbatim(self, req):
+            return {}
+
+    assert widget_for(docs, backend=WithVerbatim()).can_verbatim is True
     w.request = {"id": "2", "kind": "trace", "payload": {"prompt": "Q?", "target": " A B", "span": [1, 2]}}
     assert w.response["id"] == "2" and w.response["document"]["span"] == [1, 2]
     w.request = {"id": "3", "kind": "trace", "payload": {"prompt": ""}}

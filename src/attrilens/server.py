@@ -1,6 +1,6 @@
 """The local web app: the views plus a JSON API answering with the same `to_json()` documents the CLI prints.
 
-It binds 127.0.0.1 by default, reads only the model, index and report directory it was started with (no request
+It binds 127.0.0.1 by default, reads only the model, indexes and report directory it was started with (no request
 names a path), rejects bodies over `max_body` bytes with 413 and computes one request at a time, each with its own
 result, so concurrent requests never mix. It answers only requests addressed to its own host names (DNS
 rebinding) and refuses POSTs that are not `application/json` or come from another origin (cross-site request
@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from attrilens.context import method_names
 from attrilens.errors import AttrilensError
 from attrilens.inspect import presets
-from attrilens.view.backend import REQUESTS, Backend, LensBackend, dispatch
+from attrilens.view.backend import REQUESTS, Backend, LensBackend, can_answer, dispatch
 from attrilens.view.page import render_page
 
 DEFAULT_PORT = 8765
@@ -87,15 +87,17 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 
 def create_app(backend: Backend | None = None, *, model_dir: Path | str | None = None, index_dir: Path | str | None = None,
-               report_dir: Path | str | None = None, max_body: int = MAX_BODY, host: str = "127.0.0.1") -> FastAPI:
-    """The FastAPI app; `backend` defaults to the lenses on `model_dir`/`index_dir` (tests inject a double).
+               report_dir: Path | str | None = None, max_body: int = MAX_BODY, host: str = "127.0.0.1",
+               verbatim_dir: Path | str | None = None) -> FastAPI:
+    """The FastAPI app; `backend` defaults to the lenses on `model_dir`/`index_dir`/`verbatim_dir` (tests inject a
+    double).
 
     Requests must name `host` or a loopback name in their Host header."""
-    backend = backend if backend is not None else LensBackend(model_dir, index_dir)
+    backend = backend if backend is not None else LensBackend(model_dir, index_dir, verbatim_dir=verbatim_dir)
     documents = load_report(report_dir)
     compute_lock = threading.Lock()
     # the form offers the registered names (the request models check them again)
-    choices = {"methods": method_names(), "presets": presets.PRESETS.names()}
+    choices = {"methods": method_names(), "presets": presets.PRESETS.names(), "verbatim": can_answer(backend, "verbatim")}
     app = FastAPI(title="attrilens", docs_url=None, redoc_url=None, openapi_url=None)
     hosts = frozenset({*LOCAL_HOSTS, host_name(host)})
 
@@ -112,7 +114,8 @@ def create_app(backend: Backend | None = None, *, model_dir: Path | str | None =
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
-        return {"ok": True, "model": model_dir is not None, "index": index_dir is not None, "documents": len(documents)}
+        return {"ok": True, "model": model_dir is not None, "index": index_dir is not None, "documents": len(documents),
+                "verbatim": choices["verbatim"]}
 
     @app.get("/api/documents")
     def report() -> list[dict[str, Any]]:
@@ -153,7 +156,7 @@ def create_app(backend: Backend | None = None, *, model_dir: Path | str | None =
 
 
 def serve(model_dir: Path | str | None = None, index_dir: Path | str | None = None, report_dir: Path | str | None = None,
-          host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+          host: str = "127.0.0.1", port: int = DEFAULT_PORT, verbatim_dir: Path | str | None = None) -> None:
     """Run the web app with uvicorn until interrupted."""
     import sys
 
@@ -161,6 +164,6 @@ def serve(model_dir: Path | str | None = None, index_dir: Path | str | None = No
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         sys.stderr.write(f"warning: serving on {host}: anyone who can reach this address can run the model.\n")
-    app = create_app(model_dir=model_dir, index_dir=index_dir, report_dir=report_dir, host=host)
+    app = create_app(model_dir=model_dir, index_dir=index_dir, report_dir=report_dir, host=host, verbatim_dir=verbatim_dir)
     sys.stderr.write(f"attrilens: http://{host}:{port}/\n")
     uvicorn.run(app, host=host, port=port, log_level="warning")

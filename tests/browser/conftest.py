@@ -63,3 +63,14 @@ def watched(browser):
     w = Watched(context.new_page())
     yield w
     context.close()
+
+
+def open_report(watched, tmp_path, docs, *, wait_for: str = ".al-view-inspect", title: str = "attrilens report"):
+    """Write a static report of `docs`, open it from disk and wait until `wait_for` has rendered."""
+    from attrilens.view import render_page
+
+    path = tmp_path / "report.html"
+    path.write_text(render_page(docs, title=title), encoding="utf-8")
+    watched.page.goto(path.as_uri())
+    watched.page.wait_for_selector(wait_for)
+    return watched.page

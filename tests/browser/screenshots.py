@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -12,11 +13,24 @@ from conftest import ARGS, CHROMIUM, fixture, report_documents  # noqa: E402
 from live import LiveServer  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 from test_browser_app import FakeLenses  # noqa: E402
+from test_browser_verbatim import generation_docs  # noqa: E402
 
 from attrilens.server import create_app  # noqa: E402
 from attrilens.view import render_page  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def verbatim_shot(page, tmp: str) -> None:
+    """docs/view-verbatim.png: a verbatim span picked in the main view, "stated in" beside "influenced by"."""
+    # the fixture's emoji (one code point, as is "·": offsets unchanged) has no glyph in a bare chromium
+    verbatim = json.loads(json.dumps(fixture("verbatim.json"), ensure_ascii=False).replace("\U0001F3F0", "·"))
+    report = Path(tmp) / "verbatim.html"
+    report.write_text(render_page(generation_docs(verbatim) + [verbatim], title="attrilens report"), encoding="utf-8")
+    page.goto(report.as_uri())
+    page.locator('.al-view-training .al-vspan[data-span="1"]').first.click()
+    page.mouse.move(0, 0)
+    page.locator(".al-view-training").screenshot(path=DOCS / "view-verbatim.png")
 
 
 def main() -> None:
@@ -33,6 +47,7 @@ def main() -> None:
         page.locator('.al-cell[data-layer="3"][data-position="4"]').click()
         page.locator(".al-view-inspect").screenshot(path=DOCS / "view-inspect.png")
         page.locator(".al-view-compare").screenshot(path=DOCS / "view-compare.png")
+        verbatim_shot(page, tmp)
         with LiveServer(create_app(FakeLenses())) as url:
             page.goto(url + "/")
             page.evaluate(f"window.attrilens.update({fixture('training.json')[:1]!r})".replace("None", "null"))

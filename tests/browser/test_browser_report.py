@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import fixture, report_documents
-
-from attrilens.view import render_page
-
-
-def open_report(watched, tmp_path, docs):
-    path = tmp_path / "report.html"
-    path.write_text(render_page(docs, title="attrilens report"), encoding="utf-8")
-    watched.page.goto(path.as_uri())
-    watched.page.wait_for_selector(".al-view-inspect")
-    return watched.page
+from conftest import fixture, open_report, report_documents
 
 
 def test_report_renders_context_training_and_inspect(watched, tmp_path):

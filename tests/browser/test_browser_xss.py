@@ -49,3 +49,22 @@ def test_web_app_shows_hostile_text_as_text(watched, tmp_path):
         watched.page.locator(".al-view-training .al-tok", has_text="</script><script>alert(2)</script>").click()
         watched.page.wait_for_selector('.al-example[data-id="for:</script><script>alert(2)</script>:0"]')
         assert watched.dialogs == []
+
+
+def test_verbatim_spans_show_hostile_text_as_text(watched, tmp_path):
+    verbatim = fixture("verbatim.json")  # hostile text in the response, the spans, document ids and texts
+    path = tmp_path / "verbatim.html"
+    path.write_text(render_page([verbatim], title=XSS_SCRIPT), encoding="utf-8")
+    page = watched.page
+    page.goto(path.as_uri())
+    page.wait_for_selector(".al-view-training .al-vspan")
+    for k in range(len(verbatim["spans"])):  # every span's documents, each one whole
+        page.locator(f'.al-view-training .al-vchip[data-span="{k}"]').click()
+        for button in page.locator(".al-view-training .al-stated button", has_text="show whole document").all():
+            button.click()
+        assert page.locator("#attrilens-app img, #attrilens-app script, #attrilens-app b").count() == 0
+    text = page.locator(".al-view-training").inner_text()
+    assert XSS_IMG in text and XSS_SCRIPT in text and "<b>bold</b>" in text
+    page.wait_for_timeout(200)
+    assert watched.dialogs == [], "an injected script ran"
+    assert watched.errors == []

@@ -1,4 +1,5 @@
-"""What the interactive views ask of Python, validated: trace a token span, attribute a context, inspect, compare.
+"""What the interactive views ask of Python, validated: trace a token span, attribute a context, inspect, compare,
+find a response's verbatim spans in the training corpus.
 
 The web app and the widget both route requests through `dispatch(backend, kind, payload)`. `LensBackend` answers
 them with the three lenses' Python APIs; bad input is an `AttrilensError` (HTTP 400). Answers are the lenses' own
@@ -21,6 +22,7 @@ from attrilens.errors import AttrilensError
 from attrilens.inspect import presets
 from attrilens.lm import LM
 from attrilens.training import TrainingIndex
+from attrilens.training.verbatim import VerbatimIndex
 
 MAX_TEXT = 100_000  # characters per text field
 
@@ -89,19 +91,36 @@ class NeighborsRequest(_Request):
     block: int | None = None
 
 
+class VerbatimRequest(_Request):
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+    target: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)  # None: the model generates
+    min_len: int | None = Field(default=None, ge=1, le=1000)  # tokens; None: the index's default
+    top_k: int = Field(default=10, ge=1, le=100)  # documents per span
+
+
 REQUESTS: dict[str, type[_Request]] = {
     "trace": TraceRequest, "context": ContextRequest, "inspect": InspectRequest,
-    "compare": CompareRequest, "neighbors": NeighborsRequest,
+    "compare": CompareRequest, "neighbors": NeighborsRequest, "verbatim": VerbatimRequest,
 }
 
 
 class Backend(Protocol):
-    """Computes the documents the views ask for (the lenses in the product; a test double in tests)."""
+    """Computes the documents the views ask for (the lenses in the product; a test double in tests).
+
+    Optional: `verbatim(req: VerbatimRequest)`, and `answers(kind) -> bool` saying which kinds it can answer now."""
 
     def trace(self, req: TraceRequest) -> dict[str, Any]: ...
     def context(self, req: ContextRequest) -> dict[str, Any]: ...
     def inspect(self, req: InspectRequest) -> dict[str, Any]: ...
     def neighbors(self, req: NeighborsRequest) -> dict[str, Any]: ...
+
+
+def can_answer(backend: Backend, kind: str) -> bool:
+    """Whether `backend` answers `kind` requests (so the views offer them): its `answers(kind)`, else has the method."""
+    answers = getattr(backend, "answers", None)
+    if callable(answers):
+        return bool(answers(kind))
+    return kind == "compare" or callable(getattr(backend, kind, None))
 
 
 def changed_span(a: str, b: str) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
@@ -150,19 +169,30 @@ def dispatch(backend: Backend, kind: str, payload: Any) -> dict[str, Any]:
     req = parse(kind, payload)
     if kind == "compare":
         return compare(backend, req)
-    return getattr(backend, kind)(req)
+    handler = getattr(backend, kind, None)
+    if not callable(handler):
+        raise AttrilensError(f"This app does not answer {kind} requests. Start it with what they need "
+                             "(e.g. `attrilens serve --verbatim-index DIR` for verbatim spans).")
+    return handler(req)
 
 
 class LensBackend:
     """Answers view requests with the lenses, on the model (and index) the server was started with; one at a time."""
 
-    def __init__(self, model_dir: Path | str | None, index_dir: Path | str | None = None, *, lm: Any = None):
+    def __init__(self, model_dir: Path | str | None, index_dir: Path | str | None = None, *, lm: Any = None,
+                 verbatim_dir: Path | str | None = None):
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.index_dir = Path(index_dir) if index_dir is not None else None
+        self.verbatim_dir = Path(verbatim_dir) if verbatim_dir is not None else None
         self._lock = threading.RLock()
         self._lm = lm  # an already loaded LM (notebooks) instead of loading model_dir
         self._training_index = None
+        self._verbatim_index = None
         self._context_cache: OrderedDict[tuple, Any] = OrderedDict()
+
+    def answers(self, kind: str) -> bool:
+        """Whether this backend can answer `kind` requests: verbatim spans need a verbatim index."""
+        return kind != "verbatim" or self.verbatim_dir is not None
 
     def lm(self):
         """The model, loaded once on first use."""
@@ -218,3 +248,16 @@ class LensBackend:
             if not rows:
                 raise AttrilensError(f"No training example {req.id!r} block {req.block} in the index. Pass an id it returned.")
             return {"id": req.id, "block": req.block, "neighbours": corpus.neighbours(rows[0])}
+
+    def verbatim(self, req: VerbatimRequest) -> dict[str, Any]:
+        """The response's spans found verbatim in the training corpus, each with the documents containing it."""
+        with self._lock:
+            if self.verbatim_dir is None:
+                raise AttrilensError("No verbatim index: start the app with --verbatim-index DIR (from `attrilens "
+                                     "index build --method verbatim`) to find verbatim spans.")
+            if self._verbatim_index is None:
+                self._verbatim_index = VerbatimIndex.open(self.verbatim_dir, self.lm())
+            options = {"min_len": req.min_len} if req.min_len is not None else {}
+            result = self._verbatim_index.trace(req.prompt, target=req.target, generate=req.target is None,
+                                                top_k=req.top_k, **options)
+            return result.to_dict()

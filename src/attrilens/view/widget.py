@@ -9,7 +9,7 @@ import anywidget
 import traitlets
 
 from attrilens.errors import AttrilensError
-from attrilens.view.backend import Backend, dispatch
+from attrilens.view.backend import Backend, can_answer, dispatch
 from attrilens.view.bundle import bundle, stylesheet
 from attrilens.view.page import clean
 
@@ -24,9 +24,11 @@ class ResultWidget(anywidget.AnyWidget):
     request = traitlets.Dict().tag(sync=True)
     response = traitlets.Dict().tag(sync=True)
     can_compute = traitlets.Bool(False).tag(sync=True)
+    can_verbatim = traitlets.Bool(False).tag(sync=True)  # the backend has a verbatim index (the view offers spans)
 
     def __init__(self, documents: list[dict[str, Any]], backend: Backend | None = None, **kwargs: Any):
-        super().__init__(documents=clean(list(documents)), can_compute=backend is not None, **kwargs)
+        super().__init__(documents=clean(list(documents)), can_compute=backend is not None,
+                         can_verbatim=backend is not None and can_answer(backend, "verbatim"), **kwargs)
         self._backend = backend
 
     @traitlets.observe("request")

@@ -11,6 +11,7 @@ export const SCHEMAS = {
   compare: "attrilens/compare/v1",
   context: "attrilens/context/v1",
   inspect: "attrilens/inspect/v1",
+  verbatim: "attrilens/verbatim/v1",
 };
 
 const TITLES = { training: "Training data", compare: "Comparison", context: "Context", inspect: "Inspect", other: "Other" };
@@ -62,7 +63,8 @@ function newAnalysis(host, add) {
   return h("details", { class: "al-new" }, h("summary", {}, "New analysis"),
     h("div", { class: "al-three" },
       h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Trace a generation to training data"), tPrompt, tTarget,
-        button("trace", () => run("trace", { prompt: tPrompt.value, target: orNull(tTarget.value), span: null }))),
+        button("trace", () => run("trace", { prompt: tPrompt.value, target: orNull(tTarget.value), span: null })),
+        host.verbatim ? button("find verbatim spans", () => run("verbatim", { prompt: tPrompt.value, target: orNull(tTarget.value) })) : null),
       h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Attribute a response to its context"), cContext, cQuery,
         cResponse, cMethod,
         button("attribute", () => run("context", { context: cContext.value, query: cQuery.value, response: orNull(cResponse.value),
@@ -84,7 +86,7 @@ export function mount(el, documents, host) {
     ? newAnalysis(host, (doc) => { docs = docs.concat([doc]); fresh = doc; draw(); }) : null;
   draw = () => {
     clear(el);
-    const groups = { training: [], compare: [], context: [], inspect: [], other: [] };
+    const groups = { training: [], compare: [], context: [], inspect: [], verbatim: [], other: [] };
     for (const d of docs) groups[kindOf(d)].push(d);
     const nav = h("nav", { class: "al-nav", "aria-label": "views" });
     const body = h("div", { class: "al-body" });
@@ -98,14 +100,21 @@ export function mount(el, documents, host) {
       if (![...nav.children].some((c) => c.textContent === TITLES[kind])) nav.appendChild(link);
     };
     const showCompare = (doc) => { docs = docs.filter((d) => kindOf(d) !== "compare").concat([doc]); draw(); };
-    // training documents with the same prompt and target are one generation with several precomputed selections
+    // training documents with the same prompt and target are one generation with several precomputed selections;
+    // a verbatim-spans document of that generation (the latest) is shown in the same view
     const byGeneration = new Map();
-    for (const d of groups.training) {
+    const generation = (d) => {
       const key = JSON.stringify([d.prompt ?? "", d.target ?? ""]);
-      if (!byGeneration.has(key)) byGeneration.set(key, []);
-      byGeneration.get(key).push(d);
+      if (!byGeneration.has(key)) byGeneration.set(key, { training: [], verbatim: [] });
+      return byGeneration.get(key);
+    };
+    for (const d of groups.training) generation(d).training.push(d);
+    for (const d of groups.verbatim) generation(d).verbatim.push(d);
+    const addDoc = (doc) => { docs = docs.concat([doc]); fresh = doc; draw(); };
+    for (const g of byGeneration.values()) {
+      add("training", trainingView(g.training, host, showCompare, { verbatim: g.verbatim[g.verbatim.length - 1] || null, onAdd: addDoc }),
+        g.training.concat(g.verbatim));
     }
-    for (const group of byGeneration.values()) add("training", trainingView(group, host, showCompare), group);
     for (const d of groups.compare) add("compare", compareView(d, host), [d]);
     for (const d of groups.context) add("context", contextView(d, host), [d]);
     for (const d of groups.inspect) add("inspect", inspectView(d), [d]);

@@ -11,6 +11,7 @@ function serverHost(api, choices) {
     mode: "server",
     canCompute: true,
     choices: choices || {},
+    verbatim: Boolean(choices && choices.verbatim),  // started with --verbatim-index: the view offers "find verbatim spans"
     async request(kind, payload) {
       const res = await fetch(`${api}/${kind}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
       let body = null;

@@ -15,6 +15,7 @@ function widgetHost(model) {
   return {
     mode: "widget",
     get canCompute() { return Boolean(model.get("can_compute")); },
+    get verbatim() { return Boolean(model.get("can_verbatim")); },  // the backend has a verbatim index
     notify(kind, payload) {
       model.set("selection", { kind, ...payload });
       model.save_changes();
