@@ -62,6 +62,43 @@ def method_options(method: type[TDAMethod], pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+VERBATIM = "verbatim"  # verbatim span tracing (attrilens.training.verbatim): not a TDA_METHODS entry
+_VERBATIM_BUILD = {"model", "corpus", "out", "method", "threads", "chat_template", "as_json"}
+
+
+def _given(ctx: typer.Context, names: set[str]) -> list[str]:
+    """The options of the running command given on the command line, outside `names`, as --flag spellings."""
+    return [p.opts[0] if p.opts else p.name for p in ctx.command.params
+            if p.name not in names and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"]
+
+
+def _build_verbatim(ctx: typer.Context, model: str, corpus: Path, out: Path, chat_template: bool | None,
+                    as_json: bool) -> None:
+    """`index build --method verbatim`: the corpus under the model's tokenizer in an infini-gram index."""
+    from attrilens.training.verbatim import build_verbatim_index
+
+    extra = _given(ctx, _VERBATIM_BUILD)
+    if extra:
+        raise AttrilensError(f"{', '.join(extra)} apply to gradient methods, not --method verbatim. Drop them.")
+    check_output_dir(out)
+    idx = build_verbatim_index(load_lm(str(resolve_model(model)), bool(chat_template)), corpus, out, progress=True)
+    m = idx.manifest
+    emit_summary({"index": str(out), "method": VERBATIM, "documents": m["corpus"]["n_documents"],
+                  "tokens": m["corpus"]["n_tokens"], "bytes_per_token": m.get("bytes_per_token"),
+                  "build_seconds": m.get("build_seconds")}, as_json)
+
+
+def _faiss_options(pairs: list[str] | None) -> dict[str, str]:
+    """`--faiss-option KEY=VALUE` pairs → a dict (values checked by the FAISS builder)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise AttrilensError(f"--faiss-option takes KEY=VALUE, got {pair!r}. Pass e.g. --faiss-option nprobe=32.")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add the training-data attribution verbs to the CLI."""
     index_app = typer.Typer(help="Training-data attribution index: featurise a corpus once, query it many times.",
@@ -70,10 +107,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @index_app.command("build")
     def build(
+        ctx: typer.Context,
         model: Annotated[str, typer.Option(help=f"Model (or LoRA adapter directory for datainf). {MODEL_HELP}")],
         corpus: Annotated[Path, typer.Option(help='JSONL corpus, one {"id","text"} document per line.')],
         out: Annotated[Path, typer.Option(help="Index directory (created; an unfinished build there is resumed).")],
-        method: Annotated[str, typer.Option(help=choices_help("Attribution method.", TDA_METHODS.names()))] = "trackstar",
+        method: Annotated[str, typer.Option(help=choices_help("Attribution method (verbatim: spans of the response "
+                                                              "found word for word, OLMoTrace's way).",
+                                                              [*TDA_METHODS.names(), VERBATIM]))] = "trackstar",
         proj_dim: Annotated[int | None, typer.Option(help="Projected features per checkpoint (methods that project; "
                                                           "0 = no projection; default: 256 per weight matrix "
                                                           "as a power of two in 2^12..2^16, e.g. 2^16 for "
@@ -107,7 +147,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                            "(default) or median.")] = None,
         option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE: set any option of the method's options "
                                                                "(repeatable), e.g. --option datainf_scale=0.2.")] = None,
-        use_faiss: Annotated[bool, typer.Option("--faiss", help="Also write an exact FAISS inner-product index.")] = False,
+        use_faiss: Annotated[str | None, typer.Option("--faiss", help="Also write a FAISS index: flat (exact inner "
+                                                      "product), ivf-pq or hnsw (approximate).")] = None,
+        faiss_option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for --faiss (repeatable): ivf-pq "
+                                                                    "nlist, m, nbits, nprobe, rerank; hnsw M, "
+                                                                    "ef_construction, ef_search, rerank.")] = None,
+        ray: Annotated[str | None, typer.Option(help="Featurise on Ray: local (a cluster sized to this machine), "
+                                                     "auto (the running cluster) or its address; the corpus may "
+                                                     "then be JSONL, Parquet or a datasets save_to_disk folder.")] = None,
+        ray_workers: Annotated[int | None, typer.Option(help="Ray actors featurising shards (default: one per GPU, "
+                                                             "else one per CPU).")] = None,
         threads: Annotated[int | None, typer.Option(help="torch threads (1 is fastest on a busy 2-core machine).")] = None,
         chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
@@ -121,6 +170,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             if threads < 1:
                 raise AttrilensError(f"--threads must be at least 1, got {threads}.")
             torch.set_num_threads(threads)
+        if method.replace("_", "-") == VERBATIM:
+            return _build_verbatim(ctx, model, corpus, out, chat_template, as_json)
         cls = TDA_METHODS.get(method)
         flags = {"seed": seed, "allocation": allocation, "lam": lam, "damping": damping, "correction": correction,
                  "second_moments": second_moments, "use_r": use_r, "unit_norm": unit_norm, "aggregate": aggregate}
@@ -136,7 +187,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         idx = build_index(lm, corpus, out, method=cls.name, proj_dim="auto" if proj_dim is None else proj_dim or None,
                           model_dir=model_dir,
                           eval_queries=eval_queries, shard_size=shard_size, batch_size=batch_size, dtype=dtype,
-                          use_faiss=use_faiss, progress=True, block_len=block_len, **options, **extra)
+                          use_faiss=use_faiss or False, faiss_options=_faiss_options(faiss_option), ray=ray,
+                          ray_workers=ray_workers, progress=True, block_len=block_len, **options, **extra)
         m = idx.manifest
         emit_summary({"index": str(out), "method": m["method"], "examples": len(idx), "dim": m.get("dim", 0),
                       "shards": len(m.get("shards", [])), "build_seconds": m.get("build_seconds"),
@@ -151,10 +203,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate with --generate (at least 1).")] = 24,
         tokens: Annotated[str | None, typer.Option(help="Only these response token indices count, e.g. 0,1 (-1: the last token).")] = None,
         span: Annotated[str | None, typer.Option(help="Only response tokens overlapping this character span start,end.")] = None,
-        top_k: Annotated[int, typer.Option(help="Proponents and opponents to return.")] = 10,
+        top_k: Annotated[int, typer.Option(help="Proponents and opponents to return (verbatim index: documents "
+                                                "per span).")] = 10,
+        min_len: Annotated[int | None, typer.Option(help="Verbatim index: shortest span to report, in tokens "
+                                                         "(default 8).")] = None,
         model: Annotated[str | None, typer.Option(help=f"Model (default: the one the index was built with). {MODEL_HELP}")] = None,
         neighbours: Annotated[bool, typer.Option(help="Include the neighbouring blocks' texts.")] = False,
-        use_faiss: Annotated[bool, typer.Option("--faiss", help="Search with the index's FAISS index.")] = False,
+        use_faiss: Annotated[bool, typer.Option("--faiss", help="Search with the index's FAISS index (its kind: "
+                                                                "flat is exact, ivf-pq and hnsw approximate).")] = False,
+        ray: Annotated[str | None, typer.Option(help="Exact search as Ray tasks, top-k per shard then a merge: "
+                                                     "local, auto or a cluster address.")] = None,
         verify: Annotated[bool, typer.Option("--verify", help="Check every file's checksum now (by default "
                                                               "sizes and headers always, checksums on a file's "
                                                               "first open).")] = False,
@@ -176,12 +234,50 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             raise AttrilensError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
         if chat_template is None:  # encode the query as the index's eval queries were
             chat_template = manifest.get("chat_template")
+        if manifest.get("method") == VERBATIM:
+            bad = [f for f, on in (("--tokens", tokens is not None), ("--span", span is not None),
+                                   ("--faiss", use_faiss), ("--neighbours", neighbours), ("--ray", ray is not None))
+                   if on]
+            if bad:
+                raise AttrilensError(f"{', '.join(bad)} apply to gradient indexes, not to the verbatim index "
+                                     f"{index}. Drop them.")
+            from attrilens.training.verbatim import VerbatimIndex
+
+            vidx = VerbatimIndex.open(index, load_lm(str(model_dir), chat_template), verify=True if verify else None)
+            return emit(vidx.trace(prompt, target=target, generate=generate, min_len=8 if min_len is None else min_len,
+                                   top_k=top_k, max_new_tokens=max_new_tokens), as_json)
+        if min_len is not None:
+            raise AttrilensError(f"--min-len applies to verbatim indexes; {index} is a {manifest.get('method')} "
+                                 "index. Drop it.")
         lm = load_lm(str(model_dir), chat_template)
         idx = TrainingIndex.open(index, lm, model_dir=model_dir, verify=True if verify else None)
         result = idx.trace(prompt, target=target, generate=generate, tokens=_parse_ints(tokens, "--tokens"),
                            span=tuple(span_t) if span_t else None, top_k=top_k, neighbours=neighbours,
-                           use_faiss=use_faiss, max_new_tokens=max_new_tokens)
+                           use_faiss=use_faiss, ray=ray, max_new_tokens=max_new_tokens)
         emit(result, as_json)
+
+    @bench.command("capture")
+    def bench_capture(
+        steps: Annotated[int, typer.Option(help="Training steps per run.")] = 20,
+        repeats: Annotated[int, typer.Option(help="Interleaved (plain, captured) pairs per setting.")] = 2,
+        lora: Annotated[bool, typer.Option("--lora/--no-lora", help="Also the LoRA trainer (default on).")] = True,
+        lora_steps: Annotated[int, typer.Option(help="LoRA training steps per run (its steps are short).")] = 100,
+        proj_dim: Annotated[int | None, typer.Option(help="Projected features of the captured index (default: "
+                                                          "as `attrilens index build`).")] = None,
+        method: Annotated[str, typer.Option(help="Captured method: grad-dot or grad-cos.")] = "grad-dot",
+        out: Annotated[Path | None, typer.Option(help="Also write the report here (capture-bench.md and .json).")] = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        """Training-time overhead of capturing index features during training (tiny-model and LoRA trainers)."""
+        from attrilens.bench import capture as bench_capture_mod
+
+        if out is not None:
+            check_output_dir(out)
+        report = bench_capture_mod.run_benchmark(steps=steps, repeats=repeats, lora=lora, proj_dim=proj_dim,
+                                                 method=method, lora_steps=lora_steps)
+        print(report.to_json() if as_json else report.to_text())
+        if out is not None:
+            report.write(out)
 
     @bench.command("training")
     def bench_training(
@@ -223,3 +319,62 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         print(report.to_json() if as_json else report.to_text())
         if out is not None:
             report.write(out)
+
+    @bench.command("verbatim")
+    def bench_verbatim(
+        quick: Annotated[bool, typer.Option(help="Only the 10^6-token corpus.")] = False,
+        size: Annotated[list[int] | None, typer.Option(help="Corpus size in tokens (repeatable; default 10^6, "
+                                                            "10^7 and 10^8).")] = None,
+        responses: Annotated[int, typer.Option(help="Responses traced per size.")] = 20,
+        min_len: Annotated[int, typer.Option(help="Shortest span in tokens.")] = 8,
+        model: Annotated[str | None, typer.Option(help=f"Model whose tokenizer indexes the corpus (default: the "
+                                                      f"demo target model). {MODEL_HELP}")] = None,
+        workdir: Annotated[Path | None, typer.Option(help="Where the temporary indexes go (default: the system "
+                                                          "temporary folder).")] = None,
+        out: Annotated[Path | None, typer.Option(help="Also write the report here (verbatim-bench.md and .json).")] = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        """Verbatim span tracing: index build tokens/s, bytes/token, trace latency p50/p95 by corpus size."""
+        from attrilens.bench import verbatim as bench_verbatim_mod
+
+        if responses < 1 or min_len < 1 or any(s < 1 for s in size or []):
+            raise AttrilensError("--responses, --min-len and --size must be positive. Pass positive integers.")
+        if workdir is not None:
+            check_output_dir(workdir, "--workdir")
+            workdir.mkdir(parents=True, exist_ok=True)
+        report = bench_verbatim_mod.run_benchmark(tuple(size) if size else None, quick=quick, n_responses=responses,
+                                                  min_len=min_len, workdir=workdir,
+                                                  model=resolve_model(model) if model else None)
+        print(report.to_json() if as_json else report.to_text())
+        if out is not None:
+            report.write(out)
+
+    @bench.command("scale")
+    def bench_scale(
+        part: Annotated[list[str] | None, typer.Option(help="Which parts (repeatable): ann (FAISS recall@10 and "
+                                                           "latency), build (local vs Ray examples/s), cost (the "
+                                                           "cost model on paper). Default: all three.")] = None,
+        n: Annotated[list[int] | None, typer.Option(help="ann: index sizes N (repeatable; default 100000).")] = None,
+        dim: Annotated[int, typer.Option(help="ann: feature size d.")] = 4096,
+        kind: Annotated[list[str] | None, typer.Option(help="ann: FAISS kinds (repeatable; default ivf-pq hnsw).")] = None,
+        queries: Annotated[int, typer.Option(help="ann: queries per N.")] = 100,
+        workers: Annotated[list[int] | None, typer.Option(help="build: Ray worker counts (repeatable; default 1 2).")] = None,
+        method: Annotated[str, typer.Option(help="build: the method of the demo index.")] = "grad-dot",
+        out: Annotated[Path | None, typer.Option(help="Also write each report here (scale-*-bench.md and .json).")] = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        """The index past one machine: FAISS recall and latency, Ray build throughput, TrackStar's cost on paper."""
+        from attrilens.bench import scale
+
+        parts = part or ["ann", "build", "cost"]
+        bad = sorted(set(parts) - {"ann", "build", "cost"})
+        if bad:
+            raise AttrilensError(f"Unknown --part {', '.join(bad)}. Use ann, build or cost.")
+        if any(x < 1 for x in (n or [])) or dim < 1 or queries < 2:
+            raise AttrilensError("--n and --dim must be positive and --queries at least 2.")
+        for report in scale.run_benchmark(parts, ns=n or [100_000], d=dim, n_queries=queries,
+                                          kinds=kind or ["ivf-pq", "hnsw"],
+                                          workers=workers or [1, 2], method=TDA_METHODS.get(method).name):
+            print(report.to_json() if as_json else report.to_text())
+            if out is not None:
+                report.write(out)
