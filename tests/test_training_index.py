@@ -486,3 +486,12 @@ def test_packaged_demo_models_keep_float32_second_moments(tmp_path):
     with safe_open(str(tmp_path / "packaged" / "optimizer.safetensors"), framework="pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
     assert optimizer_state_problem(tmp_path / "packaged") is None
+
+
+def test_default_shard_size_keeps_a_shard_of_wide_features_within_a_gib():
+    from attrilens.training.index import SHARD_BYTES, default_shard_size
+
+    assert default_shard_size(0) == default_shard_size(2 ** 16) == 1024  # BM25 and TrackStar's largest: unchanged
+    rows = default_shard_size(7_464_960)  # DataInf on SmolLM2's LoRA (q, v, o, down; r 16) over 3 checkpoints
+    assert rows == 35 and rows * 7_464_960 * 4 <= SHARD_BYTES < (rows + 1) * 7_464_960 * 4
+    assert default_shard_size(10 ** 10) == 1

@@ -120,7 +120,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                           "SmolLM2-135M).")] = None,
         eval_queries: Annotated[Path | None, typer.Option(help="JSONL queries {prompt,target} for TrackStar's R_eval.")] = None,
         block_len: Annotated[int, typer.Option(help="Tokens per training block.")] = 128,
-        shard_size: Annotated[int, typer.Option(help="Blocks per shard file.")] = 1024,
+        shard_size: Annotated[int | None, typer.Option(help="Blocks per shard file (default 1024, fewer when a "
+                                                            "shard's float32 features would pass 1 GiB).")] = None,
         batch_size: Annotated[int, typer.Option(help="Examples per backward pass.")] = 16,
         dtype: Annotated[str, typer.Option(help="float16 or float32 feature shards.")] = "float16",
         seed: Annotated[int | None, typer.Option(help="Projection seed (default 0).")] = None,

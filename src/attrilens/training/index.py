@@ -64,7 +64,7 @@ def build_index(
     proj_dim: int | str | None = "auto",
     model_dir: Path | str | None = None,
     eval_queries: Sequence[dict] | Path | str | None = None,
-    shard_size: int = 1024,
+    shard_size: int | None = None,
     dtype: str = "float16",
     batch_size: int = 16,
     use_faiss: bool | str = False,
@@ -76,7 +76,8 @@ def build_index(
 ) -> TrainingIndex:
     """Featurise a corpus with one method into an index directory (resumes an unfinished build of the same index).
 
-    `options` are the method's own (`TDA_METHODS.get(method).Options`); `proj_dim` applies to the methods that
+    `options` are the method's own (`TDA_METHODS.get(method).Options`); `shard_size` None = `default_shard_size`
+    (1024 rows, fewer for very wide features); `proj_dim` applies to the methods that
     project (it is ignored by DataInf and BM25): "auto" = the method's `default_proj_dim` for this model (256
     features per weight matrix, 2^12…2^16), None = no projection; `batch_size` is examples per backward pass
     (not part of the index). `use_faiss`: also write a FAISS index, True or "flat" (exact), "ivf-pq" or "hnsw"
@@ -85,7 +86,7 @@ def build_index(
     """
     if dtype not in ("float16", "float32"):
         raise AttrilensError(f"dtype must be 'float16' or 'float32', not {dtype!r}.")
-    if shard_size < 1:
+    if shard_size is not None and shard_size < 1:
         raise AttrilensError(f"shard_size must be positive, got {shard_size}.")
     cls = TDA_METHODS.get(method)
     if "proj_dim" in cls.option_names():
@@ -117,10 +118,10 @@ def build_index(
         "corpus": {"fingerprint": blocks.fingerprint, "n_blocks": len(blocks), "n_documents": len(set(blocks.docs)),
                    "block_len": blocks.block_len},
         "eval_queries": {"n": len(eval_queries), "fingerprint": eval_fp},
-        "shard_size": shard_size,
     }
     t0 = time.perf_counter()
     m = cls(opts, lm, model_dir, batch_size=batch_size)  # bad options fail here, before anything is written
+    identity["shard_size"] = shard_size = shard_size or default_shard_size(m.dim)
     faiss_kind = "flat" if use_faiss is True else use_faiss or None
     if faiss_kind:  # a bad kind or option fails here, before anything is written
         faiss_params(faiss_kind, len(blocks), m.dim, faiss_options)
@@ -169,6 +170,15 @@ def build_index(
         manifest["build_seconds"] = round(manifest.get("build_seconds", 0.0) + time.perf_counter() - t0, 3)
         write_json(mpath, manifest)
         return TrainingIndex.open(out, lm, model_dir=model_dir)
+
+
+SHARD_BYTES = 1 << 30  # the fp32 features of one shard held in memory while it is featurised (default sizing)
+
+
+def default_shard_size(dim: int) -> int:
+    """Rows per shard: 1024, fewer when a shard's fp32 features would pass SHARD_BYTES (DataInf's unprojected LoRA
+    gradients over several checkpoints are millions of features an example: 1024 rows of them do not fit in RAM)."""
+    return max(1, min(1024, SHARD_BYTES // (4 * max(1, int(dim)))))
 
 
 def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_queries: list[dict],
