@@ -495,3 +495,24 @@ def test_default_shard_size_keeps_a_shard_of_wide_features_within_a_gib():
     rows = default_shard_size(7_464_960)  # DataInf on SmolLM2's LoRA (q, v, o, down; r 16) over 3 checkpoints
     assert rows == 35 and rows * 7_464_960 * 4 <= SHARD_BYTES < (rows + 1) * 7_464_960 * 4
     assert default_shard_size(10 ** 10) == 1
+
+
+def test_trackstar_on_a_lora_adapter_featurises_the_lora_matrices_with_their_optimizer_state(model_dir, tmp_path):
+    """auto: an adapter's LoRA matrices (what was trained, and all its optimizer state covers); linear: every base
+    weight, which that state does not cover (a one-line error naming the fix)."""
+    from attrilens.demo.lora import finetune_lora
+    from attrilens.training.methods import TDA_METHODS
+
+    docs = _docs(12, seed=random.randrange(1000))
+    out = finetune_lora(model_dir, docs, tmp_path / "lora", epochs=1, batch_size=4, keep_checkpoints=0, progress=False)
+    lm = LM.from_pretrained(out)
+    idx = build_index(lm, docs, tmp_path / "idx", method="trackstar", proj_dim=64, progress=False)
+    assert idx.manifest["weights"] == "lora" and idx.manifest["second_moments"]["source"] == "optimizer"
+    assert set(idx.manifest["layers"]) and all(".lora_" in name for name in idx.manifest["layers"])
+    trackstar = TDA_METHODS.get("trackstar")
+    assert trackstar.default_params(lm) == "lora" and trackstar.default_params(LM.from_pretrained(model_dir)) == "linear"
+    with pytest.raises(AttrilensError, match="no second moment for .*base_layer"):
+        build_index(lm, docs, tmp_path / "idx-linear", method="trackstar", proj_dim=64, weights="linear",
+                    second_moments="optimizer", progress=False)
+    with pytest.raises(AttrilensError, match="Unknown weights"):
+        build_index(lm, docs, tmp_path / "idx-bad", method="trackstar", proj_dim=64, weights="all", progress=False)

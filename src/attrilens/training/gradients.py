@@ -86,6 +86,11 @@ def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
+def has_lora(model: nn.Module) -> bool:
+    """Whether the model carries LoRA matrices (a peft adapter loaded into it)."""
+    return any(".lora_A." in name for name, _ in model.named_modules())
+
+
 def weight_modules(model: nn.Module, params: str = "linear") -> dict[str, nn.Module]:
     """Modules whose weight is featurised: every Linear/Conv1D ("linear") or the LoRA A/B matrices ("lora")."""
     if params not in ("linear", "lora"):

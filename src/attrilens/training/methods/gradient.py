@@ -48,10 +48,15 @@ class GradientMethod(TDAMethod):
         self.dim = self.block_dim * self.n_blocks
 
     @classmethod
+    def default_params(cls, lm: LM) -> str:
+        """The weights featurised on `lm` by default ("linear" or "lora")."""
+        return cls.params
+
+    @classmethod
     def default_proj_dim(cls, lm: LM) -> int:
         """The projection size when none is given: `projection.default_proj_dim` of the weights featurised (at most
         their full gradient's size)."""
-        modules = weight_modules(lm.model, cls.params)
+        modules = weight_modules(lm.model, cls.default_params(lm))
         return min(default_proj_dim(len(modules)), sum(m.weight.numel() for m in modules.values()))
 
     def make_views(self) -> list[tuple[Featurizer, float]]:

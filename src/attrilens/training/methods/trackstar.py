@@ -13,15 +13,17 @@ records which ("second_moments": {"source": "optimizer" | "estimated", ...}).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from attrilens.errors import AttrilensError
+from attrilens.lm import LM
 from attrilens.training.corpus import Corpus
-from attrilens.training.gradients import Example, Featurizer, weight_modules
-from attrilens.training.methods.base import TDA_METHODS
+from attrilens.training.gradients import Example, Featurizer, has_lora, weight_modules
+from attrilens.training.methods.base import TDA_METHODS, TDAOptions
 from attrilens.training.methods.gradient import GradientMethod, ProjectionOptions
 from attrilens.training.moments import (
     MOMENT_KINDS,
@@ -42,12 +44,16 @@ from attrilens.training.preconditioning import (
 )
 
 SECOND_MOMENTS = ("auto", "optimizer", "estimate")
+WEIGHTS = ("auto", "linear", "lora")
 
 
 @dataclass
 class TrackStarOptions(ProjectionOptions):
     """TrackStar's knobs; each of the first three can be switched off for an ablation."""
 
+    # the weights featurised: auto = the LoRA matrices of a model carrying an adapter (what its fine-tuning trained,
+    # and all its optimizer state covers), else every linear layer; "linear" or "lora" to choose
+    weights: str = "auto"
     correction: bool = True  # divide by √(Adam second moment)
     # v from the optimizer state, estimated from the corpus, or auto: the optimizer state when the model has one
     second_moments: str = "auto"
@@ -76,6 +82,8 @@ class TrackStarOptions(ProjectionOptions):
                                  "eigenvalue-crossing rule.")
         if self.k is not None and self.k < 0:
             raise AttrilensError(f"k (the crossing component) must be at least 0, got {self.k}.")
+        if self.weights not in WEIGHTS:
+            raise AttrilensError(f"Unknown weights {self.weights!r}. Use one of {', '.join(WEIGHTS)}.")
         if self.second_moments not in SECOND_MOMENTS:
             raise AttrilensError(f"Unknown second_moments {self.second_moments!r}. Use one of "
                                  f"{', '.join(SECOND_MOMENTS)} (--second-moments).")
@@ -97,6 +105,20 @@ class TrackStar(GradientMethod):
     whitening: Whitening | None = None  # fitted by `fit`, or restored by `load`
     moments: Moments | None = None  # estimated second moments: by `prepare`, or restored by `load`
     refused_state: str | None = None  # why "auto" did not use the model's optimizer state (it lost its range)
+
+    def __init__(self, options: TDAOptions, lm: LM, model_dir: Path | str | None = None, *, batch_size: int = 16):
+        self.params = self.weights_for(lm, getattr(options, "weights", "auto"))  # before the views are made
+        super().__init__(options, lm, model_dir, batch_size=batch_size)
+
+    @staticmethod
+    def weights_for(lm: LM, weights: str = "auto") -> str:
+        """"lora" or "linear" for the `weights` option (auto: "lora" when the model carries an adapter)."""
+        return ("lora" if has_lora(lm.model) else "linear") if weights == "auto" else weights
+
+    @classmethod
+    def default_params(cls, lm: LM) -> str:
+        """The weights "auto" featurises on this model (what the default projection size is computed over)."""
+        return cls.weights_for(lm)
 
     def make_views(self) -> list[tuple[Featurizer, float]]:
         """The final model, its gradients divided by √(second moment) when `correction` is on (optimizer state
@@ -143,7 +165,7 @@ class TrackStar(GradientMethod):
         return info
 
     def layout(self) -> dict[str, Any]:
-        return {**super().layout(), "second_moments": self.moments_info}
+        return {**super().layout(), "weights": self.params, "second_moments": self.moments_info}
 
     @property
     def needs_prepare(self) -> bool:
