@@ -35,12 +35,16 @@ class KnockoutScorer(CachedScorer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._owners: dict[tuple[str, tuple[tuple[int, int], ...]], list[int]] = {}
-        self._bases: dict[tuple[int, ...], torch.Tensor] = {}
+        self._bases: dict[tuple, torch.Tensor] = {}  # (partition, dropped sources) -> per-token log p
         self.exact_rows = 0
+
+    @staticmethod
+    def _partition(sources: Sources) -> tuple:
+        return sources.context, tuple((s.start, s.end) for s in sources)
 
     def _owner(self, sources: Sources) -> list[int]:
         """Which source each prompt token belongs to (-1: template or question), per partition of the context."""
-        key = (sources.context, tuple((s.start, s.end) for s in sources))
+        key = self._partition(sources)
         if key not in self._owners:
             self._owners[key] = prompt_token_owner(self.lm, self.prompt, sources)[1]
         return self._owners[key]
@@ -50,9 +54,10 @@ class KnockoutScorer(CachedScorer):
         full = self.base(sources.context)
         if not drop:
             return full
-        key = tuple(sorted(set(drop)))
+        dropped = tuple(sorted(set(drop)))
+        key = (self._partition(sources), dropped)
         if key not in self._bases:
-            self._bases[key] = self.score_without(sources, [key])[0]
+            self._bases[key] = self.score_without(sources, [dropped])[0]
         return self._bases[key]
 
     def score_without(self, sources: Sources, drops: Sequence[Sequence[int]]) -> torch.Tensor:
