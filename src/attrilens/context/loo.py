@@ -25,6 +25,11 @@ def mean_attention(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([a[0].float() for a in attentions]).mean(dim=(0, 1)).cpu()
 
 
+def partition_key(sources: Sources) -> tuple:
+    """What identifies a partition of a context into sources (the text and every source's character span)."""
+    return sources.context, tuple((s.start, s.end) for s in sources)
+
+
 def token_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
     """log p(targets[t]) from logits[t] (rows aligned), in fp32."""
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -47,6 +52,7 @@ class Scorer:
         self.base_context: str | None = None
         self.base_logprobs: torch.Tensor | None = None
         self.record = record
+        self._owners: dict[tuple, list[int]] = {}  # token_owner's memo, by partition_key
 
     def encode(self, context: str) -> list[int]:
         """The prompt ids for a context (the prompt plus the response must fit the model)."""
@@ -67,6 +73,13 @@ class Scorer:
         if self.record is not None:
             self.record[context] = self.base_logprobs
 
+    def token_owner(self, sources: Sources) -> list[int]:
+        """Which source each prompt token belongs to (-1: template or question), once per partition of a context."""
+        key = partition_key(sources)
+        if key not in self._owners:
+            self._owners[key] = prompt_token_owner(self.lm, self.prompt, sources)[1]
+        return self._owners[key]
+
     def base_without(self, sources: Sources, drop: Sequence[int]) -> torch.Tensor:
         """Per-token log p of the response with the `drop` sources ablated (by default: removed from the text)."""
         return self.base(sources.ablate(drop))
@@ -80,11 +93,12 @@ class Scorer:
         """[S, T] attention mass from the position predicting each response token to each source's tokens (mean
         over layers and heads): one full eager pass over prompt + response here; one response row when cached."""
         with Timer(self.cost):
-            ids, owner = prompt_token_owner(self.lm, self.prompt, sources)
+            ids = self.encode(sources.context)
             n, T = len(ids), len(self.response_ids)
-            out = self.lm.run([ids + self.response_ids[:-1]], attentions=True)
-            self.cost.add(1, n + T - 1)
-            return pool_by_source(mean_attention(out.attentions)[n - 1 :, :n], owner, len(sources))
+            out = self.lm.run([ids + self.response_ids], attentions=True)
+            self.cost.add(1, n + T)
+            attention = mean_attention(out.attentions)[n - 1 : n - 1 + T, :n]
+            return pool_by_source(attention, self.token_owner(sources), len(sources))
 
     def score(self, contexts: Sequence[str]) -> torch.Tensor:
         """[len(contexts), T] per-token log p of the response under each context."""
@@ -123,7 +137,7 @@ class CachedScorer(Scorer):
         """[S, T] attention mass per source, read from one response-length row over the full prompt's cache."""
         self.base(sources.context)
         with Timer(self.cost):
-            owner = prompt_token_owner(self.lm, self.prompt, sources)[1]
+            owner = self.token_owner(sources)
             n, T = len(self.base_ids), len(self.response_ids)
             ext = self.lm.extend(self.prefix, [n - 1], [[self.base_ids[n - 1], *self.response_ids[:-1]]],
                                  logits_at=[[0]], attentions=True)

@@ -10,28 +10,15 @@ pruned, which the result's faithfulness record reports (LL of the response under
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from attrilens.context.loo import Scorer
 from attrilens.context.methods.base import ContextMethod
 from attrilens.context.run import AttributionRun, SourceDrops
 from attrilens.context.wrappers.base import CONTEXT_WRAPPERS, DropsWrapper
-from attrilens.context.wrappers.hierarchical import top_k_indices
+from attrilens.context.wrappers.hierarchical import TopKOptions, top_k_indices
 from attrilens.errors import AttrilensError
 from attrilens.spans import Sources
-
-
-@dataclass(frozen=True)
-class AttentionPruningOptions:
-    """top_k: the sources with the most attention mass that the method then scores."""
-
-    top_k: int = 3
-
-    def __post_init__(self) -> None:
-        if int(self.top_k) < 1:
-            raise AttrilensError(f"top_k must be at least 1, got {self.top_k}. Pass --top-k 1 or more.")
 
 
 @CONTEXT_WRAPPERS.register("attention-pruning")
@@ -39,7 +26,7 @@ class AttentionPruning(DropsWrapper):
     """Score only the top-K sources by the response's attention mass (one response row over the cache)."""
 
     summary = "the response's attention (one response-length row) picks the top-K sources; only those are scored"
-    Options = AttentionPruningOptions
+    Options = TopKOptions
     slot = "proxy"  # it prunes in the proxy's place
     order = 20
 

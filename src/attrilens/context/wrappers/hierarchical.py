@@ -27,15 +27,24 @@ def top_k_indices(scores: torch.Tensor, k: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class HierarchicalOptions:
-    """Paragraphs kept: paragraph_k, else top_k (paragraph_k lets proxy-pruning's top_k count sentences)."""
+class TopKOptions:
+    """top_k: how many of the best-ranked sources (paragraphs, or the proxy's or attention's picks) are kept."""
 
     top_k: int = 3
-    paragraph_k: int | None = None
 
     def __post_init__(self) -> None:
         if int(self.top_k) < 1:
             raise AttrilensError(f"top_k must be at least 1, got {self.top_k}. Pass --top-k 1 or more.")
+
+
+@dataclass(frozen=True)
+class HierarchicalOptions(TopKOptions):
+    """Paragraphs kept: paragraph_k, else top_k (paragraph_k lets proxy-pruning's top_k count sentences)."""
+
+    paragraph_k: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.paragraph_k is not None and int(self.paragraph_k) < 1:
             raise AttrilensError(f"paragraph_k must be at least 1, got {self.paragraph_k}. Pass 1 or more, or None.")
 

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from attrilens.context.loo import CachedScorer, token_logprobs
-from attrilens.context.token_sources import prompt_token_owner
+from attrilens.context.loo import CachedScorer, partition_key, token_logprobs
 from attrilens.context.wrappers.base import CONTEXT_WRAPPERS, ScorerWrapper
 from attrilens.results import Timer
 from attrilens.spans import Sources
@@ -34,20 +33,8 @@ class KnockoutScorer(CachedScorer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._owners: dict[tuple[str, tuple[tuple[int, int], ...]], list[int]] = {}
-        self._bases: dict[tuple, torch.Tensor] = {}  # (partition, dropped sources) -> per-token log p
+        self._bases: dict[tuple, torch.Tensor] = {}  # (partition_key, dropped sources) -> per-token log p
         self.exact_rows = 0
-
-    @staticmethod
-    def _partition(sources: Sources) -> tuple:
-        return sources.context, tuple((s.start, s.end) for s in sources)
-
-    def _owner(self, sources: Sources) -> list[int]:
-        """Which source each prompt token belongs to (-1: template or question), per partition of the context."""
-        key = self._partition(sources)
-        if key not in self._owners:
-            self._owners[key] = prompt_token_owner(self.lm, self.prompt, sources)[1]
-        return self._owners[key]
 
     def base_without(self, sources: Sources, drop: Sequence[int]) -> torch.Tensor:
         """The full context's pass (kept for the ablations); with `drop`, the response with those sources hidden."""
@@ -55,7 +42,7 @@ class KnockoutScorer(CachedScorer):
         if not drop:
             return full
         dropped = tuple(sorted(set(drop)))
-        key = (self._partition(sources), dropped)
+        key = (partition_key(sources), dropped)
         if key not in self._bases:
             self._bases[key] = self.score_without(sources, [dropped])[0]
         return self._bases[key]
@@ -63,9 +50,9 @@ class KnockoutScorer(CachedScorer):
     def score_without(self, sources: Sources, drops: Sequence[Sequence[int]]) -> torch.Tensor:
         """[len(drops), T] per-token log p of the response with each set of sources hidden from it."""
         self.base(sources.context)  # the full prompt's cache (reused when it is the last base)
-        owner = self._owner(sources)
+        owner = self.token_owner(sources)
         n, T = len(self.base_ids), len(self.response_ids)
-        hides = [[p for p, s in enumerate(owner) if s in set(d)] for d in drops]
+        hides = [[p for p, s in enumerate(owner) if s in dropped] for dropped in map(set, drops)]
         exact = [i for i, h in enumerate(hides) if h and max(h) >= n - 1]
         out = torch.empty(len(drops), T)
         if exact:  # the prompt's last token belongs to a hidden source: remove the sources instead

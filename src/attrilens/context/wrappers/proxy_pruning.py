@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from attrilens.context.loo import Scorer
@@ -11,20 +9,8 @@ from attrilens.context.methods.base import ContextMethod
 from attrilens.context.proxy import proxy_drops
 from attrilens.context.run import AttributionRun, SourceDrops
 from attrilens.context.wrappers.base import CONTEXT_WRAPPERS, DropsWrapper
-from attrilens.context.wrappers.hierarchical import top_k_indices
-from attrilens.errors import AttrilensError
+from attrilens.context.wrappers.hierarchical import TopKOptions, top_k_indices
 from attrilens.spans import Sources
-
-
-@dataclass(frozen=True)
-class ProxyPruningOptions:
-    """top_k: the proxy's best sources the target confirms."""
-
-    top_k: int = 3
-
-    def __post_init__(self) -> None:
-        if int(self.top_k) < 1:
-            raise AttrilensError(f"top_k must be at least 1, got {self.top_k}. Pass --top-k 1 or more.")
 
 
 @CONTEXT_WRAPPERS.register("proxy-pruning")
@@ -36,7 +22,7 @@ class ProxyPruning(DropsWrapper):
     """
 
     summary = "the proxy ranks the sources, the target confirms its top-K exactly"
-    Options = ProxyPruningOptions
+    Options = TopKOptions
     slot = "proxy"
     order = 20
     proxy_mode = "prune"
