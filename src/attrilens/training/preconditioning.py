@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,16 +159,7 @@ def fit_whitening(train_features: torch.Tensor, eval_features: torch.Tensor | No
     """Fit TrackStar's (λR_eval + (1−λ)R_train + δI)^(−1/2); without eval features λ = 0."""
     if train_features.shape[0] == 0:
         raise AttrilensError("No training features to fit R on. Pass a non-empty corpus.")
-    if eval_features is None or eval_features.shape[0] == 0:
-        lam_, k_ = 0.0, 0
-        if lam not in (None, 0.0):
-            raise AttrilensError("λ > 0 needs evaluation queries for R_eval. Pass eval queries or λ = 0.")
-    elif lam is None:
-        lam_, k_ = mixing_lambda(eval_features, train_features, k)
-    else:
-        if not 0.0 <= lam <= 1.0:
-            raise AttrilensError(f"λ must lie in [0, 1], got {lam}.")
-        lam_, k_ = float(lam), int(k or 0)
+    lam_, k_ = _lambda(eval_features, lam, k, lambda: mixing_lambda(eval_features, train_features, k))
     parts = [train_features.double() * ((1 - lam_) / train_features.shape[0]) ** 0.5]
     if lam_ > 0:
         parts.append(eval_features.double() * (lam_ / eval_features.shape[0]) ** 0.5)
@@ -181,10 +173,28 @@ def fit_whitening(train_features: torch.Tensor, eval_features: torch.Tensor | No
     else:
         e, vecs = _sym_eig(m.T @ m)
     delta = damping * float(e.sum()) / min(d, int((e > e[0] * 1e-12).sum()))  # mean non-zero eigenvalue
-    if delta <= 0:
+    return _whitening(e, vecs, delta, lam_, k_)
+
+
+def _lambda(eval_features: torch.Tensor | None, lam: float | None, k: int | None,
+            crossing: Callable[[], tuple[float, int]]) -> tuple[float, int]:
+    """(λ, k): 0 without eval features, `crossing()` (the eigenvalue-crossing rule) when λ is not given."""
+    if eval_features is None or eval_features.shape[0] == 0:
+        if lam not in (None, 0.0):
+            raise AttrilensError("λ > 0 needs evaluation queries for R_eval. Pass eval queries or λ = 0.")
+        return 0.0, 0
+    if lam is None:
+        return crossing()
+    if not 0.0 <= lam <= 1.0:
+        raise AttrilensError(f"λ must lie in [0, 1], got {lam}.")
+    return float(lam), int(k or 0)
+
+
+def _whitening(e: torch.Tensor, vecs: torch.Tensor, delta: float, lam: float, k: int) -> Whitening:
+    """(R + δI)^(−1/2) from R's eigenpairs (e, vecs) and the ridge δ."""
+    if not delta > 0:
         raise AttrilensError("All training features are zero; R cannot be fitted. Check the model and corpus.")
-    weights = (e + delta).rsqrt()
-    return Whitening(vecs.float(), weights.float(), delta ** -0.5, lam_, k_)
+    return Whitening(vecs.float(), (e + delta).rsqrt().float(), delta ** -0.5, lam, k)
 
 
 def moment_sum(features: torch.Tensor) -> torch.Tensor:
@@ -203,16 +213,8 @@ def fit_whitening_moments(train_moments: torch.Tensor, n_train: int, eval_featur
     d = train_moments.shape[0]
     r_train = train_moments.double() / n_train
     n_eval = 0 if eval_features is None else eval_features.shape[0]
-    if n_eval == 0:
-        lam_, k_ = 0.0, 0
-        if lam not in (None, 0.0):
-            raise AttrilensError("λ > 0 needs evaluation queries for R_eval. Pass eval queries or λ = 0.")
-    elif lam is None:
-        lam_, k_ = _crossing(eigenvalues(eval_features), _sym_eig(r_train)[0][: min(n_train, d)], k)
-    else:
-        if not 0.0 <= lam <= 1.0:
-            raise AttrilensError(f"λ must lie in [0, 1], got {lam}.")
-        lam_, k_ = float(lam), int(k or 0)
+    lam_, k_ = _lambda(eval_features, lam, k,
+                       lambda: _crossing(eigenvalues(eval_features), _sym_eig(r_train)[0][: min(n_train, d)], k))
     r = r_train * (1 - lam_)
     if lam_ > 0:
         f = eval_features.double()
@@ -221,10 +223,7 @@ def fit_whitening_moments(train_moments: torch.Tensor, n_train: int, eval_featur
     rank = min(n_train + (n_eval if lam_ > 0 else 0), d, int((e > e[0] * 1e-12).sum()))
     e, vecs = e[:rank], vecs[:, :rank]
     delta = damping * float(e.sum()) / max(rank, 1)  # mean non-zero eigenvalue
-    if not delta > 0:
-        raise AttrilensError("All training features are zero; R cannot be fitted. Check the model and corpus.")
-    weights = (e + delta).rsqrt()
-    return Whitening(vecs.float(), weights.float(), delta ** -0.5, lam_, k_)
+    return _whitening(e, vecs, delta, lam_, k_)
 
 
 def datainf_lambdas(sq_norms: torch.Tensor, dims: list[int], scale: float = 0.1) -> torch.Tensor:
