@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,21 +91,28 @@ def read_documents(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise AttrilensError(f"Corpus file {str(path)!r} does not exist. Pass a JSONL file of {{\"id\", \"text\"}} lines.")
-    docs = []
-    seen: set[str] = set()
-    for lineno, row in iter_jsonl_lines(path):
-        if not isinstance(row.get("text"), str) or not row["text"].strip():
-            raise AttrilensError(f'{path}:{lineno} has no text. Give every corpus line a non-empty "text" string.')
-        doc_id = str(row.get("id", f"line-{lineno}"))
-        if "#" in doc_id:
-            raise AttrilensError(f"{path}:{lineno}: document id {doc_id!r} contains '#', which separates block numbers. "
-                                 "Rename the document.")
-        if doc_id in seen:
-            raise AttrilensError(f"{path}:{lineno}: document id {doc_id!r} occurs twice. Give every document a unique id.")
-        seen.add(doc_id)
-        docs.append({"id": doc_id, "text": row["text"]})
+    docs = documents_from_rows((f"{path}:{lineno}", lineno, row) for lineno, row in iter_jsonl_lines(path))
     if not docs:
         raise AttrilensError(f"Corpus file {str(path)!r} has no documents. Give it at least one JSON line.")
+    return docs
+
+
+def documents_from_rows(rows: Iterable[tuple[str, int, dict]]) -> list[dict]:
+    """Documents {"id", "text"} from (where, line number, row) triples, checked as every corpus reader checks them:
+    non-empty text, an id (default "line-N") without '#' (it separates block numbers) and unique."""
+    docs = []
+    seen: set[str] = set()
+    for where, lineno, row in rows:
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise AttrilensError(f'{where} has no text. Give every document a non-empty "text" string.')
+        doc_id = str(row["id"]) if row.get("id") is not None else f"line-{lineno}"
+        if "#" in doc_id:
+            raise AttrilensError(f"{where}: document id {doc_id!r} contains '#', which separates block numbers. "
+                                 "Rename the document.")
+        if doc_id in seen:
+            raise AttrilensError(f"{where}: document id {doc_id!r} occurs twice. Give every document a unique id.")
+        seen.add(doc_id)
+        docs.append({"id": doc_id, "text": row["text"]})
     return docs
 
 

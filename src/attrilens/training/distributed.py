@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from attrilens.errors import AttrilensError
-from attrilens.training.corpus import Corpus
+from attrilens.training.corpus import Corpus, documents_from_rows
 from attrilens.training.gradients import Example
 from attrilens.training.methods import TDAMethod
 from attrilens.training.preconditioning import moment_sum
@@ -133,17 +133,7 @@ def _read_corpus(path: Path) -> list[dict]:
         raise AttrilensError(f"The corpus {str(path)!r} has no 'text' column (it has {', '.join(names)}). Name the "
                              "column of document texts 'text' (and their ids 'id').")
     rows = ds.select_columns([c for c in ("id", "text") if c in names]).take_all()
-    docs, seen = [], set()
-    for k, row in enumerate(rows, 1):
-        if not isinstance(row.get("text"), str) or not row["text"].strip():
-            raise AttrilensError(f"{path}: row {k} has no text. Give every document a non-empty 'text' string.")
-        doc_id = str(row["id"]) if row.get("id") is not None else f"line-{k}"
-        if "#" in doc_id or doc_id in seen:
-            raise AttrilensError(f"{path}: row {k}: document id {doc_id!r} "
-                                 f"{'contains #' if '#' in doc_id else 'occurs twice'}. Give every document a "
-                                 "unique id without '#'.")
-        seen.add(doc_id)
-        docs.append({"id": doc_id, "text": row["text"]})
+    docs = documents_from_rows((f"{path}: row {k}", k, row) for k, row in enumerate(rows, 1))
     if not docs:
         raise AttrilensError(f"The corpus {str(path)!r} has no documents.")
     return docs
