@@ -34,7 +34,7 @@ from attrilens.training.corpus import Corpus, documents_from_rows
 from attrilens.training.gradients import Example
 from attrilens.training.methods import TDAMethod
 from attrilens.training.preconditioning import moment_sum
-from attrilens.training.search import dot_stream, merge_topk, topk_merge
+from attrilens.training.search import dot_stream, finite_scores, merge_topk, topk_merge
 from attrilens.training.store import (
     MANIFEST,
     PRECONDITIONER,
@@ -372,13 +372,8 @@ class _OrderedSum:
 def _shard_topk(path: str, start: int, q: np.ndarray, bounded: bool, k: int):
     """Map: exact top-k and bottom-k of one memory-mapped shard (global row ids); non-finite scores are an error."""
     arr = np.load(path, mmap_mode="c", allow_pickle=False)
-    stream = list(dot_stream([(start, arr)], torch.from_numpy(np.array(q)), bounded=bounded))
-    for off, s in stream:
-        bad = ~np.isfinite(s)
-        if bad.any():
-            raise AttrilensError(f"Shard {path} gives {int(bad.sum())} non-finite scores (first at block "
-                                 f"{off + int(np.nonzero(bad)[0][0])}): it is damaged. Rebuild the index.")
-    return topk_merge(iter(stream), arr.shape[0], k)
+    stream = dot_stream([(start, arr)], torch.from_numpy(np.array(q)), bounded=bounded)
+    return topk_merge(finite_scores(stream, f"Shard {path}"), arr.shape[0], k)
 
 
 def search_ray(path: Path, shards: Sequence[dict], q: torch.Tensor, k: int, bounded: bool, address: str):

@@ -36,7 +36,7 @@ from attrilens.training.gradients import Example
 from attrilens.training.methods import TDA_METHODS, Query, TDAMethod
 from attrilens.training.preconditioning import moment_sum
 from attrilens.training.result import TraceHit, TraceResult
-from attrilens.training.search import ScoreStream, topk_merge
+from attrilens.training.search import ScoreStream, finite_scores, topk_merge
 from attrilens.training.store import (
     INDEX_SCHEMA,
     MANIFEST,
@@ -338,14 +338,7 @@ class TrainingIndex:
     def score_stream(self, query: torch.Tensor | str) -> ScoreStream:
         """Yield (row offset, scores) over the shards for a query vector (or text) from `method.query`; a NaN or
         infinite score is an error naming the rows (a damaged shard), never a ranking."""
-        for start, scores in self.method.score_stream(self.shards, query):
-            bad = ~np.isfinite(scores)
-            if bad.any():
-                row = start + int(np.nonzero(bad)[0][0])
-                raise AttrilensError(f"The index in {self.path} gives {int(bad.sum())} non-finite scores (NaN or "
-                                     f"Inf; first at block {row}): a shard is damaged. Check it with "
-                                     "`attrilens trace --verify`, or rebuild the index.")
-            yield start, scores
+        yield from finite_scores(self.method.score_stream(self.shards, query), f"The index in {self.path}")
 
     def scores(self, query: Example | str | Query) -> np.ndarray:
         """Scores of every block for one query: an Example (gradient methods), its text (BM25), or a Query (any)."""

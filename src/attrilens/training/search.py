@@ -12,7 +12,21 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from attrilens.errors import AttrilensError
+
 ScoreStream = Iterator[tuple[int, np.ndarray]]  # (first row, scores of the rows from there)
+
+
+def finite_scores(stream: ScoreStream, where: str) -> ScoreStream:
+    """The stream unchanged, or an error naming the first non-finite score's row: a NaN or Inf comes from a damaged
+    shard and must never be ranked."""
+    for start, scores in stream:
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            row = start + int(np.nonzero(bad)[0][0])
+            raise AttrilensError(f"{where} gives {int(bad.sum())} non-finite scores (NaN or Inf; first at block {row}): "
+                                 "a shard is damaged. Check it with `attrilens trace --verify`, or rebuild the index.")
+        yield start, scores
 
 
 def topk_merge(scores_iter, n_total: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
