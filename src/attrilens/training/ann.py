@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from attrilens.errors import AttrilensError
+from attrilens.training.search import merge_topk
 from attrilens.training.store import atomic_write
 
 FAISS_KINDS = ("flat", "ivf-pq", "hnsw")
@@ -92,11 +93,10 @@ def build_ann(out: Path, shards: Sequence[tuple[int, np.ndarray]], dim: int, kin
 def _training_rows(shards: Sequence[tuple[int, np.ndarray]], n: int, limit: int) -> np.ndarray:
     """A seeded sample of at most `limit` rows (all when fewer), fp32, for the k-means of IVF and PQ."""
     rows = np.sort(np.random.default_rng(TRAIN_SEED).permutation(n)[:limit])
-    out, k = [], 0
+    out = []
     for start, arr in shards:
         mine = rows[(rows >= start) & (rows < start + arr.shape[0])] - start
         out.append(np.asarray(arr[mine], dtype=np.float32))
-        k += len(mine)
     return np.ascontiguousarray(np.concatenate(out))
 
 
@@ -140,9 +140,7 @@ class AnnIndex:
         if self.entry["approximate"] and shards is not None:
             top = (top[0], exact_scores(shards, top[0], q[0]))
             bot = (bot[0], exact_scores(shards, bot[0], q[0]))
-        o = np.lexsort((top[0], -top[1]))[:k]
-        w = np.lexsort((bot[0], bot[1]))[:k]
-        return top[0][o], top[1][o], bot[0][w], bot[1][w]
+        return merge_topk([(*top, *bot)], k)
 
 
 def exact_scores(shards: Sequence[tuple[int, np.ndarray]], ids: np.ndarray, q: np.ndarray) -> np.ndarray:
