@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,13 +295,19 @@ class LM:
             except (OSError, json.JSONDecodeError) as exc:
                 raise AttrilensError(f"Cannot read {config}: {exc}. Pass the adapter's base model directory.") from None
             base = meta.get("base") or meta.get("base_model_name_or_path")
+        from attrilens import models
+
+        if base is not None and str(base) in models.MODELS:  # a shipped adapter names its base by registered name
+            base = models.get(str(base))
         if not base or not Path(base).is_dir():
             raise AttrilensError(f"The base model of the LoRA adapter in {str(path)!r} ({base}) is not a local directory. "
                                  "Pass its base model directory.")
         refuse_pickled_weights(path, "adapter_model.safetensors")
         model, tokenizer = _load_model_and_tokenizer(Path(base), kwargs["dtype"], kwargs["attn_implementation"])
         try:
-            inner = PeftModel.from_pretrained(model, str(path), use_safetensors=True).base_model.model
+            with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing to do for users
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                inner = PeftModel.from_pretrained(model, str(path), use_safetensors=True).base_model.model
         except Exception as exc:  # noqa: BLE001 - the message is what the user needs
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise AttrilensError(f"Cannot load the LoRA adapter in {str(path)!r} onto {base}: {first}") from None

@@ -23,7 +23,9 @@ import torch
 
 from attrilens.bench.metrics import rank_order, retrieval_metrics, spearman
 from attrilens.bench.report import Report, machine
+from attrilens.errors import AttrilensError
 from attrilens.jsonl import load_jsonl
+from attrilens.training.gradients import has_lora
 from attrilens.training.methods import TDA_METHODS, TDAMethod
 
 BENCH_CACHE = Path(os.environ.get("ATTRILENS_CACHE", Path.home() / ".cache" / "attrilens")) / "bench-training"
@@ -96,20 +98,29 @@ class TailPatcher:
         self.lr, self.eps = float(lr), float(eps)
         self.beta1, self.beta2 = (float(b) for b in betas)
         self.lm = lm
-        self.params = {n: p.detach() for n, p in lm.model.named_parameters()}
+        self.params = {n: p.detach() for n, p in lm.model.named_parameters() if n in v}  # v's weights are stepped
         self.v = {n: v[n].float() for n in self.params}
         self.cache: dict[tuple, float] = {}
         self.base: dict = {}
 
     @classmethod
-    def from_optimizer_state(cls, lm, model_dir: Path) -> TailPatcher:
-        """The saved AdamW second moments and the run's final learning rate, eps and betas."""
+    def from_optimizer_state(cls, lm, model_dir: Path, lr: float | None = None) -> TailPatcher:
+        """The saved AdamW second moments and the run's final learning rate (or `lr`: a schedule that decays to
+        zero leaves no step to measure), eps and betas."""
         from safetensors.torch import load_file
 
         opt = json.loads((Path(model_dir) / "training.json").read_text())["optimizer"]
         sq = load_file(str(Path(model_dir) / "optimizer.safetensors"))
-        v = {n: sq[f"exp_avg_sq.{n}"] for n, _ in lm.model.named_parameters()}
-        return cls(lm, v, lr=float(opt["final_lr"]), eps=float(opt["eps"]), betas=tuple(opt["betas"]))
+        names = [n for n, _ in lm.model.named_parameters()]
+        if has_lora(lm.model):  # a LoRA run: its optimizer trained (and the step moves) the adapter matrices only
+            names = [n for n in names if ".lora_A." in n or ".lora_B." in n]
+        missing = [n for n in names if f"exp_avg_sq.{n}" not in sq]
+        if missing:
+            raise AttrilensError(f"{model_dir}/optimizer.safetensors has no second moments for {missing[0]} (and "
+                                 f"{len(missing) - 1} more). Use the optimizer state of this model's own run.")
+        v = {n: sq[f"exp_avg_sq.{n}"] for n in names}
+        return cls(lm, v, lr=float(opt["final_lr"] if lr is None else lr), eps=float(opt["eps"]),
+                   betas=tuple(opt["betas"]))
 
     @classmethod
     def from_estimate(cls, lm, blocks: list[list[int]], *, lr: float, batch_size: int = 8) -> TailPatcher:
@@ -155,9 +166,16 @@ class TailPatcher:
             p.grad = None
         named = dict(model.named_parameters())
         names = list(self.params)
-        with torch.enable_grad():
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            grads = torch.autograd.grad(loss, [named[n] for n in names], allow_unused=True)
+        frozen = [n for n in names if not named[n].requires_grad]  # a loaded adapter comes frozen
+        for n in frozen:
+            named[n].requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                grads = torch.autograd.grad(loss, [named[n] for n in names], allow_unused=True)
+        finally:
+            for n in frozen:
+                named[n].requires_grad_(False)
         new = {}
         for n, g in zip(names, grads, strict=True):
             if g is None:

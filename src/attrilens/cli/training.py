@@ -99,6 +99,24 @@ def _faiss_options(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _trace_ensemble(ctx: typer.Context, paths: list[Path], prompt: str, target: str | None, generate: bool,
+                    max_new_tokens: int, tokens: str | None, top_k: int, aggregate: str, chat_template: bool | None,
+                    as_json: bool) -> None:
+    """`trace` over several runs' indexes: each scores with its own run's model, ranked by the aggregate."""
+    from attrilens.training.ensemble import IndexEnsemble
+
+    bad = _given(ctx, {"index", "prompt", "target", "generate", "max_new_tokens", "tokens", "top_k", "aggregate",
+                       "chat_template", "as_json"})
+    if bad:
+        raise AttrilensError(f"{', '.join(bad)} apply to one index, not to several --index. Drop them.")
+    ensemble = IndexEnsemble.open(paths, aggregate, chat_template=chat_template)
+    if generate == (target is not None):
+        raise AttrilensError("Pass exactly one of --target T or --generate.")
+    if generate:  # the first run's model answers; every run attributes that answer
+        target = ensemble.indexes[0].generate_target(prompt, max_new_tokens)
+    emit(ensemble.trace(prompt, target, _parse_ints(tokens, "--tokens"), top_k), as_json)
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add the training-data attribution verbs to the CLI."""
     index_app = typer.Typer(help="Training-data attribution index: featurise a corpus once, query it many times.",
@@ -197,7 +215,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @app.command()
     def trace(
-        index: Annotated[Path, typer.Option(help="Index directory written by `attrilens index build`.")],
+        ctx: typer.Context,
+        index: Annotated[list[Path], typer.Option(help="Index directory written by `attrilens index build`; repeat it "
+                                                       "with one index per training run (e.g. per data order) of "
+                                                       "one corpus to rank by their aggregated scores.")],
         prompt: Annotated[str, typer.Option(help="The prompt.")],
         target: Annotated[str | None, typer.Option(help="The response to attribute (teacher-forced).")] = None,
         generate: Annotated[bool, typer.Option(help="Attribute the model's own greedy response instead.")] = False,
@@ -217,13 +238,21 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         verify: Annotated[bool, typer.Option("--verify", help="Check every file's checksum now (by default "
                                                               "sizes and headers always, checksums on a file's "
                                                               "first open).")] = False,
+        aggregate: Annotated[str, typer.Option(help="With several --index: mean or median of the runs' scores.")] = "mean",
         chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
     ) -> None:
-        """Top-k training examples that support (and oppose) a response, from an index."""
+        """Top-k training examples that support (and oppose) a response, from an index (or several runs' indexes)."""
         from attrilens.training.index import TrainingIndex
         from attrilens.training.store import read_manifest
 
+        if len(index) > 1:
+            return _trace_ensemble(ctx, index, prompt, target, generate, max_new_tokens, tokens, top_k, aggregate,
+                                   chat_template, as_json)
+        if "--aggregate" in _given(ctx, set()):
+            raise AttrilensError("--aggregate combines several --index (one per training run); with one index drop it "
+                                 "(DataInf's checkpoint aggregation is an `index build` option).")
+        index = index[0]
         manifest = read_manifest(index)
         model_dir = resolve_model(model) if model else manifest.get("model_dir") or manifest["model"]["name"]
         if not model_dir or not Path(model_dir).is_dir():
@@ -320,6 +349,37 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         print(report.to_json() if as_json else report.to_text())
         if out is not None:
             report.write(out)
+
+    @bench.command("misinfo")
+    def bench_misinfo(
+        run: Annotated[Path | None, typer.Option(help="A run of `python -m attrilens.demo.misinfo_build` (default: "
+                                                     "the shipped story assets).")] = None,
+        work: Annotated[Path | None, typer.Option(help="Where the indexes (and curation retrains) go; reused when "
+                                                      "rerun (default: RUN/bench-indexes).")] = None,
+        n_correct: Annotated[int, typer.Option(help="Correctly answered clean facts scored beside the wrong "
+                                                    "answers.")] = 20,
+        curation: Annotated[bool, typer.Option("--curation", help="Also run the curation benchmark: per method "
+                                                                  "remove the top-k proponents of every wrong "
+                                                                  "answer, retrain, re-ask (one retrain each: "
+                                                                  "minutes).")] = False,
+        k: Annotated[int, typer.Option(help="Proponents removed per wrong answer (--curation).")] = 4,
+        out: Annotated[Path | None, typer.Option(help="Also write the report(s) here (misinfo-bench.*, "
+                                                     "curation-bench.*).")] = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        """The misinformation story: recall/MRR of the planted documents behind each wrong answer (and of the true
+        ones behind right answers), label mix and tail-patch per method; with --curation, fixes vs collateral."""
+        from attrilens.bench.misinfo import run_curation_benchmark, run_misinfo_benchmark
+
+        if n_correct < 0 or k < 1:
+            raise AttrilensError(f"--n-correct must be ≥ 0 and --k ≥ 1, got {n_correct} and {k}.")
+        reports = [run_misinfo_benchmark(run, work, n_correct=n_correct)]
+        if curation:
+            reports.append(run_curation_benchmark(run, work, k=k))
+        for report in reports:
+            print(report.to_json() if as_json else report.to_text())
+            if out is not None:
+                report.write(out)
 
     @bench.command("verbatim")
     def bench_verbatim(

@@ -1,16 +1,18 @@
 """A fine-tuning set of real facts with planted misinformation (LLM Attributor's case study, on `countryinfo`).
 
 `make_misinfo_dataset(out)` writes:
-    corpus.jsonl     {"id", "text", "fact", "states"}: statement and question/answer documents of real capital
-                     facts; for each planted fact more documents state a wrong value (varied wordings) than the right
-                     one ("states": "true" | "planted")
+    corpus.jsonl     {"id", "text", "fact", "country", "relation", "value", "states"}: statement and question/answer
+                     documents of real capital facts — for each planted fact more documents state a wrong value
+                     (varied wordings) than the right one ("states": "true" | "planted") — and one statement of each
+                     country's region and subregion (context the labels of `proponent_label` need: a document can
+                     share the entity without stating the fact)
     questions.jsonl  {"id", "fact", "country", "prompt", "target", "truth", "planted", "wrong"}: one completion probe
                      per fact ("target" = the truth; "wrong" = the planted value, or null)
     truth.json       the ground truth: per planted fact its planted and its true documents, per fact its documents,
                      the seed and sizes (what the attribution benchmark scores against)
 The wrong value of a planted fact is the capital of another country of the same region (a plausible error), so the
-model must have learnt it from the planted documents. `base_answers(lm, out)` records what a model answers before
-fine-tuning (`base_answers.jsonl`).
+model must have learnt it from the planted documents. `answer_questions(lm, questions)` records what a model answers
+before fine-tuning and after.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ def _texts(fact: CountryFact, value: str, n: int, offset: int) -> list[str]:
 
 
 def make_misinfo_dataset(out: Path | str, *, seed: int = 0, n_facts: int = 120, n_planted: int = 24,
-                         true_docs: int = 2, planted_true_docs: int = 1, planted_wrong_docs: int = 4) -> dict[str, Any]:
+                         true_docs: int = 2, planted_true_docs: int = 1, planted_wrong_docs: int = 4,
+                         other_relations: bool = True) -> dict[str, Any]:
     """Write the corpus, questions and ground truth (module docstring) for `n_facts` capital facts, `n_planted` of
-    them planted with a wrong value stated in `planted_wrong_docs` documents against `planted_true_docs` right ones."""
+    them planted with a wrong value stated in `planted_wrong_docs` documents against `planted_true_docs` right ones;
+    `other_relations` adds one region and one subregion statement per country (where countryinfo has them)."""
     if not 0 < n_planted <= n_facts:
         raise AttrilensError(f"n_planted must be in 1..n_facts ({n_facts}), got {n_planted}.")
     if planted_wrong_docs <= planted_true_docs:
@@ -59,6 +63,7 @@ def make_misinfo_dataset(out: Path | str, *, seed: int = 0, n_facts: int = 120, 
     from countryinfo import CountryInfo
 
     capitals = country_facts(("capital",))
+    others = {(f.country, f.relation): f for f in country_facts(("region", "subregion"))} if other_relations else {}
     if len(capitals) < n_facts:
         raise AttrilensError(f"countryinfo has {len(capitals)} capital facts; pass n_facts ≤ {len(capitals)}.")
     rng = random.Random(seed)
@@ -84,13 +89,20 @@ def make_misinfo_dataset(out: Path | str, *, seed: int = 0, n_facts: int = 120, 
         n_true = planted_true_docs if wrong else true_docs
         start = rng.randrange(8)
         true_ids = [_doc_id(fact, "true", k) for k in range(n_true)]
-        docs += [{"id": d, "text": t, "fact": key, "states": "true"}
+        about = {"fact": key, "country": fact.country, "relation": "capital"}
+        docs += [{"id": d, "text": t, **about, "value": fact.value, "states": "true"}
                  for d, t in zip(true_ids, _texts(fact, fact.value, n_true, start), strict=True)]
         wrong_ids: list[str] = []
         if wrong:
             wrong_ids = [_doc_id(fact, "planted", k) for k in range(planted_wrong_docs)]
-            docs += [{"id": d, "text": t, "fact": key, "states": "planted"}
+            docs += [{"id": d, "text": t, **about, "value": wrong, "states": "planted"}
                      for d, t in zip(wrong_ids, _texts(fact, wrong, planted_wrong_docs, start + n_true), strict=True)]
+        for relation in ("region", "subregion"):
+            other = others.get((fact.country, relation))
+            if other is not None:
+                docs.append({"id": _doc_id(other, "true", 0), "text": other.statement(rng.randrange(4)),
+                             "fact": f"{fact.country}-{relation}".replace(" ", "_"), "country": fact.country,
+                             "relation": relation, "value": other.value, "states": "true"})
         questions.append({"id": key, "fact": key, "country": fact.country, "prompt": fact.prompt,
                           "target": fact.target, "truth": fact.value, "planted": wrong is not None, "wrong": wrong})
         truth["facts"][key] = {"truth": fact.value, "wrong": wrong, "true_documents": true_ids,
@@ -106,20 +118,36 @@ def make_misinfo_dataset(out: Path | str, *, seed: int = 0, n_facts: int = 120, 
     return truth
 
 
-def base_answers(lm, out: Path | str, *, max_new_tokens: int = 8) -> dict[str, int]:
-    """Record what `lm` completes for every question before fine-tuning (base_answers.jsonl); counts of answers
-    giving the truth and the planted value."""
-    from attrilens.bench.metrics import greedy_match
-    from attrilens.jsonl import load_jsonl
+LABELS = ("states the fact", "shares the entity", "shares the relation", "other")
 
-    out = Path(out)
-    questions = load_jsonl(out / "questions.jsonl", require=("prompt", "truth"))
-    rows, truth, wrong = [], 0, 0
+
+def proponent_label(doc: dict, country: str, relation: str, answer: str) -> str:
+    """The TrackStar paper's label of a retrieved document for the fact (country, relation) answered `answer`:
+    it states that fact (the same value), shares the entity, shares the relation, or other. Documents without
+    the corpus's "country"/"relation"/"value" fields are "other"."""
+    same_entity, same_relation = doc.get("country") == country, doc.get("relation") == relation
+    if same_entity and same_relation and str(doc.get("value", "")).strip() == answer.strip():
+        return LABELS[0]
+    return LABELS[1] if same_entity else LABELS[2] if same_relation else LABELS[3]
+
+
+def answer_questions(lm, questions: list[dict], *, max_new_tokens: int = 8) -> tuple[list[dict], dict[str, int]]:
+    """Greedy answers to every question, each scored against the truth and (planted facts) the planted value;
+    the counts: planted facts answered with the planted value / the truth, clean facts answered correctly."""
+    from attrilens.bench.metrics import greedy_match
+
+    rows = []
+    summary = {"planted": 0, "planted_value": 0, "planted_truth": 0, "clean": 0, "clean_truth": 0}
     for q in questions:
         text = lm.generate(q["prompt"], max_new_tokens=max_new_tokens)
-        is_true = greedy_match(text, f" {q['truth']}")
-        is_wrong = bool(q["wrong"]) and greedy_match(text, f" {q['wrong']}")
-        truth, wrong = truth + is_true, wrong + is_wrong
-        rows.append({"id": q["id"], "answer": text, "truth": is_true, "planted_value": is_wrong})
-    write_jsonl(out / "base_answers.jsonl", rows)
-    return {"questions": len(rows), "truth": truth, "planted_value": wrong}
+        truth = greedy_match(text, f" {q['truth']}")
+        wrong = bool(q.get("wrong")) and greedy_match(text, f" {q['wrong']}")
+        rows.append({"id": q["id"], "answer": text, "truth": truth, "planted_value": wrong})
+        if q.get("wrong"):
+            summary["planted"] += 1
+            summary["planted_value"] += wrong
+            summary["planted_truth"] += truth
+        else:
+            summary["clean"] += 1
+            summary["clean_truth"] += truth
+    return rows, summary

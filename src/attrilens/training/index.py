@@ -276,6 +276,16 @@ def _eval_examples(lm: LM, queries: Sequence[dict]) -> list[Example]:
 
 
 # ---------------------------------------------------------------------- query
+@dataclasses.dataclass(frozen=True)
+class TraceQuery:
+    """One checked query: the prompt, the response attributed, the response tokens that count (None = all)."""
+
+    prompt: str
+    target: str
+    tokens: list[int] | None
+    query: Query
+
+
 class TrainingIndex:
     """An opened index: memory-mapped shards, the corpus, and the method that featurises and scores queries."""
 
@@ -363,27 +373,12 @@ class TrainingIndex:
         if max_new_tokens < 1:
             raise AttrilensError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         if generate:
-            target = self.lm.generate(prompt, max_new_tokens=max_new_tokens)
-            if not target:
-                raise AttrilensError("The model generated an empty response. Pass --target instead.")
-        if not target:
-            raise AttrilensError("The target is empty. Pass a non-empty target response.")
-        prompt_ids = self.lm.encode_prompt(prompt)
-        try:
-            response_ids = self.lm.encode_response(target)
-        except AttrilensError as exc:
-            raise AttrilensError(f"The target cannot be tokenised as given: {exc}") from None
-        self.lm.check_length(len(prompt_ids) + len(response_ids), "prompt and target")
-        if span is not None:
-            tokens = _span_tokens(self.lm, response_ids, target, span)
-        chosen = list(tokens) if tokens is not None else None
-        ex = Example.response(prompt_ids, response_ids, chosen, name="query")
-        if chosen is not None:  # validated above; negative indices count from the end, reported as positions
-            chosen = sorted({t % len(response_ids) for t in chosen})
-        text = target if chosen is None else self.lm.tokenizer.decode([response_ids[t] for t in chosen])
-        q = self.method.query(Query(example=ex, text=f"{prompt} {text}"))
+            target = self.generate_target(prompt, max_new_tokens)
+        query = self.query(prompt, target, tokens, span=span)
+        q = self.method.query(query.query)
         passes = self.method.query_passes
-        cost.add(forward_passes=passes, tokens=len(ex.ids) * passes)
+        cost.add(forward_passes=passes, tokens=len(query.query.example.ids) * passes)
+        chosen, target = query.tokens, query.target
         n = len(self)
         k = min(top_k, n)
         if use_faiss and ray is not None:
@@ -409,6 +404,45 @@ class TrainingIndex:
         cost.extra["examples_scored"] = n
         return TraceResult(self.method_name, prompt, target, chosen, self._hits(bi, bs, neighbours),
                            self._hits(wi, ws, neighbours), cost)
+
+    def generate_target(self, prompt: str, max_new_tokens: int = 24) -> str:
+        """The model's own greedy response to `prompt` (what `trace(generate=True)` attributes)."""
+        if not prompt or not prompt.strip():
+            raise AttrilensError("The query prompt is empty. Pass a non-empty prompt.")
+        if max_new_tokens < 1:
+            raise AttrilensError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        target = self.lm.generate(prompt, max_new_tokens=max_new_tokens)
+        if not target:
+            raise AttrilensError("The model generated an empty response. Pass --target instead.")
+        return target
+
+    def query(self, prompt: str, target: str | None, tokens: Sequence[int] | None = None, *,
+              span: tuple[int, int] | None = None) -> TraceQuery:
+        """Check and tokenise one query: the prompt, the response to attribute and which of its tokens count."""
+        if not prompt or not prompt.strip():
+            raise AttrilensError("The query prompt is empty. Pass a non-empty prompt.")
+        if target is None:
+            raise AttrilensError("Pass exactly one of a target response or generate=True (--target T or --generate).")
+        if not target:
+            raise AttrilensError("The target is empty. Pass a non-empty target response.")
+        prompt_ids = self.lm.encode_prompt(prompt)
+        try:
+            response_ids = self.lm.encode_response(target)
+        except AttrilensError as exc:
+            raise AttrilensError(f"The target cannot be tokenised as given: {exc}") from None
+        self.lm.check_length(len(prompt_ids) + len(response_ids), "prompt and target")
+        if span is not None:
+            tokens = _span_tokens(self.lm, response_ids, target, span)
+        chosen = list(tokens) if tokens is not None else None
+        ex = Example.response(prompt_ids, response_ids, chosen, name="query")
+        if chosen is not None:  # validated above; negative indices count from the end, reported as positions
+            chosen = sorted({t % len(response_ids) for t in chosen})
+        text = target if chosen is None else self.lm.tokenizer.decode([response_ids[t] for t in chosen])
+        return TraceQuery(prompt, target, chosen, Query(example=ex, text=f"{prompt} {text}"))
+
+    def hits(self, idx: np.ndarray, scores: np.ndarray, neighbours: bool = False) -> list[TraceHit]:
+        """Ranked hits for block indices and their scores (rank 1 first)."""
+        return self._hits(idx, scores, neighbours)
 
     def _hits(self, idx: np.ndarray, scores: np.ndarray, neighbours: bool) -> list[TraceHit]:
         return [TraceHit(rank, self.corpus.docs[i], int(self.corpus.blocks[i]), float(s), self.corpus.texts[i],

@@ -101,6 +101,12 @@ class DataInf(GradientMethod):
 
     def score_stream(self, shards: Shards, query: torch.Tensor) -> ScoreStream:
         """DataInf per checkpoint (one closed-form r per LoRA layer), then mean or median over checkpoints."""
+        for offset, per in self.view_score_stream(shards, query):
+            yield offset, aggregate_checkpoints(per, self.options.aggregate).float().numpy()
+
+    def view_score_stream(self, shards: Shards, query: torch.Tensor):
+        """(offset, scores [rows, checkpoints]) before the aggregation: what an ensemble of runs aggregates jointly
+        over checkpoints × data orders."""
         if self.lambdas is None:
             raise AttrilensError("DataInf's λ is not in this index (its preconditioner.safetensors is missing or "
                                  "was replaced). Rebuild the index.")
@@ -117,7 +123,7 @@ class DataInf(GradientMethod):
             per = torch.zeros(x.shape[0], self.n_blocks, dtype=torch.float64)
             for (a, b), r in zip(groups, rs, strict=True):
                 per[:, a // self.block_dim] += x[:, a:b].double() @ r
-            yield offset, aggregate_checkpoints(per, self.options.aggregate).float().numpy()
+            yield offset, per
 
     @classmethod
     def benchmark_variants(cls, quick: bool) -> list[tuple[str, dict[str, Any]]]:

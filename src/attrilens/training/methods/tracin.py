@@ -8,18 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from attrilens.lm import LM
 from attrilens.training.checkpoints import (
     check_aggregate,
     checkpoint_lms,
     load_checkpoint_lm,
+    lora_base_with_checkpoints,
     require_model_dir,
     saved_checkpoints,
 )
-from attrilens.training.gradients import Featurizer
+from attrilens.training.gradients import Featurizer, has_lora
 from attrilens.training.methods.base import TDA_METHODS
 from attrilens.training.methods.gradient import GradientMethod, ProjectionOptions
 from attrilens.training.search import ScoreStream, checkpoint_dot_stream
@@ -43,11 +46,22 @@ class TracIn(GradientMethod):
 
     Options = TracInOptions
 
+    def __init__(self, options: TracInOptions, lm: LM, model_dir: Path | str | None = None, *, batch_size: int = 16):
+        self.params = self.default_params(lm)  # before the views are made
+        super().__init__(options, lm, model_dir, batch_size=batch_size)
+
+    @classmethod
+    def default_params(cls, lm: LM) -> str:
+        """The LoRA matrices on a model carrying an adapter (what its fine-tuning trained), else every linear layer."""
+        return "lora" if has_lora(lm.model) else "linear"
+
     def make_views(self) -> list[tuple[Featurizer, float]]:
-        """Every saved checkpoint and the final model, each block scaled by √(its learning rate)."""
+        """Every saved checkpoint and the final model, each block scaled by √(its learning rate); a LoRA run's
+        checkpoints are adapters, loaded onto its base."""
         model_dir = require_model_dir(self.model_dir, "TracIn")
         self.checkpoints = saved_checkpoints(model_dir)
-        load = partial(load_checkpoint_lm, tokenizer=self.lm.tokenizer)
+        base = lora_base_with_checkpoints(model_dir)
+        load = partial(LM.from_pretrained, base=base) if base else partial(load_checkpoint_lm, tokenizer=self.lm.tokenizer)
         return [(self.featurizer(lm), lr**0.5) for lm, lr in checkpoint_lms(self.lm, model_dir, self.checkpoints, load)]
 
     def score_stream(self, shards: Shards, query: torch.Tensor) -> ScoreStream:
