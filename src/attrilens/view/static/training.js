@@ -5,6 +5,7 @@ import { divergingLegend, maxAbs, fmt } from "./scale.js";
 import { selectableText } from "./select.js";
 import { exampleList, keywordChips, histogram } from "./examples.js";
 import { verbatimSpans, highlightSpans, spanSummary, statedIn, toUnits, toCodePoints } from "./verbatim.js";
+import { curationStore, curationPanel, markable } from "./curate.js";
 
 export function spanOf(doc) {
   const sp = doc.span;
@@ -21,6 +22,9 @@ function results(doc, host, stated = null, note = null) {
   const pro = exampleList(stated ? "Influenced by: top supporting examples (gradient proponents)" : "Top supporting examples (proponents)",
     doc.proponents, limit, host, "none");
   const opp = exampleList("Top opposing examples (opponents)", doc.opponents, limit, host, "none");
+  const store = curationStore(host);  // each example can be marked to remove or edit (curate.js)
+  markable(pro, doc.proponents, store);
+  markable(opp, doc.opponents, store);
   if (stated && note) pro.firstChild.after(notice("info", note));  // under the column's heading
   return h("div", { class: "al-results" },
     h("p", { class: "al-meta" },
@@ -138,6 +142,8 @@ export function trainingView(docs, host, onCompare, extra = {}) {
     h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Generated text ", reset, find), sel.node,
       verbatim ? spanSummary(verbatim, spans, pick) : null, findOut),
     out,
+    // the index directory, where the documents say it: the exported `attrilens curate` command names it
+    curationPanel(curationStore(host), (docs.find((d) => d.index) || {}).index || (host.choices && host.choices.index) || ""),
     h("details", { class: "al-compare-form" }, h("summary", {}, "Compare with your own text"),
       h("p", { class: "al-muted" }, "Edit the model's text; the comparison shows which training data support each version."),
       userText, compareBtn, compareOut));
