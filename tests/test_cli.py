@@ -15,7 +15,7 @@ from attrilens.cli import app
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VERBS = ["demo", "world", "train", "models list", "models get", "models path", "context", "index build", "trace",
          "inspect", "bench context", "bench training", "bench inspect", "bench verbatim", "bench capture",
-         "bench scale", "serve"]
+         "bench scale", "bench train", "bench misinfo", "curate", "serve"]
 
 
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:

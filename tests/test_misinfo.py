@@ -44,3 +44,22 @@ def test_bad_sizes_are_refused(tmp_path):
         make_misinfo_dataset(tmp_path, n_facts=10, n_planted=11)
     with pytest.raises(AttrilensError, match="more wrong documents"):
         make_misinfo_dataset(tmp_path, planted_wrong_docs=1, planted_true_docs=1)
+
+
+def test_documents_carry_what_the_labels_need_and_labels_follow_the_trackstar_paper(tmp_path):
+    from attrilens.demo.misinfo import LABELS, proponent_label
+
+    make_misinfo_dataset(tmp_path, seed=random.randrange(1000), n_facts=20, n_planted=5)
+    docs = load_jsonl(tmp_path / "corpus.jsonl")
+    q = next(q for q in load_jsonl(tmp_path / "questions.jsonl", require=("prompt",)) if q["planted"])
+    labels = {}
+    for d in docs:
+        assert d["value"] in d["text"] and d["country"] in d["text"]
+        labels[d["id"]] = proponent_label(d, q["country"], "capital", f" {q['wrong']}")
+    truth = json.loads((tmp_path / "truth.json").read_text())["facts"][q["id"]]
+    assert all(labels[i] == LABELS[0] for i in truth["planted_documents"])  # they state the (wrong) answer given
+    assert all(labels[i] == LABELS[1] for i in truth["true_documents"])  # same entity, another value
+    other = {d["id"]: d for d in docs if d["country"] == q["country"] and d["relation"] != "capital"}
+    assert other and all(labels[i] == LABELS[1] for i in other)  # region / subregion of the same country
+    assert {labels[d["id"]] for d in docs if d["country"] != q["country"]} == {LABELS[2], LABELS[3]}
+    assert proponent_label({"text": "no fields"}, q["country"], "capital", q["wrong"]) == LABELS[3]

@@ -98,6 +98,8 @@ def create_app(backend: Backend | None = None, *, model_dir: Path | str | None =
     compute_lock = threading.Lock()
     # the form offers the registered names (the request models check them again)
     choices = {"methods": method_names(), "presets": presets.PRESETS.names(), "verbatim": can_answer(backend, "verbatim")}
+    if index_dir is not None:  # the curation panel's command names the index
+        choices["index"] = str(Path(index_dir).resolve())
     app = FastAPI(title="attrilens", docs_url=None, redoc_url=None, openapi_url=None)
     hosts = frozenset({*LOCAL_HOSTS, host_name(host)})
 

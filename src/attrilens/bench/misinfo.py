@@ -31,7 +31,7 @@ from attrilens.jsonl import load_jsonl
 # (row label, method, index options, data orders whose indexes are aggregated (mean/median), aggregate)
 METHODS: tuple[tuple[str, str, dict, tuple[int, ...], str], ...] = (
     ("BM25", "bm25", {}, (0,), "mean"),
-    ("grad-cos (LoRA grads)", "grad-cos", {}, (0,), "mean"),
+    ("grad-cos (base linear weights)", "grad-cos", {}, (0,), "mean"),
     ("TracIn (LoRA, 2 ckpt + final)", "tracin", {}, (0,), "mean"),
     ("TrackStar (LoRA, order 0)", "trackstar", {}, (0,), "mean"),
     ("TrackStar (mean of orders 0, 1)", "trackstar", {}, (0, 1), "mean"),
@@ -44,6 +44,19 @@ METHODS: tuple[tuple[str, str, dict, tuple[int, ...], str], ...] = (
 
 def _log(msg: str) -> None:
     print(f"[bench misinfo] {msg}", file=sys.stderr, flush=True)
+
+
+def default_work(run_dir: Path) -> Path:
+    """Where a run's benchmark indexes and retrains go unless told: the cache, keyed by the run's path, corpus
+    and adapters (never inside the installed package)."""
+    import hashlib
+
+    from attrilens.models import cache_root
+
+    h = hashlib.sha256(str(run_dir.resolve()).encode())
+    for f in [run_dir / "corpus.jsonl", *sorted(run_dir.glob("order-*/adapter_model.safetensors"))]:
+        h.update(f.read_bytes())  # a rebuilt run gets fresh indexes
+    return cache_root() / "bench-misinfo" / h.hexdigest()[:16]
 
 
 def wrong_and_right(run_dir: Path, order: int = 0, n_correct: int = 20) -> tuple[list[dict], list[dict]]:
@@ -83,7 +96,7 @@ def _indexes(run_dir: Path, work: Path, method: str, options: dict, orders: tupl
 def run_misinfo_benchmark(run_dir: Path | None = None, work: Path | None = None, *, n_correct: int = 20,
                           methods: tuple = METHODS, tail_k: int = 3, progress: bool = True) -> Report:
     """Every table of this benchmark (module docstring) on `run_dir` (default: the shipped story assets);
-    indexes are built into `work` (default: `run_dir`/bench-indexes; reused when rerun)."""
+    indexes are built into `work` (default: `default_work`; reused when rerun)."""
     import pandas as pd
 
     from attrilens.bench.training import TailPatcher
@@ -94,7 +107,7 @@ def run_misinfo_benchmark(run_dir: Path | None = None, work: Path | None = None,
     if not (run_dir / "truth.json").is_file():
         raise AttrilensError(f"{run_dir} is not a misinformation run (no truth.json). Pass the --out of "
                              "`python -m attrilens.demo.misinfo_build`.")
-    work = Path(work) if work is not None else run_dir / "bench-indexes"
+    work = default_work(run_dir) if work is None else Path(work)
     corpus = load_jsonl(run_dir / "corpus.jsonl", require=("id", "text"))
     plain = [{"id": d["id"], "text": d["text"]} for d in corpus]
     by_id = {d["id"]: d for d in corpus}
@@ -196,7 +209,7 @@ def run_curation_benchmark(run_dir: Path | None = None, work: Path | None = None
     from attrilens.lm import LM
 
     run_dir = Path(run_dir) if run_dir is not None else STORY_ASSETS
-    work = Path(work) if work is not None else run_dir / "bench-indexes"
+    work = default_work(run_dir) if work is None else Path(work)
     corpus = load_jsonl(run_dir / "corpus.jsonl", require=("id", "text"))
     questions = load_jsonl(run_dir / "questions.jsonl", require=("prompt", "truth"))
     wrong, _ = wrong_and_right(run_dir, 0, 0)

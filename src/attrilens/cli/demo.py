@@ -13,7 +13,7 @@ from attrilens.errors import AttrilensError, check_output_dir
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add `world`, `train` and `demo` to the app (the demo layer has no benchmark of its own)."""
+    """Add `world`, `train` and `demo` to the app, and `bench train` (the trainer's defaults on fresh worlds)."""
 
     @app.command()
     def world(
@@ -34,17 +34,33 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         arch: Annotated[str, typer.Option(help="gpt2 or llama.")] = "llama",
         layers: Annotated[int, typer.Option(help="Decoder blocks.")] = 4,
         width: Annotated[int, typer.Option(help="Residual width.")] = 128,
-        epochs: Annotated[int | None, typer.Option(help="Passes over the corpus (default 100 from scratch: see docs/benchmarks.md for "
-                                                        "what a 480-fact corpus reaches; 1 with --lora).")] = None,
+        epochs: Annotated[int | None, typer.Option(help="Most passes over the corpus when training to a recall target "
+                                                        "(default 1000); without facts (or with --target-recall 0) "
+                                                        "exactly this many passes (default 100); 1 with --lora.")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Sequences per optimizer step (default 4; 8 with --lora).")] = None,
         lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate (default 1e-2; 1e-3 with --lora).")] = None,
-        max_minutes: Annotated[float | None, typer.Option(help="Stop (and save everything) after this many minutes.")] = None,
+        max_minutes: Annotated[float | None, typer.Option(help="Time budget: with a recall target (default 30), the "
+                                                              "learning rate decays over this many training minutes "
+                                                              "and the run ends there at the latest (finished); "
+                                                              "without one, stop resumably after this many minutes.")] = None,
+        target_recall: Annotated[float | None, typer.Option(help="Train until this fraction of the facts is recalled "
+                                                                 "(greedy exact match of prompt -> target), then stop. "
+                                                                 "Default 0.9 when there are facts; 0: a fixed number "
+                                                                 "of epochs.")] = None,
+        facts: Annotated[Path | None, typer.Option(help='JSONL of {"prompt","target"} facts to measure recall on during '
+                                                        "training (default: facts.jsonl beside --corpus, as "
+                                                        "`attrilens world` writes it).")] = None,
         seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
         tokenizer: Annotated[Path | None, typer.Option(help="Reuse this model directory's tokenizer (e.g. to train a proxy).")] = None,
-        base: Annotated[Path | None, typer.Option(help="Fine-tune this model directory instead of training from scratch.")] = None,
+        base: Annotated[str | None, typer.Option(help="Fine-tune this model instead of training from scratch: a "
+                                                     "registered name (e.g. smollm2-135m-instruct) or a model "
+                                                     "directory.")] = None,
         lora: Annotated[bool, typer.Option(help="With --base: LoRA fine-tuning via peft (r=8, alpha=32; saves adapter + AdamW state).")] = False,
         lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
         lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
+        lora_targets: Annotated[str | None, typer.Option(help="Comma-separated module names LoRA adapts (default: "
+                                                              "the attention query and value projections; the "
+                                                              "demo's recipe: q_proj,v_proj,o_proj,down_proj).")] = None,
         capture: Annotated[Path | None, typer.Option(help="Also write a training-data index here, captured from the "
                                                          "training's own backward pass: one row per training "
                                                          "sequence per step (open it with `attrilens trace`).")] = None,
@@ -52,7 +68,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         capture_proj_dim: Annotated[int | None, typer.Option(help="Projected features of the --capture index (default: "
                                                                   "as `attrilens index build`).")] = None,
     ) -> None:
-        """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU; resumable. With --base --lora: LoRA fine-tune."""
+        """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU until it memorises the facts
+        (--target-recall, --max-minutes, --epochs cap); resumable. With --base --lora: LoRA fine-tune."""
         # unset options keep the defaults of whichever trainer runs (scratch: TrainConfig; --lora: finetune_lora)
         given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
         check_output_dir(out)
@@ -68,29 +85,65 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 raise AttrilensError("Fine-tuning needs both --base DIR and --lora. Pass both, or neither to train from scratch.")
             from attrilens.demo.lora import finetune_lora
 
-            print(str(finetune_lora(base, corpus, out, r=lora_r, alpha=lora_alpha, seed=seed, capture=cap, **given)))
+            if target_recall is not None or facts is not None:
+                raise AttrilensError("--target-recall and --facts are for training from scratch, not --lora. Drop them.")
+            targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None
+            if lora_targets is not None and not targets:
+                raise AttrilensError("--lora-targets is empty. Pass module names such as q_proj,v_proj.")
+            print(str(finetune_lora(base, corpus, out, r=lora_r, alpha=lora_alpha, target_modules=targets, seed=seed,
+                                    capture=cap, **given)))
             return
-        from attrilens.demo.trainer import TrainConfig
+        from attrilens.demo.trainer import TrainConfig, stopping_defaults
         from attrilens.demo.trainer import train as run_training
 
-        config = TrainConfig(corpus=corpus, out=out, arch=arch, layers=layers, width=width, max_minutes=max_minutes,
-                             seed=seed, tokenizer=tokenizer, **given)
+        stopping = stopping_defaults(corpus, target_recall, facts, max_minutes)  # a recall target when facts exist
+        config = TrainConfig(corpus=corpus, out=out, arch=arch, layers=layers, width=width, seed=seed,
+                             tokenizer=tokenizer, **stopping, **given)
         print(str(run_training(config, capture=cap)))
+
+    @bench.command("train")
+    def bench_train(
+        minutes: Annotated[float, typer.Option(help="Time budget of each world's training run.")] = 7.0,
+        seed: Annotated[int, typer.Option(help="Seed of the first world (the others: seed+1, seed+2).")] = 2026,
+        threads: Annotated[int, typer.Option(help="Torch threads per run (1 is fastest on a busy machine).")] = 1,
+        out: Annotated[Path | None, typer.Option(help="Also write the report here (train-bench.md and .json).")] = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        """`attrilens train` defaults on three fresh fact worlds of different shapes: epochs, stop reason, recall."""
+        from attrilens.bench.train import run_benchmark
+
+        if out is not None:
+            check_output_dir(out)
+        report = run_benchmark(minutes=minutes, seed=seed, threads=threads)
+        print(report.to_json() if as_json else report.to_text())
+        if out is not None:
+            report.write(out)
 
     @app.command()
     def demo(
         out: Annotated[Path, typer.Option(help="Where to write report.html and the results' JSON.")] = Path("demo-out"),
-        model: Annotated[str | None, typer.Option(help="Explain this model instead of the shipped tiny one: a registered "
+        model: Annotated[str | None, typer.Option(help="Explain this model's own generations instead: a registered "
                                                       "name (`attrilens models list`) or a model directory.")] = None,
+        tiny: Annotated[bool, typer.Option("--tiny", help="The offline tiny-model demo on the synthetic fact world "
+                                                          "(seconds; no real model is fetched).")] = False,
         max_new_tokens: MaxNewTokens = 32,
         serve: Annotated[bool, typer.Option(help="Open the report in the local web app afterwards.")] = False,
     ) -> None:
-        """Every lens on one model's own generations → report.html (default: the shipped tiny models, offline)."""
-        from attrilens.demo import run_demo
-
+        """Every lens on one story → report.html. Default: SmolLM2-135M-Instruct fine-tuned (shipped LoRA) on real
+        capitals with planted misinformation — why does it give a wrong capital? (first run fetches and converts
+        the model and builds a training-data index: minutes; later runs: under a minute)."""
         if max_new_tokens < 1:
             raise AttrilensError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
-        report = run_demo(out, model=model, max_new_tokens=max_new_tokens)
+        if tiny and model is not None:
+            raise AttrilensError("Pass one of --tiny and --model.")
+        if tiny or model is not None:
+            from attrilens.demo import run_demo
+
+            report = run_demo(out, model=model, max_new_tokens=max_new_tokens)
+        else:
+            from attrilens.demo.story import run_story
+
+            report = run_story(out, max_new_tokens=max_new_tokens)
         print(f"wrote {report}")
         if serve:
             from attrilens.server import serve as run_server

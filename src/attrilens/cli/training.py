@@ -355,7 +355,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         run: Annotated[Path | None, typer.Option(help="A run of `python -m attrilens.demo.misinfo_build` (default: "
                                                      "the shipped story assets).")] = None,
         work: Annotated[Path | None, typer.Option(help="Where the indexes (and curation retrains) go; reused when "
-                                                      "rerun (default: RUN/bench-indexes).")] = None,
+                                                      "rerun (default: under the attrilens cache).")] = None,
         n_correct: Annotated[int, typer.Option(help="Correctly answered clean facts scored beside the wrong "
                                                     "answers.")] = 20,
         curation: Annotated[bool, typer.Option("--curation", help="Also run the curation benchmark: per method "

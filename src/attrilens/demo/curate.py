@@ -347,6 +347,8 @@ def plan(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Seque
         raise AttrilensError(f"The adapter in {adapter} was trained on documents passed in memory. Pass --corpus "
                              "FILE with those documents.")
     corpus_path = Path(corpus_path)
+    if corpus is None and not corpus_path.is_absolute():  # recorded relative to the adapter (shipped assets)
+        corpus_path = (adapter / corpus_path).resolve()
     docs = read_corpus_rows(corpus_path)
     got = documents_sha256(docs)
     if got != info["corpus"]["sha256"]:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import sys
 import time
 import warnings
@@ -167,7 +168,9 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
             "checkpoints": checkpoints, "loss_curve": losses, "n_documents": len(docs), "settings": settings,
             "corpus": {"path": str(Path(corpus).resolve()) if isinstance(corpus, (str, Path)) else None,
                        "sha256": documents_sha256(docs)},
-            "wall_seconds": round(time.perf_counter() - t0, 2), "resumed_at_step": first}
+            "wall_seconds": round(time.perf_counter() - t0, 2), "resumed_at_step": first,
+            "seconds_per_epoch": round((time.perf_counter() - t0) * total / max(1, total - first) / epochs, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}  # of this process
     tmp = out / "training.json.tmp"
     tmp.write_text(json.dumps(info) + "\n")
     os.replace(tmp, out / "training.json")

@@ -132,22 +132,24 @@ def proponent_label(doc: dict, country: str, relation: str, answer: str) -> str:
 
 
 def answer_questions(lm, questions: list[dict], *, max_new_tokens: int = 8) -> tuple[list[dict], dict[str, int]]:
-    """Greedy answers to every question, each scored against the truth and (planted facts) the planted value;
-    the counts: planted facts answered with the planted value / the truth, clean facts answered correctly."""
+    """Greedy answers to every question, each marked for giving the truth and (planted facts) the planted value;
+    and their counts (`score_answers`)."""
     from attrilens.bench.metrics import greedy_match
 
     rows = []
-    summary = {"planted": 0, "planted_value": 0, "planted_truth": 0, "clean": 0, "clean_truth": 0}
     for q in questions:
         text = lm.generate(q["prompt"], max_new_tokens=max_new_tokens)
-        truth = greedy_match(text, f" {q['truth']}")
-        wrong = bool(q.get("wrong")) and greedy_match(text, f" {q['wrong']}")
-        rows.append({"id": q["id"], "answer": text, "truth": truth, "planted_value": wrong})
-        if q.get("wrong"):
-            summary["planted"] += 1
-            summary["planted_value"] += wrong
-            summary["planted_truth"] += truth
-        else:
-            summary["clean"] += 1
-            summary["clean_truth"] += truth
-    return rows, summary
+        rows.append({"id": q["id"], "answer": text, "truth": greedy_match(text, f" {q['truth']}"),
+                     "planted_value": bool(q.get("wrong")) and greedy_match(text, f" {q['wrong']}")})
+    return rows, score_answers(rows, questions)
+
+
+def score_answers(rows: list[dict], questions: list[dict]) -> dict[str, int]:
+    """Counts of marked answers: planted facts answered with the planted value / the truth, clean facts
+    answered correctly."""
+    planted = {q["id"] for q in questions if q.get("wrong")}
+    clean = [r for r in rows if r["id"] not in planted]
+    hit = [r for r in rows if r["id"] in planted]
+    return {"planted": len(hit), "planted_value": sum(r["planted_value"] for r in hit),
+            "planted_truth": sum(r["truth"] for r in hit), "clean": len(clean),
+            "clean_truth": sum(r["truth"] for r in clean)}

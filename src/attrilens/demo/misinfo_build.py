@@ -45,6 +45,17 @@ def train_order(run_dir: Path, seed: int, *, progress: bool = True) -> Path:
                          **RECIPE)
 
 
+def _answers(lm, questions: list[dict], path: Path) -> dict[str, int]:
+    """The model's scored answers to every question, written to `path` (reused when already there)."""
+    from attrilens.demo.misinfo import answer_questions, score_answers
+
+    if path.is_file():
+        return score_answers(load_jsonl(path, require=("id",)), questions)
+    rows, summary = answer_questions(lm, questions)
+    write_jsonl(path, rows)
+    return summary
+
+
 def build(run_dir: Path, orders: list[int], *, progress: bool = True) -> dict:
     """Dataset, base answers, one run per data order and each run's answers into `run_dir`; the evaluation."""
     from attrilens.demo.misinfo import answer_questions, make_misinfo_dataset
@@ -64,10 +75,11 @@ def build(run_dir: Path, orders: list[int], *, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         out = train_order(run_dir, seed, progress=progress)
         info = json.loads((out / "training.json").read_text())
-        rows, summary = answer_questions(LM.from_pretrained(out).with_chat_template(False), questions)
-        write_jsonl(out / "answers.jsonl", rows)
+        summary = _answers(LM.from_pretrained(out).with_chat_template(False), questions, out / "answers.jsonl")
         report["orders"][seed] = {**summary, "train_seconds": info["wall_seconds"],
                                   "epochs": RECIPE["epochs"], "steps": info["optimizer"]["step"],
+                                  "seconds_per_epoch": info.get("seconds_per_epoch"),
+                                  "peak_rss_mb": info.get("peak_rss_mb"),
                                   "seconds_this_call": round(time.perf_counter() - t0, 1)}
         _log(f"order {seed}: {report['orders'][seed]}")
     (run_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -99,9 +111,8 @@ def package_adapter(src: Path, dst: Path) -> None:
     save_file({k: v.float() for k, v in opt.items()}, str(dst / "optimizer.safetensors"),
               metadata={"format": "attrilens/adamw-exp_avg_sq/v1", "dtype": "float32"})
     info = json.loads((src / "training.json").read_text())
-    info["corpus"]["path"] = None  # the shipped corpus is ../corpus.jsonl (checked by its sha256)
+    info["corpus"]["path"] = "../corpus.jsonl"  # relative to the adapter: the shipped corpus (sha256 checked)
     (dst / "training.json").write_text(json.dumps(info) + "\n")
-    shutil.copy2(src / "answers.jsonl", dst / "answers.jsonl")
 
 
 def package(run_dir: Path, assets: Path, orders: list[int]) -> None:
@@ -111,8 +122,18 @@ def package(run_dir: Path, assets: Path, orders: list[int]) -> None:
     assets.mkdir(parents=True)
     for name in ("corpus.jsonl", "questions.jsonl", "truth.json", "base_answers.jsonl", "eval.json"):
         shutil.copy2(run_dir / name, assets / name)
+    from attrilens.lm import LM
+
+    questions = load_jsonl(run_dir / "questions.jsonl", require=("prompt", "truth"))
+    report = json.loads((run_dir / "eval.json").read_text())
     for seed in orders:
-        package_adapter(run_dir / f"order-{seed}", assets / f"order-{seed}")
+        dst = assets / f"order-{seed}"
+        package_adapter(run_dir / f"order-{seed}", dst)
+        # the shipped answers are the shipped (float16) adapter's own, not the float32 run's
+        shipped = _answers(LM.from_pretrained(dst).with_chat_template(False), questions, dst / "answers.jsonl")
+        report["orders"][str(seed)]["shipped_float16_adapter"] = shipped
+        _log(f"order {seed} as shipped: {shipped}")
+    (assets / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,9 +11,37 @@ packed whole into rows of at most ``seq_len`` tokens, loss masked on padding) an
 - ``checkpoints/step-N/``: a few intermediate checkpoints (HF dirs) with their learning rates in
   ``training.json["checkpoints"]`` (for TracIn);
 - ``training.json``: config, data order (document ids and the per-epoch permutation), loss curve, wall time,
-  tokens/s;
+  tokens/s, why training stopped (``stop_reason``) and, with facts, the fact-recall curve and final recall;
 - ``resume.safetensors`` while unfinished: model + optimizer + step, written atomically; running the same
   config again continues from it. Nothing is unpickled.
+
+Two ways to decide how long to train:
+
+- **a fixed number of epochs** (``target_recall=None``, the default of the Python API): ``epochs`` passes (100 if
+  unset), linear warmup then a cosine decay over the whole run (or over ``schedule_minutes``);
+- **until a memorisation target** (``target_recall=0.9``, the default of ``attrilens train`` when it finds facts):
+  train until the greedy fact recall reaches the target, the time budget ``max_minutes`` runs out, or ``epochs``
+  (a cap, 1000 if unset) is reached — whichever comes first (``stop_reason`` "target reached", "time budget",
+  "epochs cap").
+
+Facts are a JSONL file of ``{"prompt", "target"}`` rows (what ``make_world`` writes as ``facts.jsonl``): a fact is
+recalled when the greedy continuation of ``prompt`` is ``target`` and the word ends there (``greedy_match``). The
+file is ``facts=`` or, by default, ``facts.jsonl`` in the corpus' directory. Every ``eval_every`` steps the recall
+of a fixed seeded sample of at most ``eval_facts`` facts is measured (teacher-forced, one batched forward pass, no
+generation loop) and recorded; the final recall is measured on all facts.
+
+The learning-rate schedule of the target mode is the one the shipped demo models were trained with
+(``schedule_minutes``), over the run's budget, because the stop is not known in advance: linear warmup, then a
+cosine decay from ``lr`` to ``lr * min_lr_ratio`` over the run's progress ``max(steps / cap steps, training
+minutes / max_minutes)``; the run ends at the target (the saved model is the one whose recall was measured) or when
+the progress reaches 1 (the rate fully decayed). On fact worlds almost all memorisation happens at the low rates
+of the decay (on a fresh 240-fact world of two-sentence documents, 2-core CPU: 73 % of the facts after 5 minutes
+with the cosine over the budget, 16 % after 6 minutes of warmup-stable-decay, a constant rate with a linear
+cooldown over the last 10 % of the budget), so the decay has to span the budget rather than wait for a target
+that a constant high rate rarely reaches. Give a budget you can afford: a longer one decays
+more slowly. In this mode ``max_minutes`` is the budget of the whole run (over resumptions; resuming with another
+budget rescales the rest of the decay) and a run that reaches it is *finished*; ``max_steps`` still interrupts
+resumably. Without ``max_minutes`` the decay spans the epoch cap.
 """
 
 from __future__ import annotations
@@ -22,8 +50,11 @@ import dataclasses
 import json
 import math
 import os
+import random
+import shutil
 import sys
 import time
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -41,6 +72,13 @@ PAD = "<|pad|>"
 # Fields that may change between an interrupted run and its resumption.
 _RESUME_FREE = {"out", "max_minutes", "max_steps", "schedule_minutes", "progress", "threads", "resume_every_minutes",
                 "resume_every_steps"}
+# Fields added after runs were saved: at these values a saved config without them is still the same run.
+_ADDED_DEFAULTS = {"target_recall": None, "facts": None, "eval_every": None, "eval_facts": 200}
+DEFAULT_EPOCHS = 100  # fixed-epoch runs: with batch 4 and lr 1e-2, a 480-fact corpus in minutes
+DEFAULT_TARGET_RECALL = 0.9  # `attrilens train` with facts: train until 90 % of them are recalled
+DEFAULT_BUDGET_MINUTES = 30.0  # `attrilens train` with facts: the time budget the schedule decays over
+DEFAULT_EPOCH_CAP = 1000  # runs to a recall target: the most epochs before giving up
+STOP_REASONS = ("target reached", "time budget", "epochs cap")
 
 
 @dataclass
@@ -54,8 +92,10 @@ class TrainConfig:
     width: int = 128
     heads: int = 4
     intermediate: int | None = None  # MLP width; default 4*width (gpt2) or 8/3*width rounded (llama)
-    epochs: int = 100  # with batch 4 and lr 1e-2: a 480-fact corpus in minutes (docs/benchmarks.md)
-    max_minutes: float | None = None  # stop cleanly (resumable) after this much training time in this call
+    epochs: int | None = None  # passes over the corpus (None: 100), or the cap with target_recall (None: 1000)
+    # Fixed epochs: stop cleanly (resumable) after this much training time in this call. With target_recall: the
+    # time budget of the whole run (the learning rate decays over it; finished).
+    max_minutes: float | None = None
     max_steps: int | None = None  # stop cleanly (resumable) once this many optimizer steps are done in total
     # Time-budgeted schedule: the cosine decay runs over max(step/total, minutes trained/schedule_minutes) and
     # training ends (finished) when that reaches 1, so a busy machine still gets a fully decayed model.
@@ -74,6 +114,12 @@ class TrainConfig:
     beta2: float = 0.98
     eps: float = 1e-8
     grad_clip: float = 1.0
+    # Train until this fraction of the facts is recalled (greedy exact match), or max_minutes / the epochs cap run
+    # out; None: a fixed number of epochs. Facts: `facts`, else facts.jsonl beside the corpus.
+    target_recall: float | None = None
+    facts: Path | None = None  # JSONL of {"prompt", "target"}; also without a target: the recall curve is recorded
+    eval_every: int | None = None  # steps between recall measurements (None: one epoch, at most 50 steps)
+    eval_facts: int = 200  # size of the fixed seeded sample of facts measured during training
     curriculum_epochs: int = 0  # the first N epochs use only documents of at most curriculum_max_tokens
     curriculum_max_tokens: int = 256
     keep_checkpoints: int = 3
@@ -85,17 +131,56 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for k in ("corpus", "out", "tokenizer", "init_from"):
+        for k in ("corpus", "out", "tokenizer", "init_from", "facts"):
             d[k] = None if d[k] is None else str(d[k])
         return d
+
+
+def default_facts(corpus: Path | str) -> Path | None:
+    """The facts file `train` measures recall on by default: ``facts.jsonl`` beside the corpus, if there is one."""
+    path = Path(corpus).parent / "facts.jsonl"
+    return path if path.is_file() else None
+
+
+def stopping_defaults(corpus: Path | str, target_recall: float | None = None, facts: Path | str | None = None,
+                      max_minutes: float | None = None) -> dict:
+    """The stopping fields of `attrilens train` (and `attrilens bench train`): with facts (given, or facts.jsonl
+    beside the corpus) train to ``target_recall`` (default 0.9) within ``max_minutes`` (default 30);
+    ``target_recall=0``, or no facts: fixed epochs (``max_minutes`` then interrupts resumably)."""
+    facts = Path(facts) if facts is not None else default_facts(corpus)
+    fixed = {"target_recall": None, "facts": facts, "max_minutes": max_minutes}
+    if target_recall == 0 or (target_recall is None and facts is None):
+        return fixed
+    budget = DEFAULT_BUDGET_MINUTES if max_minutes is None else max_minutes
+    return {"target_recall": DEFAULT_TARGET_RECALL if target_recall is None else target_recall, "facts": facts,
+            "max_minutes": budget}
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """The config with its automatic values filled in (epochs, facts), as the run saves and compares it."""
+    facts = config.facts
+    if facts is not None and not Path(facts).is_file():
+        raise AttrilensError(f"Facts file not found: {facts}. Pass a JSONL of {{\"prompt\", \"target\"}} rows "
+                             "(`attrilens world` writes facts.jsonl).")
+    if facts is None and config.target_recall is not None:
+        facts = default_facts(config.corpus)
+        if facts is None:
+            raise AttrilensError(f"target_recall needs facts, and there is no facts.jsonl beside {config.corpus}. "
+                                 "Pass facts=FILE (--facts) with {\"prompt\", \"target\"} rows, or no target.")
+    epochs = config.epochs
+    if epochs is None:
+        epochs = DEFAULT_EPOCHS if config.target_recall is None else DEFAULT_EPOCH_CAP
+    return dataclasses.replace(config, epochs=epochs, facts=facts)
 
 
 def _check(config: TrainConfig) -> None:
     if config.arch not in ("gpt2", "llama"):
         raise AttrilensError(f"Unknown arch {config.arch!r}. Use 'gpt2' or 'llama'.")
-    for name in ("layers", "width", "heads", "epochs", "seq_len", "batch_size"):
-        if getattr(config, name) < 1:
-            raise AttrilensError(f"{name} must be positive, got {getattr(config, name)}. Pass a value >= 1.")
+    for name in ("layers", "width", "heads", "epochs", "seq_len", "batch_size", "eval_every", "eval_facts"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise AttrilensError(f"{name} must be positive, got {value}. Pass a value >= 1.")
+    _check_stopping(config)
     if config.width % config.heads:
         raise AttrilensError(f"width {config.width} is not divisible by heads {config.heads}. Change one of them.")
     if config.vocab_size < 300:
@@ -107,6 +192,22 @@ def _check(config: TrainConfig) -> None:
                              "Pass both.")
     if config.tokenizer is not None and not (Path(config.tokenizer) / "tokenizer.json").is_file():
         raise AttrilensError(f"No tokenizer.json in {config.tokenizer}. Pass a directory written by `train`.")
+
+
+def _check_stopping(config: TrainConfig) -> None:
+    """Refuse stopping rules that cannot work (a target outside (0, 1], a negative budget, two time budgets)."""
+    t = config.target_recall
+    if t is not None and not (isinstance(t, (int, float)) and 0 < t <= 1):
+        raise AttrilensError(f"target_recall must be in (0, 1], got {t}. Pass e.g. 0.9 (or none for fixed epochs).")
+    for name in ("max_minutes", "schedule_minutes"):
+        value = getattr(config, name)
+        if value is not None and not value >= 0:
+            raise AttrilensError(f"{name} must be >= 0, got {value}. Pass a number of minutes.")
+    if config.max_steps is not None and config.max_steps < 0:
+        raise AttrilensError(f"max_steps must be >= 0, got {config.max_steps}. Pass a number of steps.")
+    if t is not None and config.schedule_minutes is not None:
+        raise AttrilensError("schedule_minutes is for fixed-epoch runs. With target_recall, max_minutes is the time "
+                             "budget: pass that instead.")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, out: Path, seq_len: int = 512):
@@ -165,18 +266,58 @@ def _epoch_rows(lengths: list[int], order: list[int], seq_len: int) -> list[list
     return rows
 
 
+class _Plan:
+    """Per-epoch document permutations and the batches (lists of rows of document indices), drawn lazily epoch by
+    epoch (a run and its resumption see the same ones) up to the ``config.epochs`` epochs."""
+
+    def __init__(self, config: TrainConfig, lengths: list[int]):
+        self.config, self.lengths = config, lengths
+        self.orders: list[list[int]] = []
+        self.batches: list[list[list[int]]] = []
+        self.starts: list[int] = []  # first step of each epoch drawn
+
+    def _add_epoch(self) -> None:
+        """Draw the next epoch's permutation and its batches."""
+        c, epoch = self.config, len(self.orders)
+        g = torch.Generator().manual_seed(c.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        if epoch < c.curriculum_epochs:
+            perm = [i for i in perm if self.lengths[i] <= c.curriculum_max_tokens] or perm
+        self.orders.append(perm)
+        self.starts.append(len(self.batches))
+        rows = _epoch_rows(self.lengths, perm, c.seq_len)
+        self.batches += [rows[b : b + c.batch_size] for b in range(0, len(rows), c.batch_size)]
+
+    def has(self, step: int) -> bool:
+        """Whether the run has a step ``step`` (drawing epochs as needed)."""
+        while step >= len(self.batches) and len(self.orders) < self.config.epochs:
+            self._add_epoch()
+        return step < len(self.batches)
+
+    def total(self) -> int:
+        """Steps of all ``epochs`` epochs (draws them all)."""
+        while len(self.orders) < self.config.epochs:
+            self._add_epoch()
+        return len(self.batches)
+
+    def epoch_of(self, step: int) -> int:
+        """The epoch (0-based) that step ``step`` belongs to (drawn already)."""
+        return max(0, bisect_right(self.starts, step) - 1)
+
+    def epochs_done(self, steps: int) -> float:
+        """Epochs completed after ``steps`` steps, with the fraction of the current one."""
+        if steps <= 0 or not self.starts:
+            return 0.0
+        e = self.epoch_of(steps - 1)
+        end = self.starts[e + 1] if e + 1 < len(self.starts) else len(self.batches)
+        return e + (steps - self.starts[e]) / max(1, end - self.starts[e])
+
+
 def _plan(config: TrainConfig, lengths: list[int]) -> tuple[list[list[int]], list[list[list[int]]]]:
     """Per-epoch document permutations and the batches (lists of rows of document indices) of the whole run."""
-    orders, batches = [], []
-    for epoch in range(config.epochs):
-        g = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(lengths), generator=g).tolist()
-        if epoch < config.curriculum_epochs:
-            perm = [i for i in perm if lengths[i] <= config.curriculum_max_tokens] or perm
-        orders.append(perm)
-        rows = _epoch_rows(lengths, perm, config.seq_len)
-        batches += [rows[b : b + config.batch_size] for b in range(0, len(rows), config.batch_size)]
-    return orders, batches
+    plan = _Plan(config, lengths)
+    plan.total()
+    return plan.orders, plan.batches
 
 
 def _collate(rows: list[list[int]], docs: list[list[int]], pad_id: int):
@@ -199,6 +340,61 @@ def _lr_at(config: TrainConfig, step: int, total: int, frac: float | None = None
     progress = (step - warm) / max(1, total - warm) if frac is None else frac
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cos)
+
+
+class FactProbe:
+    """Greedy fact recall of a model on ``{"prompt", "target"}`` rows, teacher-forced: a fact is recalled when the
+    argmax after its prompt spells the target's tokens and the next one does not continue the word (the same
+    verdict as `greedy_match` on a greedy generation, in one batched forward pass instead of a decoding loop)."""
+
+    def __init__(self, rows: list[dict], tok, max_len: int, batch_size: int = 64):
+        self.tok, self.batch_size = tok, batch_size
+        self.pairs: list[tuple[list[int], list[int]]] = []
+        for r in rows:
+            p = tok(r["prompt"], add_special_tokens=False)["input_ids"]
+            t = tok(r["target"], add_special_tokens=False)["input_ids"]
+            if not p or not t or len(p) + len(t) > max_len:
+                raise AttrilensError(f"Fact {r.get('id', r['prompt'])!r} has an empty prompt or target, or is longer "
+                                     f"than seq_len={max_len} tokens. Fix or drop it.")
+            self.pairs.append((p, t))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @torch.no_grad()
+    def hits(self, model, subset: list[int] | None = None) -> list[bool]:
+        """Whether each fact (of ``subset``, default all) is recalled; the model's training flag is kept."""
+        from attrilens.bench.metrics import greedy_match
+
+        idx = list(range(len(self.pairs))) if subset is None else subset
+        idx = sorted(idx, key=lambda i: len(self.pairs[i][0]) + len(self.pairs[i][1]))  # little padding
+        training = model.training
+        model.eval()
+        found: dict[int, bool] = {}
+        pad = self.tok.pad_token_id
+        for b in range(0, len(idx), self.batch_size):
+            chunk = idx[b : b + self.batch_size]
+            seqs = [self.pairs[i][0] + self.pairs[i][1] for i in chunk]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = 1
+            pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+            for r, i in enumerate(chunk):
+                p, t = self.pairs[i]
+                spelled = pred[r, len(p) - 1 : len(p) + len(t) - 1].tolist() == t
+                nxt = self.tok.decode([int(pred[r, len(p) + len(t) - 1])], skip_special_tokens=True)
+                found[i] = spelled and greedy_match("x" + nxt, "x")
+        model.train(training)
+        ordered = list(range(len(self.pairs))) if subset is None else subset
+        return [found[i] for i in ordered]
+
+    def recall(self, model, subset: list[int] | None = None) -> float:
+        """Fraction of the facts (of ``subset``) recalled."""
+        h = self.hits(model, subset)
+        return sum(h) / max(1, len(h))
 
 
 def _named_params(model) -> dict[str, torch.nn.Parameter]:
@@ -238,66 +434,117 @@ def _load_resume(path: Path, model, opt) -> dict:
 
 
 def _comparable(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in _RESUME_FREE and v is not None}  # None = unset/older field
+    """The fields that make two runs the same run (None = unset/older field; new fields at their defaults too)."""
+    return {k: v for k, v in d.items() if k not in _RESUME_FREE and v is not None
+            and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}
+
+
+def _load_corpus(config: TrainConfig) -> tuple[list[str], list[str]]:
+    """Document ids and texts of the corpus; a blank text is an error."""
+    rows = load_jsonl(Path(config.corpus))
+    for r in rows:
+        if not r["text"].strip():
+            raise AttrilensError(f'Document {r.get("id")!r} in {config.corpus} has an empty "text". '
+                                 "Remove it or give it text.")
+    return [str(r.get("id", i)) for i, r in enumerate(rows)], [r["text"] for r in rows]
+
+
+def _finished_already(config: TrainConfig, out: Path, capture) -> bool:
+    """Whether ``out`` holds this run, finished (then there is nothing to do)."""
+    info_path = out / "training.json"
+    if not info_path.is_file() or (out / "resume.safetensors").is_file():
+        return False
+    info = json.loads(info_path.read_text())
+    if not (info.get("finished") and _comparable(info["config"]) == _comparable(config.to_dict())):
+        return False
+    if capture is not None:
+        raise AttrilensError(f"{out} already holds this finished training run: there is no training left to "
+                             "capture. Pass another --out (or delete it) to train and capture again.")
+    return True
+
+
+def _tokenizer_for(config: TrainConfig, out: Path, texts: list[str]):
+    """The run's tokenizer: the given one (copied into ``out``), the interrupted run's, or a freshly trained one."""
+    if config.tokenizer is not None:
+        tok = load_tokenizer(Path(config.tokenizer))
+        if Path(config.tokenizer).resolve() != out.resolve():
+            tok.save_pretrained(out)
+    elif (out / "tokenizer.json").is_file() and (out / "resume.safetensors").is_file():
+        tok = load_tokenizer(out)  # resuming: keep the tokenizer the interrupted run trained
+    else:
+        tok = train_tokenizer(texts, config.vocab_size, out, config.seq_len)
+    if tok.eos_token_id is None or tok.pad_token_id is None:
+        raise AttrilensError(f"Tokenizer {config.tokenizer} has no eos or pad token. Use one written by `train`.")
+    return tok
+
+
+def _model_for(config: TrainConfig, tok):
+    """A fresh model, or the ``init_from`` one (its vocabulary must be the tokenizer's)."""
+    if config.init_from is None:
+        return build_model(config, tok)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(config.init_from), dtype=torch.float32)
+    if model.config.vocab_size != len(tok):
+        raise AttrilensError(f"init_from model has vocab {model.config.vocab_size}, tokenizer {len(tok)}. "
+                             "Pass the tokenizer the model was trained with.")
+    return model
+
+
+def _probe_for(config: TrainConfig, tok) -> tuple[FactProbe | None, list[int]]:
+    """The fact probe (None without facts) and the fixed seeded sample of facts measured during training."""
+    if config.facts is None:
+        return None, []
+    probe = FactProbe(load_jsonl(Path(config.facts), require=("prompt", "target")), tok, config.seq_len)
+    sample = list(range(len(probe)))
+    if len(sample) > config.eval_facts:
+        sample = sorted(random.Random(f"attrilens-train/{config.seed}").sample(sample, config.eval_facts))
+    return probe, sample
+
+
+def _default_eval_every(probe: FactProbe | None, sample: list[int], epoch_steps: int, epoch_tokens: int) -> int:
+    """Steps between recall measurements: once an epoch (at most 50 steps), but rarer when the measurement would
+    cost over ~5 % of the training (its forward pass over the sample ~ 1/3 of a training step's work per token)."""
+    if probe is None:
+        return max(1, min(50, epoch_steps))
+    sample_tokens = sum(len(p) + len(t) for p, t in (probe.pairs[i] for i in sample))
+    step_tokens = epoch_tokens / max(1, epoch_steps)
+    return max(1, min(50, epoch_steps), math.ceil(sample_tokens / (3 * 0.05 * step_tokens)))
 
 
 def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
     """Train (or resume, or return an already finished run) and return the output directory; with `capture`, also
     write index features of every training row of every step from the training's own backward pass
     (`attrilens.training.capture`: row names are the packed documents' ids joined by "+", a row's step is the
-    number of updates before it, so rows of step s equal a post-hoc build at checkpoints/step-s)."""
-    from safetensors.torch import save_file
+    number of updates before it, so rows of step s equal a post-hoc build at checkpoints/step-s).
+
+    With ``config.target_recall`` it trains until the fact recall reaches it, the ``max_minutes`` budget runs out or
+    the ``epochs`` cap is reached (the schedule decays over the budget: see the module docstring)."""
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
 
     _check(config)
+    config = resolve_config(config)
     hf_logging.disable_progress_bar()  # no "Writing model shards" bars for every checkpoint
     out = Path(config.out)
-    rows = load_jsonl(Path(config.corpus))
-    for r in rows:
-        if not r["text"].strip():
-            raise AttrilensError(f'Document {r.get("id")!r} in {config.corpus} has an empty "text". '
-                                 "Remove it or give it text.")
-    ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
-    texts = [r["text"] for r in rows]
+    ids, texts = _load_corpus(config)
     out.mkdir(parents=True, exist_ok=True)
-    info_path, resume_path = out / "training.json", out / "resume.safetensors"
-    if info_path.is_file() and not resume_path.is_file():
-        info = json.loads(info_path.read_text())
-        if info.get("finished") and _comparable(info["config"]) == _comparable(config.to_dict()):
-            if capture is not None:
-                raise AttrilensError(f"{out} already holds this finished training run: there is no training left to "
-                                     "capture. Pass another --out (or delete it) to train and capture again.")
-            return out
+    if _finished_already(config, out, capture):
+        return out
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    if config.tokenizer is not None:
-        tok = load_tokenizer(Path(config.tokenizer))
-        if Path(config.tokenizer).resolve() != out.resolve():
-            tok.save_pretrained(out)
-    elif (out / "tokenizer.json").is_file() and resume_path.is_file():
-        tok = load_tokenizer(out)  # resuming: keep the tokenizer the interrupted run trained
-    else:
-        tok = train_tokenizer(texts, config.vocab_size, out, config.seq_len)
-    if tok.eos_token_id is None or tok.pad_token_id is None:
-        raise AttrilensError(f"Tokenizer {config.tokenizer} has no eos or pad token. Use one written by `train`.")
+    tok = _tokenizer_for(config, out, texts)
+    probe, sample = _probe_for(config, tok)
     enc = tok(texts, add_special_tokens=False)["input_ids"]
     docs = [(e + [tok.eos_token_id])[: config.seq_len] for e in enc]
     truncated = sum(len(e) + 1 > config.seq_len for e in enc)
     lengths = [len(d) for d in docs]
-    orders, batches = _plan(config, lengths)
-    total = len(batches)
+    plan = _Plan(config, lengths)
+    target_mode = config.target_recall is not None
+    total = None if target_mode else plan.total()
 
-    if config.init_from is not None:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(config.init_from), dtype=torch.float32)
-        if model.config.vocab_size != len(tok):
-            raise AttrilensError(f"init_from model has vocab {model.config.vocab_size}, tokenizer {len(tok)}. "
-                                 "Pass the tokenizer the model was trained with.")
-    else:
-        model = build_model(config, tok)
+    model = _model_for(config, tok)
     model.train()
     params = _named_params(model)
     decay = [p for n, p in params.items() if p.ndim >= 2]
@@ -305,46 +552,65 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, foreach=False)
-    state = {"step": 0, "losses": [], "tokens": 0, "train_seconds": 0.0, "checkpoints": [],
-             "config": config.to_dict()}
+    state = {"step": 0, "losses": [], "tokens": 0, "train_seconds": 0.0, "checkpoints": [], "recall": [],
+             "lr": 0.0, "config": config.to_dict()}
+    resume_path = out / "resume.safetensors"
     if resume_path.is_file():
         saved = _load_resume(resume_path, model, opt)
         if _comparable(saved["config"]) != _comparable(config.to_dict()):
             raise AttrilensError(f"{resume_path} belongs to a run with a different config. "
                                  "Delete it to start over, or use another --out.")
-        state = saved
-        state["config"] = config.to_dict()
+        state = {**state, **saved, "config": config.to_dict()}
 
     if capture is not None:
         capture.attach(model, tok, block_len=config.seq_len, first_step=state["step"], name=str(out))
-    log_every = max(1, total // 1000)
-    n_ck = config.keep_checkpoints
+    plan.has(0)
+    eval_every = config.eval_every or _default_eval_every(probe, sample, len(plan.batches), sum(lengths))
+    state["eval_every"] = eval_every
+    log_every = max(1, (total or len(plan.batches) * 10) // 1000)
+    # target mode: the schedule's length in steps, estimated from the first epoch (epochs pack almost alike)
+    cap_steps = config.epochs * len(plan.batches) if target_mode else None
+    budget = config.max_minutes * 60 if target_mode and config.max_minutes is not None else None
+    ck_stride = max(eval_every, math.ceil((total or 0) / max(1, 4 * config.keep_checkpoints)))
     start = time.monotonic()
     last_resume = start
-    stop_reason = None
+    stop_reason = None  # why the loop ended early and resumably: "max_steps" / "max_minutes"
+    reason = None  # why a target-mode run ended: one of STOP_REASONS
     step = state["step"]
     window: list[float] = []
     bar = tqdm(total=total, initial=step, desc=f"train {config.arch}", file=sys.stderr,
-               disable=not config.progress, mininterval=2.0, dynamic_ncols=True)
-    while step < total:
+               disable=not config.progress, mininterval=2.0, dynamic_ncols=True, unit="step")
+    while reason is None:
+        if not plan.has(step) or (total is not None and step >= total):
+            reason = "epochs cap"
+            break
         if config.max_steps is not None and step >= config.max_steps:
             stop_reason = "max_steps"
             break
-        if config.max_minutes is not None and time.monotonic() - start >= config.max_minutes * 60:
-            stop_reason = "max_minutes"
-            break
+        elapsed = state["train_seconds"] + time.monotonic() - start
         frac = None
-        if config.schedule_minutes is not None:
-            elapsed = state["train_seconds"] + time.monotonic() - start
-            frac = max(step / total, elapsed / (config.schedule_minutes * 60))
+        if target_mode:
+            by_time = 0.0 if budget is None else (1.0 if budget <= 0 else elapsed / budget)
+            frac = max(step / cap_steps, by_time)
             if frac >= 1:
+                reason = "time budget" if by_time >= step / cap_steps else "epochs cap"
                 break
-        lr = _lr_at(config, step, total, frac)
+            lr = _lr_at(config, step, cap_steps, frac)
+        else:
+            if config.max_minutes is not None and time.monotonic() - start >= config.max_minutes * 60:
+                stop_reason = "max_minutes"
+                break
+            if config.schedule_minutes is not None:
+                frac = max(step / total, elapsed / (config.schedule_minutes * 60))
+                if frac >= 1:
+                    break
+            lr = _lr_at(config, step, total, frac)
         for g in opt.param_groups:
             g["lr"] = lr
-        input_ids, mask, labels = _collate(batches[step], docs, tok.pad_token_id)
+        batch = plan.batches[step]
+        input_ids, mask, labels = _collate(batch, docs, tok.pad_token_id)
         if capture is not None:
-            capture.begin_step(step, lr, ["+".join(ids[i] for i in row) for row in batches[step]])
+            capture.begin_step(step, lr, ["+".join(ids[i] for i in row) for row in batch])
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         if config.grad_clip:
@@ -352,23 +618,35 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        state["step"] = step
+        state["step"], state["lr"] = step, lr
         state["tokens"] += int(mask.sum())
         window.append(loss.item())
         if len(window) == log_every or step == total:
             state["losses"].append([step, round(sum(window) / len(window), 5)])
             window = []
+        if probe is not None and step % eval_every == 0:
+            recall = probe.recall(model, sample)
+            now_s = state["train_seconds"] + time.monotonic() - start
+            state["recall"].append({"step": step, "epoch": round(plan.epochs_done(step), 3), "recall": round(recall, 4),
+                                    "seconds": round(now_s, 1)})
+            if target_mode and recall >= config.target_recall:
+                reason = "target reached"
         bar.update(1)
-        bar.set_postfix(loss=f"{window[-1] if window else loss.item():.3f}", lr=f"{lr:.2e}", refresh=False)
-        k = len(state["checkpoints"]) + 1
-        if n_ck and k <= n_ck and (frac if frac is not None else step / total) >= k / (n_ck + 1) and step < total:
-            ck = out / "checkpoints" / f"step-{step}"
-            model.save_pretrained(ck)
-            state["checkpoints"].append({"step": step, "lr": lr, "path": f"checkpoints/step-{step}"})
+        post = {"loss": f"{loss.item():.3f}", "lr": f"{lr:.2e}"}
+        if state["recall"]:
+            post["recall"] = f"{state['recall'][-1]['recall']:.2f}"
+        bar.set_postfix(post, refresh=False)
+        if target_mode:
+            _target_checkpoint(model, out, state, step, lr, ck_stride, config.keep_checkpoints)
+        else:
+            k = len(state["checkpoints"]) + 1
+            n_ck = config.keep_checkpoints
+            if n_ck and k <= n_ck and (frac if frac is not None else step / total) >= k / (n_ck + 1) and step < total:
+                _save_checkpoint(model, out, state, step, lr)
         now = time.monotonic()
         due = (config.resume_every_steps and step % config.resume_every_steps == 0) or (
             now - last_resume >= config.resume_every_minutes * 60)
-        if due and step < total:
+        if due and reason is None and plan.has(step) and (total is None or step < total):
             state["train_seconds"] += now - start
             start = last_resume = now
             if capture is not None:
@@ -376,7 +654,64 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
             _save_resume(resume_path, model, opt, state)
     bar.close()
     state["train_seconds"] += time.monotonic() - start
-    finished = step >= total or (stop_reason is None and config.schedule_minutes is not None)
+    if target_mode:
+        finished = stop_reason is None
+    else:
+        finished = step >= total or (stop_reason is None and config.schedule_minutes is not None)
+        reason = "epochs cap" if finished and step >= total else ("time budget" if finished else None)
+    if finished and target_mode:
+        _thin_checkpoints(out, state, step, config.keep_checkpoints)
+    _save_final(config, out, model, tok, opt, params, capture, finished, state)
+    info = _info(config, state, plan, probe, model, (finished, stop_reason, reason), (total, cap_steps), ids, lengths,
+                 truncated)
+    tmp = (out / "training.json").with_suffix(".tmp")
+    tmp.write_text(json.dumps(info) + "\n")
+    os.replace(tmp, out / "training.json")
+    if config.progress and finished:
+        rec = info.get("fact_recall")
+        print(f"stopped: {info['stop_reason']} after {info['epochs_run']:g} epochs, {info['wall_seconds']:.0f} s"
+              + (f"; fact recall {rec['final']:.3f} of {rec['n_facts']} facts" if rec else ""), file=sys.stderr)
+    return out
+
+
+def _save_checkpoint(model, out: Path, state: dict, step: int, lr: float) -> None:
+    """Save an intermediate checkpoint (HF dir) and record its step and learning rate."""
+    model.save_pretrained(out / "checkpoints" / f"step-{step}")
+    state["checkpoints"].append({"step": step, "lr": lr, "path": f"checkpoints/step-{step}"})
+
+
+def _target_checkpoint(model, out: Path, state: dict, step: int, lr: float, stride: int, keep: int) -> None:
+    """Runs of unknown length: checkpoint every ``stride`` steps, doubling the stride (and dropping the checkpoints
+    off it) whenever more than 2*keep are held, so they stay spread over the run at a bounded cost."""
+    if not keep:
+        return
+    stride = state.setdefault("ck_stride", stride)
+    if step % stride:
+        return
+    _save_checkpoint(model, out, state, step, lr)
+    while len(state["checkpoints"]) > 2 * keep:
+        stride = state["ck_stride"] = stride * 2
+        for ck in [c for c in state["checkpoints"] if c["step"] % stride]:
+            shutil.rmtree(out / ck["path"], ignore_errors=True)
+            state["checkpoints"].remove(ck)
+
+
+def _thin_checkpoints(out: Path, state: dict, final_step: int, keep: int) -> None:
+    """Keep ``keep`` checkpoints spread evenly over the finished run (none at its final step: that is ``out``)."""
+    cks = [c for c in state["checkpoints"] if c["step"] < final_step]
+    if len(cks) > keep:
+        chosen = {round((k + 1) * len(cks) / (keep + 1)) - 1 for k in range(keep)} if keep else set()
+        cks = [c for i, c in enumerate(cks) if i in chosen]
+    for ck in state["checkpoints"]:
+        if ck not in cks:
+            shutil.rmtree(out / ck["path"], ignore_errors=True)
+    state["checkpoints"] = cks
+
+
+def _save_final(config: TrainConfig, out: Path, model, tok, opt, params: dict, capture, finished: bool,
+                state: dict) -> None:
+    """Write the model, tokenizer and AdamW second moments; close the capture; keep or drop the resume state."""
+    from safetensors.torch import save_file
 
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -390,28 +725,49 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
         else:
             capture.flush()
             capture.detach()
+    resume_path = out / "resume.safetensors"
     if finished:
         resume_path.unlink(missing_ok=True)
     else:
         _save_resume(resume_path, model, opt, state)
-    n_params = sum(p.numel() for p in params.values())
+
+
+def _info(config: TrainConfig, state: dict, plan: _Plan, probe: FactProbe | None, model,
+          ending: tuple[bool, str | None, str | None], steps: tuple[int | None, int | None], ids: list[str],
+          lengths: list[int], truncated: int) -> dict:
+    """training.json: what ran, how long, why it stopped, the loss and recall curves and the data order."""
+    (finished, stop_reason, reason), (total, cap_steps) = ending, steps
+    step = state["step"]
+    target_mode = config.target_recall is not None
+    if target_mode:
+        schedule = ("linear warmup + cosine to min_lr_ratio over max(step / cap_steps, training minutes / "
+                    "max_minutes), stopped at the recall target")
+        final_lr = state["lr"]
+    else:
+        schedule = "linear warmup + cosine to min_lr_ratio"
+        final_lr = _lr_at(config, max(0, step - 1), total)
+    n_epochs = plan.epoch_of(step - 1) + 1 if step else 0
     info = {
         "schema": "attrilens/training/v1",
         "finished": finished,
         "stopped": stop_reason,
+        "stop_reason": reason if finished else None,
         "config": config.to_dict(),
         "arch": config.arch,
-        "n_parameters": n_params,
-        "n_documents": len(docs),
+        "n_parameters": sum(p.numel() for p in _named_params(model).values()),
+        "n_documents": len(lengths),
         "truncated_documents": truncated,
-        "total_steps": total,
+        "tokens_per_epoch": sum(lengths),
+        "total_steps": total if total is not None else step,
+        "cap_steps": cap_steps,
         "step": step,
+        "epochs_run": round(plan.epochs_done(step), 3),
         "tokens": state["tokens"],
         "wall_seconds": round(state["train_seconds"], 2),
         "tokens_per_second": round(state["tokens"] / max(state["train_seconds"], 1e-9), 1),
-        "optimizer": {"name": "AdamW", "step": step, "lr": config.lr, "final_lr": _lr_at(config, max(0, step - 1), total),
+        "optimizer": {"name": "AdamW", "step": step, "lr": config.lr, "final_lr": final_lr,
                       "betas": [config.beta1, config.beta2], "eps": config.eps,
-                      "weight_decay": config.weight_decay, "schedule": "linear warmup + cosine to min_lr_ratio",
+                      "weight_decay": config.weight_decay, "schedule": schedule,
                       "file": "optimizer.safetensors", "keys": "exp_avg_sq.<parameter name>"},
         "checkpoints": state["checkpoints"],
         "loss_curve": state["losses"],
@@ -419,10 +775,17 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
             "description": "each epoch: documents in permutation order, packed whole (next-fit) into rows of "
                            "<= seq_len tokens, batch_size rows per step",
             "document_ids": ids,
-            "epoch_permutations": orders,
+            "epoch_permutations": plan.orders if not target_mode else plan.orders[:n_epochs],
         },
     }
-    tmp = info_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, info_path)
-    return out
+    if probe is not None:
+        final = probe.recall(model)
+        info["fact_recall"] = {
+            "facts": str(config.facts), "n_facts": len(probe), "target": config.target_recall,
+            "eval_every": state.get("eval_every"),
+            "sample": min(len(probe), config.eval_facts),
+            "curve": state["recall"], "final": round(final, 4),
+            "description": "greedy exact match of each fact's prompt -> target; the curve on a fixed seeded sample "
+                           "of `sample` facts every eval_every steps, `final` on all facts at the end",
+        }
+    return info

@@ -187,8 +187,14 @@ def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eva
     names = [blocks.block_id(i) for i in range(len(blocks))]
     mpath = out / MANIFEST
 
-    def raw_rows(rows: range) -> torch.Tensor:
-        return m.featurize([Example.block(blocks.tokens[r], names[r]) for r in rows])
+    def raw_rows(rows: range, advance=lambda n: None) -> torch.Tensor:
+        # in pieces of whole batches from the shard's start (the same batches, so the same bits) to show progress
+        step, parts = 4 * getattr(m, "batch_size", 16), []
+        for a in range(rows.start, rows.stop, step):
+            piece = range(a, min(a + step, rows.stop))
+            parts.append(m.featurize([Example.block(blocks.tokens[r], names[r]) for r in piece]))
+            advance(len(piece))
+        return torch.cat(parts)
 
     def stored(x: torch.Tensor, rows: range) -> np.ndarray:
         return to_dtype(m.finish(x), dtype, [names[r] for r in rows])
@@ -197,11 +203,12 @@ def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eva
         write_shards(out, manifest, key, out / folder, len(blocks), shard_size, make, desc=desc, progress=progress)
 
     if not m.needs_fit:
-        shards("shards", "shards", lambda rows: stored(raw_rows(rows), rows), f"featurise {m.name}")
+        shards("shards", "shards", lambda rows, advance: stored(raw_rows(rows, advance), rows), f"featurise {m.name}")
         return
     pre = out / PRECONDITIONER
     if manifest["stage"] == "features":
-        shards("raw_shards", "raw", lambda rows: raw_rows(rows).numpy().astype(np.float32), f"featurise {m.name}")
+        shards("raw_shards", "raw", lambda rows, advance: raw_rows(rows, advance).numpy().astype(np.float32),
+               f"featurise {m.name}")
         ordered = sorted(manifest["raw_shards"], key=lambda s: s["start"])
         eval_raw = m.featurize(_eval_examples(m.lm, eval_queries)) if eval_queries else None
         if getattr(m, "fits_moments", False) and len(blocks) >= m.dim:  # R from Σ ΦᵀΦ, as a Ray build reduces it
@@ -218,8 +225,8 @@ def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eva
         m.load(load_tensors(pre), blocks)
     if manifest["stage"] == "finish":
         raw_files = {s["start"]: out / s["file"] for s in manifest["raw_shards"]}
-        shards("shards", "shards", lambda rows: stored(torch.from_numpy(np.load(raw_files[rows.start])), rows),
-               "apply the fitted state")
+        shards("shards", "shards",
+               lambda rows, _: stored(torch.from_numpy(np.load(raw_files[rows.start])), rows), "apply the fitted state")
         manifest["stage"], manifest["raw_shards"] = "finished", []
         write_json(mpath, manifest)
     remove_folder(out / "raw")

@@ -159,10 +159,11 @@ def _check_shard_list(path: Path, manifest: dict) -> None:
 
 
 def write_shards(out: Path, manifest: dict, key: str, folder: Path, n_rows: int, shard_size: int,
-                 make: Callable[[range], np.ndarray], *, desc: str, progress: bool) -> None:
+                 make: Callable[[range, Callable[[int], None]], np.ndarray], *, desc: str, progress: bool) -> None:
     """Write the shards listed under manifest[key] that are not finished yet (resume), one atomic file each.
 
-    `make(rows)` gives the array of a row range. A finished shard must still be what the manifest recorded.
+    `make(rows, advance)` gives the array of a row range and may call `advance(n)` as it goes (the progress bar
+    moves within a shard). A finished shard must still be what the manifest recorded.
     """
     folder.mkdir(exist_ok=True)
     done = {s["start"]: s for s in manifest[key]}
@@ -177,10 +178,17 @@ def write_shards(out: Path, manifest: dict, key: str, folder: Path, n_rows: int,
             continue
         rows = range(start, min(start + shard_size, n_rows))
         path = folder / f"shard-{i:05d}.npy"
-        sha = atomic_save(path, make(rows))
+        ticked = 0
+
+        def advance(n: int) -> None:
+            nonlocal ticked
+            ticked += n
+            bar.update(n)
+
+        sha = atomic_save(path, make(rows, advance))
+        bar.update(len(rows) - ticked)
         manifest[key].append({"file": str(path.relative_to(out)), "start": start, "rows": len(rows), "sha256": sha})
         write_json(out / MANIFEST, manifest)
-        bar.update(len(rows))
     bar.close()
 
 

@@ -257,21 +257,39 @@ def _copy_doc(rng: random.Random) -> str:
     return "\n".join(f"{x} -> {x}" for x in (_copy_line(rng) for _ in range(rng.randint(4, 14))))
 
 
+def _check_shape(mentions: tuple[int, int], facts_per_doc: tuple[int, int], distractors: int) -> None:
+    """Refuse corpus shapes make_world cannot draw (a fact has at most 4 distinct statement templates)."""
+    for name, (lo, hi), top in (("mentions", mentions, 4), ("facts_per_doc", facts_per_doc, None)):
+        if not 1 <= lo <= hi or (top is not None and hi > top):
+            raise AttrilensError(f"{name} must be (lo, hi) with 1 <= lo <= hi{' <= 4' if top else ''}, got "
+                                 f"{(lo, hi)}. Fix the arguments.")
+    if distractors not in (0, 1, 2):
+        raise AttrilensError(f"distractors must be 0, 1 or 2, got {distractors}. Fix the arguments.")
+
+
 def make_world(out: Path, seed: int = 0, n_entities: int = 80, n_train_episodes: int = 2000,
                n_heldout_episodes: int = 200, n_copy_docs: int = 400, n_copy_eval: int = 200,
                questions_per_episode: int = 3, fact_repeats: int = 1, relations: list[str] | None = None,
-               episode_seed: int | None = None) -> dict:
+               episode_seed: int | None = None, mentions: tuple[int, int] = (1, 3),
+               facts_per_doc: tuple[int, int] = (1, 3), distractors: int = 2) -> dict:
     """Write a seeded fact world into ``out`` (created if needed) and return a summary of counts.
 
     ``fact_repeats`` puts every fact document that many times into ``train.jsonl`` (ids ``doc-00042~2`` for
     repeats) so that memorisation and in-context reading can share one training run. Half of the held-out
     episodes have contexts of at least 20 sentences. ``episode_seed`` draws the episodes and copy lines from their
     own seed: the same entities, facts, corpus and queries with fresh episodes (for continued training).
+
+    The corpus' shape: every fact is stated ``mentions`` = (lo, hi) times (each with a different template, so
+    hi <= 4), a document groups ``facts_per_doc`` = (lo, hi) statements of one entity, plus one subject distractor
+    sentence (``distractors`` >= 1) and, half the time, a relation distractor (``distractors`` >= 2). E.g.
+    ``mentions=(2, 2), facts_per_doc=(1, 1), distractors=1``: two-sentence documents, two per fact. The defaults
+    write what earlier versions wrote, byte for byte.
     """
     if n_entities < 1:
         raise AttrilensError(f"n_entities must be positive, got {n_entities}. Pass n_entities >= 1.")
     if min(n_train_episodes, n_heldout_episodes, n_copy_docs, n_copy_eval) < 0 or fact_repeats < 1:
         raise AttrilensError("Episode/copy counts must be >= 0 and fact_repeats >= 1. Fix the arguments.")
+    _check_shape(mentions, facts_per_doc, distractors)
     rels = list(relations) if relations is not None else list(RELATIONS)
     unknown = [r for r in rels if r not in RELATIONS]
     if unknown or not rels:
@@ -286,34 +304,35 @@ def make_world(out: Path, seed: int = 0, n_entities: int = 80, n_train_episodes:
     pools = {r: [names.value(r) for _ in range(pool_size)] for r in rels}
     facts = [_Fact(e, r, rng.choice(pools[r])) for e in entities for r in rels]
 
-    # Mentions: each fact stated 1–3 times with different templates, grouped per entity into documents.
+    # Mentions: each fact stated `mentions` (default 1–3) times with different templates, grouped per entity into
+    # documents of `facts_per_doc` statements.
     docs: list[dict] = []  # {"sentences": [...], "facts": [fact indices], "templates": {fact: template}}
     for ei, entity in enumerate(entities):
-        mentions = []
+        stated: list[tuple[int, int]] = []
         for ri, rel in enumerate(rels):
             fi = ei * len(rels) + ri
-            for t in rng.sample(range(len(RELATIONS[rel]["statements"])), rng.randint(1, 3)):
-                mentions.append((fi, t))
-        rng.shuffle(mentions)
+            for t in rng.sample(range(len(RELATIONS[rel]["statements"])), rng.randint(*mentions)):
+                stated.append((fi, t))
+        rng.shuffle(stated)
         groups: list[list[tuple[int, int]]] = []
-        while mentions:
-            size = rng.randint(1, 3)
+        while stated:
+            size = rng.randint(*facts_per_doc)
             group: list[tuple[int, int]] = []
             rest = []
-            for m in mentions:
+            for m in stated:
                 if len(group) < size and all(m[0] != g[0] for g in group):
                     group.append(m)
                 else:
                     rest.append(m)
             groups.append(group)
-            mentions = rest
+            stated = rest
         for group in groups:
             sents = [RELATIONS[facts[fi].relation]["statements"][t].format(e=entity, v=facts[fi].value)
                      for fi, t in group]
-            distractors = [rng.choice(SUBJECT_DISTRACTORS).format(e=entity)]
-            if rng.random() < 0.5:
-                distractors.append(rng.choice(RELATION_DISTRACTORS[facts[group[0][0]].relation]))
-            for d in distractors:
+            extra = [rng.choice(SUBJECT_DISTRACTORS).format(e=entity)] if distractors >= 1 else []
+            if distractors >= 2 and rng.random() < 0.5:
+                extra.append(rng.choice(RELATION_DISTRACTORS[facts[group[0][0]].relation]))
+            for d in extra:
                 sents.insert(rng.randint(0, len(sents)), d)
             docs.append({"text": " ".join(sents), "group": group})
     rng.shuffle(docs)
@@ -366,6 +385,9 @@ def make_world(out: Path, seed: int = 0, n_entities: int = 80, n_train_episodes:
         "questions_per_episode": questions_per_episode, "fact_repeats": fact_repeats, "n_train": len(train),
         "episode_seed": episode_seed,
     }
+    shape = {"mentions": list(mentions), "facts_per_doc": list(facts_per_doc), "distractors": distractors}
+    if shape != {"mentions": [1, 3], "facts_per_doc": [1, 3], "distractors": 2}:
+        summary["shape"] = shape  # only when not the default, so default worlds stay byte-identical
     write_jsonl(out / "corpus.jsonl", corpus)
     write_jsonl(out / "facts.jsonl", fact_rows)
     write_jsonl(out / "queries.jsonl", query_rows)
