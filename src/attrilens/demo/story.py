@@ -147,7 +147,6 @@ def run_story(out: Path | str, *, max_new_tokens: int = 16, progress: bool = Tru
 
     t = time.perf_counter()
     backend = LensBackend(None, index_dir=index.path, lm=lm)
-    backend._training_index = index  # already open
     comparison = compare(backend, CompareRequest(prompt=question["prompt"], model_text=answer,
                                                  user_text=f" {question['truth']}", top_k=10))
     _log(f"comparison with the true answer: {time.perf_counter() - t:.1f}s")
