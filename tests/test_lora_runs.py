@@ -162,3 +162,18 @@ def test_tracin_on_a_lora_run_sums_lr_weighted_lora_gradient_products_over_its_a
     want = torch.stack(per, 1).mean(1)
     assert not torch.allclose(per[0], per[-1])
     assert np.allclose(idx.scores(q), want.numpy(), rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+
+
+def test_an_index_is_reused_for_the_same_weights_from_another_folder_and_refused_for_other_weights(base_dir, tmp_path):
+    import shutil
+
+    docs = _docs(8, random.randrange(1000))
+    idx = build_index(LM.from_pretrained(base_dir), docs, tmp_path / "idx", method="grad-cos", proj_dim=64,
+                      block_len=12, progress=False)
+    moved = shutil.copytree(base_dir, tmp_path / "elsewhere")  # e.g. a second checkout of the same assets
+    again = build_index(LM.from_pretrained(moved), docs, tmp_path / "idx", method="grad-cos", proj_dim=64,
+                        block_len=12, progress=False)
+    assert again.manifest["shards"] == idx.manifest["shards"]
+    other = tiny_lm("llama", seed=random.randrange(1000, 2000))
+    with pytest.raises(AttrilensError, match="different settings \\(model\\)"):
+        build_index(other, docs, tmp_path / "idx", method="grad-cos", proj_dim=64, block_len=12, progress=False)

@@ -157,7 +157,7 @@ def run_misinfo_benchmark(run_dir: Path | None = None, work: Path | None = None,
         total = sum(labels.values()) or 1
         label_rows.append({"method": label, **{k: round(labels[k] / total, 3) for k in LABELS}})
         rows.append(row)
-        _log(f"{row}")
+        _log(f"{row} {label_rows[-1]}")
     report = Report("misinfo", info={"run": str(run_dir), "planted_answered_wrong": len(wrong),
                                      "correct_scored": len(right), "documents": len(corpus), **machine()})
     report.tables["planted and correct facts: retrieval of the gold documents"] = pd.DataFrame(rows)

@@ -253,6 +253,9 @@ def _differences(old: dict, new: dict, defaults: dict | None = None) -> list[str
         if k == "options" and isinstance(old.get(k), dict):
             was = {**{o: d for o, d in defaults.items() if o not in old[k]}, **old[k]}
             diff += [f"options.{o}" for o in sorted(set(v) | set(was)) if was.get(o) != v.get(o)]
+        elif k == "model" and isinstance(old.get(k), dict) and isinstance(v, dict):
+            if old[k].get("fingerprint") != v.get("fingerprint"):  # the same weights from another folder match
+                diff.append(k)
         elif old.get(k) != v:
             diff.append(k)
     return diff
