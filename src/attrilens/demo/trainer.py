@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from attrilens.demo.resume import load_resume, save_resume
 from attrilens.errors import AttrilensError
 from attrilens.jsonl import load_jsonl
 
@@ -401,38 +402,6 @@ def _named_params(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save_resume(path: Path, model, opt, state: dict) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for name, p in _named_params(model).items():
-        tensors[f"model.{name}"] = p.detach().contiguous()
-        st = opt.state.get(p)
-        if st:
-            tensors[f"exp_avg.{name}"] = st["exp_avg"].contiguous()
-            tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].contiguous()
-            tensors[f"step.{name}"] = torch.as_tensor(st["step"]).reshape(1).clone()
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"state": json.dumps(state)})
-    os.replace(tmp, path)
-
-
-def _load_resume(path: Path, model, opt) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        state = json.loads(f.metadata()["state"])
-        keys = set(f.keys())
-        with torch.no_grad():
-            for name, p in _named_params(model).items():
-                p.copy_(f.get_tensor(f"model.{name}"))
-                if f"exp_avg.{name}" in keys:
-                    opt.state[p] = {"step": f.get_tensor(f"step.{name}").reshape(()),
-                                    "exp_avg": f.get_tensor(f"exp_avg.{name}"),
-                                    "exp_avg_sq": f.get_tensor(f"exp_avg_sq.{name}")}
-    return state
-
-
 def _comparable(d: dict) -> dict:
     """The fields that make two runs the same run (None = unset/older field; new fields at their defaults too)."""
     return {k: v for k, v in d.items() if k not in _RESUME_FREE and v is not None
@@ -556,7 +525,7 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
              "lr": 0.0, "config": config.to_dict()}
     resume_path = out / "resume.safetensors"
     if resume_path.is_file():
-        saved = _load_resume(resume_path, model, opt)
+        saved = load_resume(resume_path, model, opt)
         if _comparable(saved["config"]) != _comparable(config.to_dict()):
             raise AttrilensError(f"{resume_path} belongs to a run with a different config. "
                                  "Delete it to start over, or use another --out.")
@@ -651,7 +620,7 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
             start = last_resume = now
             if capture is not None:
                 capture.flush()  # the rows of every step the resume state covers are on disk
-            _save_resume(resume_path, model, opt, state)
+            save_resume(resume_path, model, opt, state)
     bar.close()
     state["train_seconds"] += time.monotonic() - start
     if target_mode:
@@ -729,7 +698,7 @@ def _save_final(config: TrainConfig, out: Path, model, tok, opt, params: dict, c
     if finished:
         resume_path.unlink(missing_ok=True)
     else:
-        _save_resume(resume_path, model, opt, state)
+        save_resume(resume_path, model, opt, state)
 
 
 def _info(config: TrainConfig, state: dict, plan: _Plan, probe: FactProbe | None, model,
