@@ -127,9 +127,7 @@ def run_misinfo_benchmark(run_dir: Path | None = None, work: Path | None = None,
         for name, queries in (("planted", wrong), ("correct", right)):
             rr, rec = [], []
             for qi, q in enumerate(queries):
-                scores = ensemble.scores(q["prompt"], q["target"])
-                agg = scores.mean(1) if how == "mean" else np.median(scores, 1)
-                order = np.argsort(-agg, kind="stable")
+                order = np.argsort(-ensemble.aggregated_scores(q["prompt"], q["target"]), kind="stable")
                 r, recall, _ = retrieval_metrics(order, first.corpus.docs, q["gold"], k=10)
                 rr.append(r)
                 rec.append(recall)

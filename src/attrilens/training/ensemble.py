@@ -74,6 +74,11 @@ class IndexEnsemble:
                 cols.append(np.concatenate([s for _, s in idx.score_stream(q)])[:, None])
         return np.concatenate(cols, axis=1)
 
+    def aggregated_scores(self, prompt: str, target: str, tokens: Sequence[int] | None = None) -> np.ndarray:
+        """One score per block: the mean or median of `scores`' columns (what `trace` ranks by)."""
+        return aggregate_checkpoints(torch.from_numpy(self.scores(prompt, target, tokens)).double(),
+                                     self.aggregate).numpy()
+
     def trace(self, prompt: str, target: str, tokens: Sequence[int] | None = None, top_k: int = 10) -> TraceResult:
         """Top-k proponents and opponents by the mean (or median) over runs of each block's score."""
         if top_k < 1:
@@ -81,8 +86,7 @@ class IndexEnsemble:
         t0 = time.perf_counter()
         first = self.indexes[0]
         query = first.query(prompt, target, tokens)
-        per = self.scores(prompt, target, tokens)
-        agg = aggregate_checkpoints(torch.from_numpy(per).double(), self.aggregate).numpy()
+        agg = self.aggregated_scores(prompt, target, tokens)
         n = len(agg)
         bi, bs, wi, ws = topk_merge(iter([(0, agg)]), n, min(top_k, n))
         if not first.method.has_opponents:

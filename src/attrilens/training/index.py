@@ -35,6 +35,7 @@ from attrilens.training.distributed import read_corpus, search_ray, write_featur
 from attrilens.training.gradients import Example
 from attrilens.training.methods import TDA_METHODS, Query, TDAMethod
 from attrilens.training.preconditioning import moment_sum
+from attrilens.training.queries import check_query, generated_response
 from attrilens.training.result import TraceHit, TraceResult
 from attrilens.training.search import ScoreStream, finite_scores, topk_merge
 from attrilens.training.store import (
@@ -374,12 +375,7 @@ class TrainingIndex:
         blocked search, or with `use_faiss` the index's FAISS index, or with `ray` exact map-reduce on Ray."""
         cost = Cost()
         t0 = time.perf_counter()
-        if not prompt or not prompt.strip():
-            raise AttrilensError("The query prompt is empty. Pass a non-empty prompt.")
-        if (target is None) == (not generate):
-            raise AttrilensError("Pass exactly one of a target response or generate=True (--target T or --generate).")
-        if top_k < 1:
-            raise AttrilensError(f"top_k must be at least 1, got {top_k}.")
+        check_query(prompt, target, generate, top_k)
         if max_new_tokens < 1:
             raise AttrilensError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         if generate:
@@ -419,12 +415,7 @@ class TrainingIndex:
         """The model's own greedy response to `prompt` (what `trace(generate=True)` attributes)."""
         if not prompt or not prompt.strip():
             raise AttrilensError("The query prompt is empty. Pass a non-empty prompt.")
-        if max_new_tokens < 1:
-            raise AttrilensError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-        target = self.lm.generate(prompt, max_new_tokens=max_new_tokens)
-        if not target:
-            raise AttrilensError("The model generated an empty response. Pass --target instead.")
-        return target
+        return generated_response(self.lm, prompt, max_new_tokens)
 
     def query(self, prompt: str, target: str | None, tokens: Sequence[int] | None = None, *,
               span: tuple[int, int] | None = None) -> TraceQuery:

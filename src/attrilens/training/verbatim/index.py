@@ -34,6 +34,7 @@ import numpy as np
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.results import Cost
+from attrilens.training.queries import check_query, generated_response
 from attrilens.training.store import read_manifest, sha256_file
 from attrilens.training.verbatim.build import (
     DOCUMENT_LINES,
@@ -199,22 +200,13 @@ class VerbatimIndex:
         ceil(0.05 × length) of them (or `max_spans`), each with its count and top_k documents by BM25."""
         t0 = time.perf_counter()
         cost = Cost()
-        if not prompt or not prompt.strip():
-            raise AttrilensError("The query prompt is empty. Pass a non-empty prompt.")
-        if (target is None) == (not generate):
-            raise AttrilensError("Pass exactly one of a target response or generate=True (--target T or --generate).")
+        check_query(prompt, target, generate, top_k)
         if min_len < 1:
             raise AttrilensError(f"min_len must be at least 1 token, got {min_len}.")
-        if top_k < 1:
-            raise AttrilensError(f"top_k must be at least 1, got {top_k}.")
         if max_spans is not None and max_spans < 1:
             raise AttrilensError(f"max_spans must be at least 1, got {max_spans}.")
         if generate:
-            if max_new_tokens < 1:
-                raise AttrilensError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-            target = self.lm.generate(prompt, max_new_tokens=max_new_tokens)
-            if not target:
-                raise AttrilensError("The model generated an empty response. Pass --target instead.")
+            target = generated_response(self.lm, prompt, max_new_tokens)
         if not target or not target.strip():
             raise AttrilensError("The response is empty (or only whitespace). Pass a non-empty --target.")
         try:
