@@ -164,6 +164,28 @@ def test_tracin_on_a_lora_run_sums_lr_weighted_lora_gradient_products_over_its_a
     assert np.allclose(idx.scores(q), want.numpy(), rtol=1e-4, atol=1e-6 * float(want.abs().max()))
 
 
+def test_grad_cos_on_a_lora_run_compares_lora_gradients_and_refuses_an_index_of_the_base_weights(base_dir, tmp_path):
+    from attrilens.training.gradients import Example, Featurizer
+
+    docs = _docs(10, random.randrange(1000))
+    run = finetune_lora(base_dir, docs, tmp_path / "run", epochs=1, batch_size=4, lr=1e-2, progress=False)
+    lm = LM.from_pretrained(run)
+    idx = build_index(lm, docs, tmp_path / "gc", method="grad-cos", proj_dim=None, block_len=12, dtype="float32",
+                      progress=False)
+    assert idx.method.params == "lora" and idx.manifest["weights"] == "lora"
+    f = Featurizer(lm, params="lora", proj_dim=None)
+    rows = torch.nn.functional.normalize(f.features([Example.block(t) for t in idx.corpus.tokens]), dim=1)
+    q = Example.response(lm.encode_prompt("who founded the bank ?"), lm.encode_response(" ada"))
+    want = (rows @ torch.nn.functional.normalize(f.features([q]), dim=1)[0]).numpy()
+    assert np.allclose(idx.scores(q), want, atol=1e-5)
+    manifest = json.loads((tmp_path / "gc" / "manifest.json").read_text())
+    del manifest["weights"]  # an index written before the weights were recorded featurised every linear layer
+    (tmp_path / "gc" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AttrilensError, match="different settings \\(weights\\)"):
+        build_index(lm, docs, tmp_path / "gc", method="grad-cos", proj_dim=None, block_len=12, dtype="float32",
+                    progress=False)
+
+
 def test_an_index_is_reused_for_the_same_weights_from_another_folder_and_refused_for_other_weights(base_dir, tmp_path):
     import shutil
 

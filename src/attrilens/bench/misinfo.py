@@ -31,7 +31,7 @@ from attrilens.jsonl import load_jsonl
 # (row label, method, index options, data orders whose indexes are aggregated (mean/median), aggregate)
 METHODS: tuple[tuple[str, str, dict, tuple[int, ...], str], ...] = (
     ("BM25", "bm25", {}, (0,), "mean"),
-    ("grad-cos (base linear weights)", "grad-cos", {}, (0,), "mean"),
+    ("grad-cos (LoRA)", "grad-cos", {}, (0,), "mean"),
     ("TracIn (LoRA, 2 ckpt + final)", "tracin", {}, (0,), "mean"),
     ("TrackStar (LoRA, order 0)", "trackstar", {}, (0,), "mean"),
     ("TrackStar (mean of orders 0, 1)", "trackstar", {}, (0, 1), "mean"),

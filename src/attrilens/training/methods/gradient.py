@@ -13,7 +13,7 @@ import torch
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
-from attrilens.training.gradients import Example, Featurizer, weight_modules
+from attrilens.training.gradients import Example, Featurizer, has_lora, weight_modules
 from attrilens.training.methods.base import TDAMethod, TDAOptions
 from attrilens.training.projection import ALLOCATIONS, default_proj_dim
 
@@ -37,10 +37,13 @@ class ProjectionOptions(TDAOptions):
 class GradientMethod(TDAMethod):
     """Features = [w_c · g_c(x)] over model views c (one Featurizer each); subclasses choose the views."""
 
-    params: ClassVar[str] = "linear"  # which weights are featurised: every linear layer, or only "lora" matrices
+    # which weights are featurised: "auto" = the LoRA matrices of a model carrying an adapter (what its fine-tuning
+    # trained), else every linear layer; or always "linear" / "lora"
+    params: ClassVar[str] = "auto"
 
     def __init__(self, options: TDAOptions, lm: LM, model_dir: Path | str | None = None, *, batch_size: int = 16):
         super().__init__(options, lm, model_dir, batch_size=batch_size)
+        self.params = self.resolve_params(lm)  # before the views are made
         self.checkpoints: list[tuple[str, float]] = []  # (path, learning rate) of the views, when they are checkpoints
         self.views: list[tuple[Featurizer, float]] = self.make_views()
         self.block_dim = self.views[0][0].dim
@@ -50,7 +53,13 @@ class GradientMethod(TDAMethod):
     @classmethod
     def default_params(cls, lm: LM) -> str:
         """The weights featurised on `lm` by default ("linear" or "lora")."""
+        if cls.params == "auto":
+            return "lora" if has_lora(lm.model) else "linear"
         return cls.params
+
+    def resolve_params(self, lm: LM) -> str:
+        """The weights this instance featurises (its options may override the default)."""
+        return self.default_params(lm)
 
     @classmethod
     def default_proj_dim(cls, lm: LM) -> int:
@@ -84,7 +93,7 @@ class GradientMethod(TDAMethod):
 
     def layout(self) -> dict[str, Any]:
         return {"dim": self.dim, "block_dim": self.block_dim, "n_blocks_per_example": self.n_blocks,
-                "layers": self.layer_slices, "checkpoints": self.checkpoints}
+                "weights": self.params, "layers": self.layer_slices, "checkpoints": self.checkpoints}
 
     @property
     def supports_faiss(self) -> bool:

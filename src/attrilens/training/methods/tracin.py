@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from attrilens.training.checkpoints import (
     require_model_dir,
     saved_checkpoints,
 )
-from attrilens.training.gradients import Featurizer, has_lora
+from attrilens.training.gradients import Featurizer
 from attrilens.training.methods.base import TDA_METHODS
 from attrilens.training.methods.gradient import GradientMethod, ProjectionOptions
 from attrilens.training.search import ScoreStream, checkpoint_dot_stream
@@ -45,15 +44,6 @@ class TracIn(GradientMethod):
     """TracIn: learning-rate-weighted gradient dot products summed over the saved training checkpoints."""
 
     Options = TracInOptions
-
-    def __init__(self, options: TracInOptions, lm: LM, model_dir: Path | str | None = None, *, batch_size: int = 16):
-        self.params = self.default_params(lm)  # before the views are made
-        super().__init__(options, lm, model_dir, batch_size=batch_size)
-
-    @classmethod
-    def default_params(cls, lm: LM) -> str:
-        """The LoRA matrices on a model carrying an adapter (what its fine-tuning trained), else every linear layer."""
-        return "lora" if has_lora(lm.model) else "linear"
 
     def make_views(self) -> list[tuple[Featurizer, float]]:
         """Every saved checkpoint and the final model, each block scaled by √(its learning rate); a LoRA run's

@@ -13,7 +13,6 @@ records which ("second_moments": {"source": "optimizer" | "estimated", ...}).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.training.corpus import Corpus
 from attrilens.training.gradients import Example, Featurizer, has_lora, weight_modules
-from attrilens.training.methods.base import TDA_METHODS, TDAOptions
+from attrilens.training.methods.base import TDA_METHODS
 from attrilens.training.methods.gradient import GradientMethod, ProjectionOptions
 from attrilens.training.moments import (
     MOMENT_KINDS,
@@ -106,10 +105,6 @@ class TrackStar(GradientMethod):
     moments: Moments | None = None  # estimated second moments: by `prepare`, or restored by `load`
     refused_state: str | None = None  # why "auto" did not use the model's optimizer state (it lost its range)
 
-    def __init__(self, options: TDAOptions, lm: LM, model_dir: Path | str | None = None, *, batch_size: int = 16):
-        self.params = self.weights_for(lm, getattr(options, "weights", "auto"))  # before the views are made
-        super().__init__(options, lm, model_dir, batch_size=batch_size)
-
     @staticmethod
     def weights_for(lm: LM, weights: str = "auto") -> str:
         """"lora" or "linear" for the `weights` option (auto: "lora" when the model carries an adapter)."""
@@ -119,6 +114,10 @@ class TrackStar(GradientMethod):
     def default_params(cls, lm: LM) -> str:
         """The weights "auto" featurises on this model (what the default projection size is computed over)."""
         return cls.weights_for(lm)
+
+    def resolve_params(self, lm: LM) -> str:
+        """The weights of the `weights` option."""
+        return self.weights_for(lm, getattr(self.options, "weights", "auto"))
 
     def make_views(self) -> list[tuple[Featurizer, float]]:
         """The final model, its gradients divided by √(second moment) when `correction` is on (optimizer state
@@ -165,7 +164,7 @@ class TrackStar(GradientMethod):
         return info
 
     def layout(self) -> dict[str, Any]:
-        return {**super().layout(), "weights": self.params, "second_moments": self.moments_info}
+        return {**super().layout(), "second_moments": self.moments_info}
 
     @property
     def needs_prepare(self) -> bool:
