@@ -97,6 +97,14 @@ def test_runs_with_other_data_orders_aggregate_to_the_mean_and_median_of_their_s
         assert [h.id for h in res.proponents] == [indexes[0].corpus.docs[i] for i in order]
         assert res.method == f"datainf ({how} of 3 runs)" and res.cost.extra["runs"] == 3
     assert not np.allclose(np.median(per, 1), np.median(runs, 1))  # joint median ≠ median of the runs' means
+    ens, other = IndexEnsemble(indexes, "median"), ("the capital of velmora is", " quenth")
+    both = ens.scores_many([(prompt, target), other])  # one read of the stored gradients for both queries
+    tol = 1e-6 * float(np.abs(per).max())  # float32 products: batched and single differ in the last bits
+    assert np.allclose(both[0], ens.scores(prompt, target), rtol=1e-5, atol=tol)
+    assert np.allclose(both[1], ens.scores(*other), rtol=1e-5, atol=tol) and not np.allclose(both[0], both[1])
+    assert np.allclose(ens.aggregated_scores_many([(prompt, target)])[0], np.median(per, 1), rtol=1e-5, atol=tol)
+    indexes[0].method.row_sq_norms = None  # an index built before the rows' norms were stored: computed on use
+    assert np.allclose(ens.scores(prompt, target), per, rtol=1e-5, atol=tol)
     reopened = IndexEnsemble.open([i.path for i in indexes], "mean")
     assert [h.id for h in reopened.trace(prompt, target, top_k=3).proponents] == \
         [h.id for h in IndexEnsemble(indexes, "mean").trace(prompt, target, top_k=3).proponents]

@@ -64,20 +64,30 @@ class IndexEnsemble:
     def scores(self, prompt: str, target: str, tokens: Sequence[int] | None = None) -> np.ndarray:
         """Scores [blocks, columns]: every run's index scoring the same query with its own model — one column per
         run, or, for a method that scores each saved checkpoint (DataInf), one per run × checkpoint."""
+        return self.scores_many([(prompt, target, tokens)])[0]
+
+    def scores_many(self, queries: Sequence[tuple]) -> np.ndarray:
+        """`scores` of several (prompt, target[, tokens]) queries: [queries, blocks, columns]. DataInf scores them
+        together, in one pair of reads of its (unprojected, large) stored gradients instead of one per query."""
         cols = []
         for idx in self.indexes:
-            q = idx.method.query(idx.query(prompt, target, tokens).query)
-            per_view = getattr(idx.method, "view_score_stream", None)
-            if per_view is not None:
-                cols.append(np.concatenate([p.numpy() for _, p in per_view(idx.shards, q)]))
+            qs = [idx.method.query(idx.query(*q).query) for q in queries]
+            many = getattr(idx.method, "view_score_stream_many", None)
+            if many is not None:
+                per = np.concatenate([p.numpy() for _, p in many(idx.shards, torch.stack(qs))])  # [n, m, ckpt]
+                cols.append(per.transpose(1, 0, 2))
             else:
-                cols.append(np.concatenate([s for _, s in idx.score_stream(q)])[:, None])
-        return np.concatenate(cols, axis=1)
+                cols.append(np.stack([np.concatenate([s for _, s in idx.score_stream(q)]) for q in qs])[:, :, None])
+        return np.concatenate(cols, axis=2)
 
     def aggregated_scores(self, prompt: str, target: str, tokens: Sequence[int] | None = None) -> np.ndarray:
         """One score per block: the mean or median of `scores`' columns (what `trace` ranks by)."""
-        return aggregate_checkpoints(torch.from_numpy(self.scores(prompt, target, tokens)).double(),
-                                     self.aggregate).numpy()
+        return self.aggregated_scores_many([(prompt, target, tokens)])[0]
+
+    def aggregated_scores_many(self, queries: Sequence[tuple]) -> np.ndarray:
+        """`aggregated_scores` of several queries: [queries, blocks]."""
+        per = torch.from_numpy(self.scores_many(queries)).double()
+        return np.stack([aggregate_checkpoints(p, self.aggregate).numpy() for p in per])
 
     def trace(self, prompt: str, target: str, tokens: Sequence[int] | None = None, top_k: int = 10) -> TraceResult:
         """Top-k proponents and opponents by the mean (or median) over runs of each block's score."""

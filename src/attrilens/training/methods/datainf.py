@@ -52,6 +52,7 @@ class DataInf(GradientMethod):
     params = "lora"
     needs_lora = True
     lambdas: torch.Tensor | None = None  # λ_l per layer and checkpoint, fitted by `after_build`
+    row_sq_norms: torch.Tensor | None = None  # ‖g_il‖² [rows, layers × checkpoints] (an older index: on first use)
 
     def featurizer(self, lm: LM, scales: dict[str, torch.Tensor] | None = None) -> Featurizer:
         """The LoRA matrices' full (unprojected) gradients."""
@@ -76,19 +77,29 @@ class DataInf(GradientMethod):
         return [(a + c * self.block_dim, b + c * self.block_dim) for c in range(self.n_blocks) for a, b in groups.values()]
 
     def after_build(self, shards: Shards) -> bool:
-        """λ_l from the stored training features (mean squared norm per layer)."""
-        groups = self.layer_groups()
-        sq = torch.cat([torch.stack([x[:, a:b].double().pow(2).sum(1) for a, b in groups], dim=1)
-                        for _, x in iter_chunks(shards)])
-        self.lambdas = datainf_lambdas(sq, [b - a for a, b in groups], self.options.datainf_scale)
+        """λ_l from the stored training features (mean squared norm per layer); each row's squared norm per layer
+        is kept too (every query's r_l needs them: stored, they are not recomputed per query)."""
+        self.row_sq_norms = self._row_sq_norms(shards)
+        self.lambdas = datainf_lambdas(self.row_sq_norms, [b - a for a, b in self.layer_groups()],
+                                       self.options.datainf_scale)
         return True
 
+    def _row_sq_norms(self, shards: Shards) -> torch.Tensor:
+        """‖g_il‖² per training row and LoRA layer (× checkpoint): [n, layers], float64."""
+        groups = self.layer_groups()
+        return torch.cat([torch.stack([x[:, a:b].double().pow(2).sum(1) for a, b in groups], dim=1)
+                          for _, x in iter_chunks(shards)])
+
     def state(self) -> dict[str, torch.Tensor]:
-        return {} if self.lambdas is None else {"datainf.lambdas": self.lambdas}
+        out = {} if self.lambdas is None else {"datainf.lambdas": self.lambdas}
+        if self.row_sq_norms is not None:
+            out["datainf.row_sq_norms"] = self.row_sq_norms
+        return out
 
     def load(self, state, corpus) -> None:
         if "datainf.lambdas" in state:
             self.lambdas = state["datainf.lambdas"]
+        self.row_sq_norms = state.get("datainf.row_sq_norms")
 
     def check_state(self) -> None:
         if self.lambdas is None:
@@ -107,22 +118,34 @@ class DataInf(GradientMethod):
     def view_score_stream(self, shards: Shards, query: torch.Tensor):
         """(offset, scores [rows, checkpoints]) before the aggregation: what an ensemble of runs aggregates jointly
         over checkpoints × data orders."""
+        for offset, per in self.view_score_stream_many(shards, query[None]):
+            yield offset, per[:, 0]
+
+    def view_score_stream_many(self, shards: Shards, queries: torch.Tensor):
+        """(offset, scores [rows, queries, checkpoints]) of several queries [m, dim] in the same two reads of the
+        shards (a query reads every stored LoRA gradient twice: first for r_l, then for g_il · r_l). Products in
+        float32 from the float16 rows, sums over rows in float64."""
         if self.lambdas is None:
             raise AttrilensError("DataInf's λ is not in this index (its preconditioner.safetensors is missing or "
                                  "was replaced). Rebuild the index.")
-        groups, lam, q = self.layer_groups(), self.lambdas, query
         n = sum(a.shape[0] for _, a in shards)
-        acc = [torch.zeros(b - a, dtype=torch.float64) for a, b in groups]
-        for _, x in iter_chunks(shards):
-            for j, (a, b) in enumerate(groups):
-                g = x[:, a:b].double()
-                c = (g @ q[a:b].double()) / (lam[j] + g.pow(2).sum(1))
-                acc[j] += c @ g
-        rs = [(n * q[a:b].double() - acc[j]) / (n * lam[j]) for j, (a, b) in enumerate(groups)]
+        if self.row_sq_norms is None or len(self.row_sq_norms) != n:
+            self.row_sq_norms = self._row_sq_norms(shards)  # an index built before they were stored
+        groups, lam, sq = self.layer_groups(), self.lambdas, self.row_sq_norms
+        q = queries.float()
+        m = q.shape[0]
+        acc = [torch.zeros(m, b - a, dtype=torch.float64) for a, b in groups]
         for offset, x in iter_chunks(shards):
-            per = torch.zeros(x.shape[0], self.n_blocks, dtype=torch.float64)
+            rows = slice(offset, offset + x.shape[0])
+            for j, (a, b) in enumerate(groups):
+                g = x[:, a:b]
+                c = (g @ q[:, a:b].T).double() / (lam[j] + sq[rows, j, None])  # [rows, m]
+                acc[j] += (c.float().T @ g).double()
+        rs = [((n * q[:, a:b].double() - acc[j]) / (n * lam[j])).float() for j, (a, b) in enumerate(groups)]
+        for offset, x in iter_chunks(shards):
+            per = torch.zeros(x.shape[0], m, self.n_blocks, dtype=torch.float64)
             for (a, b), r in zip(groups, rs, strict=True):
-                per[:, a // self.block_dim] += x[:, a:b].double() @ r
+                per[:, :, a // self.block_dim] += (x[:, a:b] @ r.T).double()
             yield offset, per
 
     @classmethod
