@@ -105,6 +105,12 @@ def test_runs_with_other_data_orders_aggregate_to_the_mean_and_median_of_their_s
     assert np.allclose(ens.aggregated_scores_many([(prompt, target)])[0], np.median(per, 1), rtol=1e-5, atol=tol)
     indexes[0].method.row_sq_norms = None  # an index built before the rows' norms were stored: computed on use
     assert np.allclose(ens.scores(prompt, target), per, rtol=1e-5, atol=tol)
+    manifest = json.loads((indexes[0].path / "manifest.json").read_text())
+    del manifest["weights"]  # written before the weights were recorded: DataInf featurised the LoRA matrices then too
+    (indexes[0].path / "manifest.json").write_text(json.dumps(manifest))
+    again = build_index(LM.from_pretrained(tmp_path / "run0"), docs, tmp_path / "idx0", method="datainf",
+                        block_len=12, dtype="float32", progress=False)
+    assert again.manifest["shards"] == indexes[0].manifest["shards"]
     reopened = IndexEnsemble.open([i.path for i in indexes], "mean")
     assert [h.id for h in reopened.trace(prompt, target, top_k=3).proponents] == \
         [h.id for h in IndexEnsemble(indexes, "mean").trace(prompt, target, top_k=3).proponents]

@@ -137,8 +137,8 @@ def build_index(
             manifest = json.loads(mpath.read_text())
             defaults = {f.name: f.default for f in dataclasses.fields(cls.Options) if f.default is not dataclasses.MISSING}
             diff = _differences({k: manifest.get(k) for k in identity}, identity, defaults)
-            weights = getattr(m, "params", None)  # a gradient method's weights (before they were recorded: linear)
-            if weights is not None and manifest.get("weights", "linear") != weights:
+            weights = getattr(m, "params", None)  # a gradient method's weights, recorded in the manifest since
+            if weights is not None and manifest.get("weights", getattr(m, "legacy_params", weights)) != weights:
                 diff.append("weights")
             if diff:
                 raise AttrilensError(f"{out} holds an index built with different settings ({', '.join(diff)}). Use "

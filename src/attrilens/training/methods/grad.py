@@ -15,6 +15,7 @@ class GradDot(GradientMethod):
     """Dot product of projected loss gradients (no optimizer correction, no preconditioner)."""
 
     Options = ProjectionOptions
+    legacy_params = "linear"  # what an index without "weights" in its manifest featurised (even on an adapter)
 
     @classmethod
     def benchmark_variants(cls, quick: bool) -> list[tuple[str, dict[str, Any]]]:
