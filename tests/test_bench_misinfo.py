@@ -44,7 +44,7 @@ def test_rows_score_every_wrong_and_right_answer_as_one_query_at_a_time_would(ru
     report = run_misinfo_benchmark(run, tmp_path / "work", methods=methods, tail_k=1, progress=False)
     table = report.tables["planted and correct facts: retrieval of the gold documents"].set_index("method")
     labels = report.tables["label mix of the top-10 proponents of the wrong answers"].set_index("method")
-    assert np.allclose(labels[list(LABELS)].sum(axis=1), 1.0)
+    assert np.allclose(labels[list(LABELS)].sum(axis=1), 1.0, atol=2e-3)  # shares rounded to 3 places
     # the planted documents name the country and the planted value, which the query states: BM25 finds them
     assert table.loc["BM25", "planted recall@10"] >= 0.75 and table.loc["BM25", "planted MRR@10"] >= 0.5
     assert np.isfinite(table.loc["DataInf (median of orders 0, 1)", "tail-patch Δlog p (top-1)"])

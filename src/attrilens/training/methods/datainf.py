@@ -92,14 +92,15 @@ class DataInf(GradientMethod):
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {} if self.lambdas is None else {"datainf.lambdas": self.lambdas}
-        if self.row_sq_norms is not None:
-            out["datainf.row_sq_norms"] = self.row_sq_norms
+        if self.row_sq_norms is not None:  # float32 on disk: 4 bytes a row and layer, beside millions of features
+            out["datainf.row_sq_norms"] = self.row_sq_norms.float()
         return out
 
     def load(self, state, corpus) -> None:
         if "datainf.lambdas" in state:
             self.lambdas = state["datainf.lambdas"]
-        self.row_sq_norms = state.get("datainf.row_sq_norms")
+        norms = state.get("datainf.row_sq_norms")
+        self.row_sq_norms = None if norms is None else norms.double()
 
     def check_state(self) -> None:
         if self.lambdas is None:
