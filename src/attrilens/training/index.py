@@ -137,7 +137,8 @@ def build_index(
             manifest = json.loads(mpath.read_text())
             defaults = {f.name: f.default for f in dataclasses.fields(cls.Options) if f.default is not dataclasses.MISSING}
             diff = _differences({k: manifest.get(k) for k in identity}, identity, defaults)
-            weights = getattr(m, "params", None)  # a gradient method's weights, recorded in the manifest since
+            # a gradient method's weights; a manifest written before they were recorded: the method's legacy_params
+            weights = getattr(m, "params", None)
             if weights is not None and manifest.get("weights", getattr(m, "legacy_params", weights)) != weights:
                 diff.append("weights")
             if diff:

@@ -21,7 +21,7 @@ import torch
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.training.corpus import Corpus
-from attrilens.training.gradients import Example, Featurizer, has_lora, weight_modules
+from attrilens.training.gradients import Example, Featurizer, weight_modules
 from attrilens.training.methods.base import TDA_METHODS
 from attrilens.training.methods.gradient import GradientMethod, ProjectionOptions
 from attrilens.training.moments import (
@@ -105,19 +105,10 @@ class TrackStar(GradientMethod):
     moments: Moments | None = None  # estimated second moments: by `prepare`, or restored by `load`
     refused_state: str | None = None  # why "auto" did not use the model's optimizer state (it lost its range)
 
-    @staticmethod
-    def weights_for(lm: LM, weights: str = "auto") -> str:
-        """"lora" or "linear" for the `weights` option (auto: "lora" when the model carries an adapter)."""
-        return ("lora" if has_lora(lm.model) else "linear") if weights == "auto" else weights
-
-    @classmethod
-    def default_params(cls, lm: LM) -> str:
-        """The weights "auto" featurises on this model (what the default projection size is computed over)."""
-        return cls.weights_for(lm)
-
     def resolve_params(self, lm: LM) -> str:
-        """The weights of the `weights` option."""
-        return self.weights_for(lm, getattr(self.options, "weights", "auto"))
+        """The weights of the `weights` option ("auto": GradientMethod's rule — LoRA matrices on an adapter)."""
+        weights = getattr(self.options, "weights", "auto")
+        return self.default_params(lm) if weights == "auto" else weights
 
     def make_views(self) -> list[tuple[Featurizer, float]]:
         """The final model, its gradients divided by √(second moment) when `correction` is on (optimizer state
