@@ -314,13 +314,6 @@ class _Plan:
         return e + (steps - self.starts[e]) / max(1, end - self.starts[e])
 
 
-def _plan(config: TrainConfig, lengths: list[int]) -> tuple[list[list[int]], list[list[list[int]]]]:
-    """Per-epoch document permutations and the batches (lists of rows of document indices) of the whole run."""
-    plan = _Plan(config, lengths)
-    plan.total()
-    return plan.orders, plan.batches
-
-
 def _collate(rows: list[list[int]], docs: list[list[int]], pad_id: int):
     seqs = [[t for i in row for t in docs[i]] for row in rows]
     width = max(len(s) for s in seqs)
