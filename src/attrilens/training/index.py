@@ -35,7 +35,7 @@ from attrilens.training.distributed import read_corpus, search_ray, write_featur
 from attrilens.training.gradients import Example
 from attrilens.training.methods import TDA_METHODS, Query, TDAMethod
 from attrilens.training.preconditioning import moment_sum
-from attrilens.training.queries import check_query, generated_response
+from attrilens.training.queries import check_prompt, check_query, generated_response
 from attrilens.training.result import TraceHit, TraceResult
 from attrilens.training.search import ScoreStream, finite_scores, topk_merge
 from attrilens.training.store import (
@@ -417,15 +417,13 @@ class TrainingIndex:
 
     def generate_target(self, prompt: str, max_new_tokens: int = 24) -> str:
         """The model's own greedy response to `prompt` (what `trace(generate=True)` attributes)."""
-        if not prompt or not prompt.strip():
-            raise AttrilensError("The query prompt is empty. Pass a non-empty prompt.")
+        check_prompt(prompt)
         return generated_response(self.lm, prompt, max_new_tokens)
 
     def query(self, prompt: str, target: str | None, tokens: Sequence[int] | None = None, *,
               span: tuple[int, int] | None = None) -> TraceQuery:
         """Check and tokenise one query: the prompt, the response to attribute and which of its tokens count."""
-        if not prompt or not prompt.strip():
-            raise AttrilensError("The query prompt is empty. Pass a non-empty prompt.")
+        check_prompt(prompt)
         if target is None:
             raise AttrilensError("Pass exactly one of a target response or generate=True (--target T or --generate).")
         if not target:

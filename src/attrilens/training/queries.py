@@ -6,10 +6,15 @@ from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 
 
-def check_query(prompt: str, target: str | None, generate: bool, top_k: int) -> None:
-    """A non-empty prompt, exactly one of a target and generate=True, a positive top_k."""
+def check_prompt(prompt: str) -> None:
+    """A query prompt must have some non-whitespace text."""
     if not prompt or not prompt.strip():
         raise AttrilensError("The query prompt is empty. Pass a non-empty prompt.")
+
+
+def check_query(prompt: str, target: str | None, generate: bool, top_k: int) -> None:
+    """A non-empty prompt, exactly one of a target and generate=True, a positive top_k."""
+    check_prompt(prompt)
     if (target is None) == (not generate):
         raise AttrilensError("Pass exactly one of a target response or generate=True (--target T or --generate).")
     if top_k < 1:
