@@ -24,7 +24,9 @@ from attrilens.training import TrainingIndex, build_index  # noqa: E402
 from attrilens.training.capture import GradientCapture, row_steps, tracin_scores  # noqa: E402
 from attrilens.training.checkpoints import load_checkpoint_lm  # noqa: E402
 from attrilens.training.corpus import Corpus  # noqa: E402
-from attrilens.training.gradients import Example  # noqa: E402
+from attrilens.training.gradients import Example, Featurizer  # noqa: E402
+from attrilens.training.moments import moment_scales, round_moments  # noqa: E402
+from attrilens.training.preconditioning import fit_whitening  # noqa: E402
 from attrilens.training.store import read_manifest  # noqa: E402
 
 TINY = {"layers": 2, "width": 32, "heads": 2, "vocab_size": 320, "seq_len": 48, "batch_size": 3, "lr": 1e-2,
@@ -189,10 +191,135 @@ def test_lora_rows_equal_a_posthoc_build_at_the_adapter_checkpoint(tmp_path):
     assert len(idx.trace("the capital of", target=" quenth", top_k=2).proponents) == 2
 
 
+def _trackstar_run(path: Path, options: dict, eval_queries: list[dict] | None = None):
+    """Four AdamW steps of a tiny Llama on right-padded random rows with a TrackStar capture; returns the capture,
+    the final model, each step's (weights before it, row tokens) and the bias-corrected v̂ after each step."""
+    torch.manual_seed(0)
+    lm = tiny_lm("llama", seed=21)
+    model = lm.model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2, betas=(0.9, 0.99), foreach=False)
+    cap = GradientCapture(path, method="trackstar", proj_dim=320, dtype="float32", shard_size=5, options=options)
+    cap.attach(model, lm.tokenizer, block_len=32, optimizer=opt)
+    g = torch.Generator().manual_seed(8)
+    steps, moments = [], []
+    for step in range(4):
+        rows = [{"input_ids": random_ids(lm, int(n), generator=g)} for n in torch.randint(4, 20, (3,), generator=g)]
+        cap.begin_step(step, 2e-2)
+        steps.append(({k: v.detach().clone() for k, v in model.state_dict().items()}, [r["input_ids"] for r in rows]))
+        model(**_collate(rows)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        t = opt.state[model.lm_head.weight]["step"]
+        v = {n: opt.state[m.weight]["exp_avg_sq"] / (1 - 0.99 ** float(t)) for n, m in cap.featurizer.modules.items()}
+        factored = options.get("moment_kind", "adafactor") == "adafactor"
+        moments.append({n: (x.mean(1), x.mean(0)) for n, x in v.items()} if factored else round_moments(v))
+    cap.close(eval_queries=eval_queries)
+    model.eval()
+    return cap, lm, steps, moments
+
+
+def _featurize_at(lm: LM, weights: dict, moments: dict, tokens: list[list[int]]) -> torch.Tensor:
+    """Corrected, projected per-example gradients of `tokens` at `weights` (the capture's projection, seed 0)."""
+    at = tiny_lm("llama", seed=21)
+    at.model.load_state_dict(weights)
+    fz = Featurizer(at, proj_dim=320, scales=moment_scales(moments, 1e-3))
+    return fz.features([Example.block(t) for t in tokens])
+
+
+@pytest.mark.parametrize("kind", ["adam", "adafactor"])
+def test_trackstar_rows_are_corrected_by_the_moments_of_their_step_and_finished_with_r(tmp_path, kind):
+    torch.set_num_threads(1)
+    raw_cap, lm, steps, moments = _trackstar_run(tmp_path / "raw", {"use_r": False, "unit_norm": False,
+                                                                     "moment_kind": kind})
+    m, raw, rows = _captured(tmp_path / "raw")
+    assert m["second_moments"]["source"] == "optimizer" and m["second_moments"]["kind"] == kind
+    assert row_steps(m).tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    for s, (weights, tokens) in enumerate(steps):
+        got = raw[3 * s : 3 * s + 3]
+        _close(got, _featurize_at(lm, weights, moments[s], tokens).numpy())
+        other = _featurize_at(lm, weights, moments[s - 1] if s else moments[1], tokens).numpy()
+        assert np.abs(got - other).max() > 1e-3 * np.abs(other).max()  # another step's moments: other rows
+
+    queries = [{"prompt": "the capital of", "target": " quenth"}, {"prompt": "who founded", "target": " ada"}]
+    _, final, _, _ = _trackstar_run(tmp_path / "full", {"moment_kind": kind}, eval_queries=queries)
+    m2, finished, _ = _captured(tmp_path / "full")
+    assert m2["complete"] and m2["eval_queries"]["n"] == 2 and 0 <= m2["lambda"] <= 1
+    assert not list((tmp_path / "full" / "shards").glob("shard-*.npy"))  # the raw shards are gone
+    q_examples = [Example.response(final.encode_prompt(q["prompt"]), final.encode_response(q["target"]))
+                  for q in queries]
+    final_fz = Featurizer(final, proj_dim=320, scales=moment_scales(moments[-1], 1e-3))
+    whitening = fit_whitening(torch.from_numpy(raw), final_fz.features(q_examples), damping=1e-2)
+    want = torch.nn.functional.normalize(whitening.apply(torch.from_numpy(raw)), dim=1).numpy()
+    _close(finished, want, 1e-4)
+    idx = TrainingIndex.open(tmp_path / "full", final)
+    q = final_fz.features(q_examples[:1])
+    expect = torch.nn.functional.normalize(whitening.apply(q), dim=1).numpy() @ want.T
+    np.testing.assert_allclose(idx.scores(q_examples[0]), expect[0], atol=1e-4)
+    assert len(idx.trace("the capital of", target=" quenth", top_k=3).proponents) == 3
+
+
+def test_trackstar_capture_in_the_trainers_and_a_hf_trainer(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from attrilens.training.capture import CaptureCallback
+
+    torch.set_num_threads(1)
+    corpus = _write_jsonl(tmp_path / "c.jsonl", _docs(5, 12))
+    cap = GradientCapture(tmp_path / "cap", method="trackstar", proj_dim=256, shard_size=4)
+    out = train(TrainConfig(corpus=corpus, out=tmp_path / "m", arch="llama", epochs=2, **TINY), capture=cap)
+    m, feats, _ = _captured(tmp_path / "cap")
+    assert m["method"] == "trackstar" and m["second_moments"]["source"] == "optimizer" and "lambda" in m
+    assert np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-2)  # float16 rows, unit norm
+    final = LM.from_pretrained(out)
+    assert len(TrainingIndex.open(tmp_path / "cap", final).trace("the capital of", target=" quenth",
+                                                                 top_k=2).proponents) == 2
+    # killed after 3 steps and resumed: the raw rows kept on disk, the same finished index
+    cfg = dict(corpus=corpus, out=tmp_path / "m2", arch="llama", epochs=2, **TINY)
+    train(TrainConfig(max_steps=3, resume_every_steps=1, **cfg),
+          capture=GradientCapture(tmp_path / "cap2", method="trackstar", proj_dim=256, shard_size=4))
+    train(TrainConfig(**cfg), capture=GradientCapture(tmp_path / "cap2", method="trackstar", proj_dim=256,
+                                                      shard_size=4))
+    m2, feats2, _ = _captured(tmp_path / "cap2")
+    assert row_steps(m2).tolist() == row_steps(m).tolist()
+    _close(feats2, feats, 2e-3)  # float16 rows
+
+    base = _gpt2_base(tmp_path / "base")
+    lcap = GradientCapture(tmp_path / "lcap", method="trackstar", proj_dim=128, dtype="float32")
+    lout = finetune_lora(base, _docs(4, 6), tmp_path / "lora", epochs=2, lr=2e-2, batch_size=3, seq_len=32,
+                         keep_checkpoints=0, progress=False, capture=lcap)
+    lm_ = read_manifest(tmp_path / "lcap")
+    assert lm_["weights"] == "lora" and lm_["dim"] == lcap.method.dim
+    TrainingIndex.open(tmp_path / "lcap", LM.from_pretrained(lout)).trace("the capital of", target=" quenth", top_k=2)
+
+    lm = tiny_lm("llama", seed=7)
+    g = torch.Generator().manual_seed(3)
+    data = [{"input_ids": random_ids(lm, int(n), generator=g)} for n in torch.randint(5, 30, (8,), generator=g)]
+    hcap = GradientCapture(tmp_path / "hcap", method="trackstar", proj_dim=256, dtype="float32")
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), learning_rate=1e-2, per_device_train_batch_size=4,
+                             max_steps=2, save_strategy="no", report_to=[], use_cpu=True, logging_strategy="no",
+                             dataloader_num_workers=0, seed=0, disable_tqdm=True)
+    Trainer(model=lm.model, args=args, train_dataset=data, data_collator=_collate,
+            callbacks=[CaptureCallback(hcap, tokenizer=lm.tokenizer, block_len=32)]).train()
+    hm = read_manifest(tmp_path / "hcap")
+    assert hm["complete"] and hm["capture"]["n_steps"] == 2 and hm["second_moments"]["source"] == "optimizer"
+
+
 def test_what_cannot_be_captured_is_refused(tmp_path):
-    for method in ("trackstar", "tracin", "bm25"):
+    for method in ("tracin", "bm25"):
         with pytest.raises(AttrilensError, match="cannot be captured"):
             GradientCapture(tmp_path / "x", method=method)
+    with pytest.raises(AttrilensError, match="moment_sample.*optimizer"):
+        GradientCapture(tmp_path / "x", method="trackstar", options={"moment_sample": 64})
+    with pytest.raises(AttrilensError, match="takes no further options"):
+        GradientCapture(tmp_path / "x", method="grad-dot", options={"damping": 0.1})
+    with pytest.raises(AttrilensError, match="damping must be positive"):
+        GradientCapture(tmp_path / "x", method="trackstar", options={"damping": 0})
+    tl = tiny_lm("llama", seed=2)
+    with pytest.raises(AttrilensError, match="optimizer=opt"):
+        GradientCapture(tmp_path / "t1", method="trackstar").attach(tl.model, tl.tokenizer)
+    head_only = torch.optim.AdamW([tl.model.lm_head.weight])
+    with pytest.raises(AttrilensError, match="does not train .*weight"):
+        GradientCapture(tmp_path / "t2", method="trackstar").attach(tl.model, tl.tokenizer, optimizer=head_only)
     lm = tiny_lm("llama", seed=1)
     g = torch.Generator().manual_seed(9)
     ids = torch.tensor([random_ids(lm, 9, generator=g), random_ids(lm, 9, generator=g)])
@@ -249,16 +376,16 @@ def test_cli_train_capture_then_trace(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(("argv", "fragment"), [
-    (["train", "--corpus", "{corpus}", "--out", "{new}", "--capture", "{cap}", "--capture-method", "trackstar"],
+    (["train", "--corpus", "{corpus}", "--out", "{new}", "--capture", "{cap}", "--capture-method", "datainf"],
      "cannot be captured"),
     (["train", "--corpus", "{corpus}", "--out", "{new}", "--capture", "{file}"], "--capture"),
     (["train", "--corpus", "{corpus}", "--out", "{new}", "--capture", "{cap}", "--capture-proj-dim", "-3"],
      "proj_dim"),
     (["bench", "capture", "--steps", "0"], "--steps"),
     (["bench", "capture", "--repeats", "0"], "--repeats"),
-    (["bench", "capture", "--method", "trackstar"], "--method"),
+    (["bench", "capture", "--method", "datainf"], "--method"),
     (["bench", "capture", "--proj-dim", "0"], "--proj-dim"),
-], ids=["train/capture-trackstar", "train/capture-is-a-file", "train/capture-proj-dim", "bench/steps-0", "bench/repeats-0", "bench/method",
+], ids=["train/capture-datainf", "train/capture-is-a-file", "train/capture-proj-dim", "bench/steps-0", "bench/repeats-0", "bench/method",
         "bench/proj-dim-0"])
 def test_cli_bad_input_is_one_line_and_exit_2(argv, fragment, tmp_path, monkeypatch, capsys):
     import sys

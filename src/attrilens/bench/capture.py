@@ -68,31 +68,34 @@ def alternating_steps(steps: int, method: str, proj_dim: int | None) -> dict[str
     cap = GradientCapture(tempfile.mkdtemp(prefix="attrilens-bench-capture-"), method=method,
                           proj_dim="auto" if proj_dim is None else proj_dim)
     model.train()
-    cap.attach(model, tok, block_len=512)
+    cap.attach(model, tok, block_len=512, optimizer=opt)
 
-    def step() -> tuple[float, float]:
+    def step(captured: bool) -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if captured:  # ends the capture's step: TrackStar featurises its rows now, with the moments of this update
+            cap.pause()
         return time.perf_counter() - t0, time.process_time() - c0
 
     from torch.utils.flop_counter import FlopCounterMode
 
     flops = []
+    cap.pause()
     for on in (False, True):  # exact matmul FLOPs of one step (what the load cannot change)
-        cap.resume() if on else cap.pause()
+        if on:
+            cap.resume()
         with FlopCounterMode(display=False) as counter:
-            step()
+            step(on)
         flops.append(counter.get_total_flops())
     plain, captured, hooks = [], [], []
     for s in range(steps):
-        cap.pause()
-        plain.append(step())
+        plain.append(step(False))
         cap.resume()
         cap.begin_step(s, 1e-5)
         h0 = cap.seconds
-        captured.append(step())
+        captured.append(step(True))
         hooks.append(cap.seconds - h0)
     cap.close()
     p, c = statistics.median(w for w, _ in plain), statistics.median(w for w, _ in captured)
@@ -174,8 +177,8 @@ def run_benchmark(steps: int = 20, repeats: int = 2, lora: bool = True, proj_dim
         manifest = json.loads((cap_dir / "manifest.json").read_text())
         from attrilens.training.methods import TDA_METHODS
 
-        cls = TDA_METHODS.get(manifest["method"])
-        m = cls(cls.make_options(**manifest["options"]), lm)
+        cls = TDA_METHODS.get(manifest["method"])  # TrackStar: corrected by the saved optimizer state
+        m = cls(cls.make_options(**manifest["options"]), lm, Path(extra["index"]).parent / "model")
         t0 = time.perf_counter()
         m.featurize([Example.block(t) for t in rows.tokens])
         second = time.perf_counter() - t0

@@ -64,7 +64,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         capture: Annotated[Path | None, typer.Option(help="Also write a training-data index here, captured from the "
                                                          "training's own backward pass: one row per training "
                                                          "sequence per step (open it with `attrilens trace`).")] = None,
-        capture_method: Annotated[str, typer.Option(help="Method of the --capture index: grad-dot or grad-cos.")] = "grad-dot",
+        capture_method: Annotated[str, typer.Option(help="Method of the --capture index: grad-dot, grad-cos or trackstar (each step's rows corrected by the AdamW moments after its update; R fitted at the end).")] = "grad-dot",
         capture_proj_dim: Annotated[int | None, typer.Option(help="Projected features of the --capture index (default: "
                                                                   "as `attrilens index build`).")] = None,
     ) -> None:

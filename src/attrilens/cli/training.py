@@ -294,7 +294,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         lora_steps: Annotated[int, typer.Option(help="LoRA training steps per run (its steps are short).")] = 100,
         proj_dim: Annotated[int | None, typer.Option(help="Projected features of the captured index (default: "
                                                           "as `attrilens index build`).")] = None,
-        method: Annotated[str, typer.Option(help="Captured method: grad-dot or grad-cos.")] = "grad-dot",
+        method: Annotated[str, typer.Option(help="Captured method: grad-dot, grad-cos or trackstar.")] = "grad-dot",
         out: Annotated[Path | None, typer.Option(help="Also write the report here (capture-bench.md and .json).")] = None,
         as_json: JsonFlag = False,
     ) -> None:

@@ -117,7 +117,7 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     t0 = time.perf_counter()
     if capture is not None:
-        capture.attach(peft_model, tok, block_len=seq_len, first_step=first, name=str(out))
+        capture.attach(peft_model, tok, block_len=seq_len, first_step=first, name=str(out), optimizer=opt)
     peft_model.train()
     bar = tqdm(total=total, initial=first, desc="lora", file=sys.stderr, disable=not progress)
     step_lr = lr

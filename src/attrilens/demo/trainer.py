@@ -525,7 +525,7 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
         state = {**state, **saved, "config": config.to_dict()}
 
     if capture is not None:
-        capture.attach(model, tok, block_len=config.seq_len, first_step=state["step"], name=str(out))
+        capture.attach(model, tok, block_len=config.seq_len, first_step=state["step"], name=str(out), optimizer=opt)
     plan.has(0)
     eval_every = config.eval_every or _default_eval_every(probe, sample, len(plan.batches), sum(lengths))
     state["eval_every"] = eval_every

@@ -25,10 +25,19 @@ the query's gradient is taken there).
 
 Methods: grad-dot and grad-cos (their stored features are the gradient itself, whatever the parameters). TracIn
 (Σ_s η_s ⟨g_s(z), g_s(q)⟩) is `tracin_scores`: Σ over a document's rows of η_s · grad-dot score, the query's
-gradient fixed at the final model (the exact TracIn needs the query's gradient at every step). TrackStar divides
-each gradient by √(Adam second moment) before projecting, with the moments at the end of training, which the steps
-before the last did not have: a projected row cannot be corrected afterwards, so it is refused — build it post hoc
-from the saved model and its optimizer.safetensors (as DataInf and BM25).
+gradient fixed at the final model (the exact TracIn needs the query's gradient at every step).
+
+TrackStar (as Bergson's training-time collector does, with the moments of the step itself): a row's gradient is
+divided by √(v̂ + ε·mean v̂) before projecting, v̂ the optimizer's Adam second moment after that step's update,
+bias-corrected (v / (1 − β2^t): rows of early and late steps on one scale) — the preconditioner the update of
+that step was divided by; by default (moment_kind "adafactor", as TrackStar's estimate) v̂ as its row and column
+means, r cᵀ / mean(r), so the factored featurisation applies and no per-example gradient is formed; "adam" divides
+elementwise (each row's per-layer gradient formed: slower). The layer's x and δ are kept until the optimizer has stepped (the next `begin_step`,
+`flush` or `close`): one step's activations, as the training itself holds. R is fitted at `close` from the
+captured rows (Σ ΦᵀΦ when there are more rows than features, as a distributed build reduces it; R_eval from
+optional eval queries at the final model), and the rows are finished (R^(−1/2), unit norm) into the index then;
+queries are corrected with the final v̂, stored in the index. A post-hoc build differs: it corrects every
+document with the final moments at the final model. DataInf and BM25 are built after training.
 """
 
 from __future__ import annotations
@@ -48,11 +57,25 @@ from transformers import TrainerCallback
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.training.corpus import Corpus
+from attrilens.training.gradients import FactoredScale
+from attrilens.training.index import eval_examples, fit_on_raw_shards
 from attrilens.training.methods import TDA_METHODS, GradientMethod
+from attrilens.training.moments import moment_scales, round_moments
 from attrilens.training.projection import ALLOCATIONS
-from attrilens.training.store import INDEX_SCHEMA, MANIFEST, atomic_save, to_dtype, write_json
+from attrilens.training.store import (
+    INDEX_SCHEMA,
+    MANIFEST,
+    PRECONDITIONER,
+    atomic_save,
+    save_tensors,
+    sha256_file,
+    to_dtype,
+    write_json,
+)
 
-CAPTURE_METHODS = ("grad-dot", "grad-cos")
+CAPTURE_METHODS = ("grad-dot", "grad-cos", "trackstar")
+# TrackStar options about estimating the second moments from a corpus: a capture takes them from the optimizer
+ESTIMATE_OPTIONS = ("second_moments", "moment_sample", "moment_batch")
 CAPTURE_SCHEMA = "attrilens/capture/v1"
 # Largest |G − c_b·(softmax − onehot)| / |G| accepted for a row: float32 noise is ~1e-7; a different loss is O(1).
 LOSS_RESIDUAL = 1e-3
@@ -71,16 +94,23 @@ class _Batch:
     lr: float
     x: dict[str, torch.Tensor] = field(default_factory=dict)
     feats: dict[str, torch.Tensor] = field(default_factory=dict)
+    saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # (x, δ) kept for a correction
     scale: torch.Tensor | None = None  # c_b per row
+
+    @property
+    def arrived(self) -> int:
+        """Layers whose output gradient has come back in this backward pass."""
+        return len(self.feats) + len(self.saved)
 
 
 class GradientCapture:
-    """Writes a grad-dot / grad-cos index of every training sequence of every step, from the training's own backward.
+    """Writes a grad-dot / grad-cos / TrackStar index of every training sequence of every step, from the training's
+    own backward.
 
     Usage in a training loop (what `demo.trainer.train(..., capture=)` and `demo.lora.finetune_lora` do):
 
         cap = GradientCapture("idx", method="grad-dot", proj_dim=4096)
-        cap.attach(model, tokenizer, block_len=seq_len)
+        cap.attach(model, tokenizer, block_len=seq_len, optimizer=opt)   # optimizer: TrackStar's correction
         for step, batch in enumerate(batches):
             cap.begin_step(step, lr, names=[...])    # which documents the rows are (optional)
             model(input_ids=..., attention_mask=..., labels=...).loss.backward()
@@ -92,12 +122,13 @@ class GradientCapture:
     """
 
     def __init__(self, out: Path | str, *, method: str = "grad-dot", proj_dim: int | str | None = "auto", seed: int = 0,
-                 allocation: str = "proportional", shard_size: int = 1024, dtype: str = "float32"):
+                 allocation: str = "proportional", shard_size: int = 1024, dtype: str = "float32",
+                 options: dict[str, Any] | None = None):
+        """`options`: the method's other options (TrackStar's correction, use_r, unit_norm, damping, lam, k,
+        moment_eps, weights)."""
         name = method.replace("_", "-")
         if name not in CAPTURE_METHODS:
-            why = {"trackstar": "its Adam correction needs the second moments at the end of training, before the "
-                                "projection",
-                   "tracin": "capture grad-dot and sum a document's rows with tracin_scores: TracIn over every step"
+            why = {"tracin": "capture grad-dot and sum a document's rows with tracin_scores: TracIn over every step"
                    }.get(name, "its features are not one loss gradient per example")
             raise AttrilensError(f"Method {method!r} cannot be captured during training ({why}). Capture one of "
                                  f"{', '.join(CAPTURE_METHODS)}, or build {method} after training with "
@@ -111,7 +142,19 @@ class GradientCapture:
                                  f"{proj_dim!r}.")
         if allocation not in ALLOCATIONS:
             raise AttrilensError(f"Unknown projection allocation {allocation!r}. Use one of {', '.join(ALLOCATIONS)}.")
+        options = dict(options or {})
+        fixed = [k for k in ("proj_dim", "seed", "allocation", "block_len") if k in options]
+        estimate = [k for k in ESTIMATE_OPTIONS if k in options]
+        if fixed or estimate:
+            why = (f"{fixed[0]} is an argument of GradientCapture (or attach's block_len)" if fixed else
+                   f"{estimate[0]} is about estimating the second moments from a corpus; a capture reads them from "
+                   "the training's optimizer")
+            raise AttrilensError(f"Option {(fixed + estimate)[0]!r} cannot be passed in options: {why}. Remove it.")
+        if options and name != "trackstar":
+            raise AttrilensError(f"{name} takes no further options (got {', '.join(options)}). Remove them.")
+        TDA_METHODS.get(name).make_options(**options)  # an unknown option or a bad value fails here
         self.out = Path(out)
+        self.options = options
         self.method_name, self.proj_dim, self.seed, self.allocation = name, proj_dim, seed, allocation
         self.shard_size, self.dtype = shard_size, dtype
         self.method: GradientMethod | None = None
@@ -125,12 +168,18 @@ class GradientCapture:
         self.seconds = 0.0  # time spent in the capture's own hooks and writes
         self.discarded = 0  # training-mode forwards that had no backward (not trained on, not captured)
         self.partial = 0  # rows whose loss skipped some of their tokens (labels -100 inside the row)
+        self.optimizer: torch.optim.Optimizer | None = None  # whose second moments correct TrackStar's rows
+        self._deferred: list[_Batch] = []  # backward passes waiting for the optimizer's step (their correction)
+        self._moments: dict[str, torch.Tensor] | None = None  # the last bias-corrected v̂ used, rounded
+        self._moment_step = 0  # the optimizer's step count of those moments
 
     # ------------------------------------------------------------------ setup
     def attach(self, model: torch.nn.Module, tokenizer, *, block_len: int | None = None, first_step: int = 0,
-               name: str | None = None, lookup: Callable[[list[int]], str] | None = None) -> None:
+               name: str | None = None, lookup: Callable[[list[int]], str] | None = None,
+               optimizer: torch.optim.Optimizer | None = None) -> None:
         """Hook `model` (in place; its training flag is kept) and open the index directory; a capture left unfinished
-        there by an interrupted run of the same settings keeps its rows of steps before `first_step` (resume)."""
+        there by an interrupted run of the same settings keeps its rows of steps before `first_step` (resume).
+        `optimizer`: the training's Adam(W), whose second moments correct TrackStar's rows (required then)."""
         if self.method is not None:
             raise AttrilensError("This capture is already attached to a model. Use one GradientCapture per run.")
         training = model.training
@@ -142,9 +191,16 @@ class GradientCapture:
         cls = TDA_METHODS.get(self.method_name)
         proj_dim = cls.default_proj_dim(lm) if self.proj_dim == "auto" else self.proj_dim
         block_len = lm.max_length if block_len is None else block_len
-        opts = cls.make_options(proj_dim=proj_dim, seed=self.seed, allocation=self.allocation, block_len=block_len)
+        opts = cls.make_options(proj_dim=proj_dim, seed=self.seed, allocation=self.allocation, block_len=block_len,
+                                **self.options)
         self.lm, self.method, self._lookup = lm, cls(opts, lm), lookup
         self.featurizer = self.method.views[0][0]
+        if self.corrects:  # the moments are the optimizer's, read at every step (not estimated from a corpus)
+            self.method.moments_source = "optimizer"
+        self._raw = self.method.needs_fit  # rows stay raw (float32) until R is fitted at close
+        if self.corrects:
+            self._check_optimizer(optimizer)
+        self.optimizer = optimizer
         self._open(first_step)
         self._step = first_step
         self._model = model
@@ -166,9 +222,67 @@ class GradientCapture:
             h.remove()
         self._handles = []
 
+    @property
+    def corrects(self) -> bool:
+        """Whether rows are divided by the optimizer's second moments (TrackStar with its correction on)."""
+        return self.method_name == "trackstar" and bool(getattr(self.method.options, "correction", False))
+
+    def _check_optimizer(self, optimizer) -> None:
+        """The optimizer must be Adam-like and train every featurised weight (its v corrects the rows)."""
+        if optimizer is None:
+            raise AttrilensError("A TrackStar capture divides each step's gradients by the optimizer's second moments: "
+                                 "pass the optimizer, attach(..., optimizer=opt) (the trainers and CaptureCallback "
+                                 "do), or capture with options={'correction': False}.")
+        trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        for n, m in self.featurizer.modules.items():
+            if id(m.weight) not in trained:
+                raise AttrilensError(f"The optimizer does not train {n}.weight, so it has no second moment to correct "
+                                     "its gradient with. Featurise the trained weights (options={'weights': 'lora'} "
+                                     "on an adapter) or capture with options={'correction': False}.")
+
+    def _optimizer_moments(self) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """v̂ = v / (1 − β2^t) of every featurised weight from the optimizer's state now, (out, in), rounded as the
+        index stores moments; with moment_kind "adafactor" its row and column means (the factored fast path)."""
+        opt = self.optimizer
+        groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+        out, step = {}, 0
+        for n, m in self.featurizer.modules.items():
+            st = opt.state.get(m.weight, {})
+            v = st.get("exp_avg_sq")
+            if v is None:
+                raise AttrilensError(f"The optimizer holds no second moment (exp_avg_sq) for {n}.weight: TrackStar's "
+                                     "capture reads Adam's (Adam, AdamW), after the step's update. Use an Adam-family "
+                                     "optimizer, call optimizer.step() before the next begin_step, or capture with "
+                                     "options={'correction': False}.")
+            step = int(st.get("step", 0))
+            beta2 = float(groups[id(m.weight)].get("betas", (0.9, 0.999))[1])
+            v = v.detach().float().cpu()
+            if step > 0 and beta2 < 1:
+                v = v / (1.0 - beta2**step)
+            v = v.T if type(m).__name__ == "Conv1D" else v
+            out[n] = (v.mean(1), v.mean(0)) if self.method.options.moment_kind == "adafactor" else v.contiguous()
+        self._moment_step = step
+        return round_moments(out)
+
+    def _drain(self) -> None:
+        """Featurise the backward passes that waited for the optimizer's step, corrected by its moments now."""
+        if not self._deferred:
+            return
+        t0 = time.perf_counter()
+        self._moments = self._optimizer_moments()
+        self.featurizer.set_scales(moment_scales(self._moments, self.method.options.moment_eps))
+        batches, self._deferred = self._deferred, []
+        for p in batches:
+            with torch.no_grad():
+                raw = torch.cat([self._layer_features(n, *p.saved.pop(n)).float() for n in self.featurizer.modules],
+                                dim=1)
+            self._emit(p, raw / p.scale[:, None])
+        self.seconds += time.perf_counter() - t0
+
     def pause(self) -> None:
         """Stop capturing (hooks removed) until `resume`: steps trained meanwhile have no rows."""
         self._finish_pending()
+        self._drain()
         self.detach()
 
     def resume(self) -> None:
@@ -183,6 +297,7 @@ class GradientCapture:
         """The next micro-batches belong to optimizer step `step` (updates applied before it) at learning rate `lr`;
         `names` are their rows' example names in order (default: the lookup given to `attach`, else a hash)."""
         self._finish_pending()
+        self._drain()  # the previous step's update is applied: its moments correct its rows
         self._step, self._lr = int(step), float(lr)
         self._names = list(names or [])
 
@@ -298,7 +413,7 @@ class GradientCapture:
                                          "captured gradient would not be an index row. Train with the plain causal-LM "
                                          "loss (no label smoothing) or build the index after training.")
             p.scale = c.float().to(g.device)
-        if len(p.feats) == len(self.featurizer.modules):
+        if p.arrived == len(self.featurizer.modules):
             self._finish_batch(p)
         self.seconds += time.perf_counter() - t0
 
@@ -308,31 +423,47 @@ class GradientCapture:
         P_L (Σ_t δ_t (P_R x_t)ᵀ) costs T·k_i·(out + in) + k_o·out·k_i — 12× less for the demo model's unembedding
         (out 2048, k_o 180, k_i 11). The same numbers up to float32 rounding (associativity)."""
         proj = self.featurizer.projections[name]
-        if self.featurizer.scales is not None or proj.left is None:
-            return self.featurizer.layer_features(name, x, delta)
+        scale = self.featurizer.scales[name] if self.featurizer.scales is not None else None
+        if proj.left is None or (scale is not None and not isinstance(scale, FactoredScale)):
+            return self.featurizer.layer_features(name, x, delta)  # elementwise scales: per-example G is formed
+        x, delta = x.float(), delta.float()
+        if scale is not None:  # a row × column correction diag(r) G diag(c): folded into δ and x
+            delta, x = delta * scale.row.to(delta.device), x * scale.col.to(x.device)
         (k_o, out), (k_i, inn), t = proj.left.shape, proj.right.shape, x.shape[1]
         factored = t * (out * k_o + inn * k_i + k_o * k_i)
         right_first = t * k_i * (out + inn) + k_o * out * k_i
-        if right_first >= factored:
-            return self.featurizer.layer_features(name, x, delta)
-        b = x.float() @ proj.right.T.to(x.device)  # [B, T, k_i]
-        m = torch.einsum("bto,btj->boj", delta.float(), b)  # [B, out, k_i]
+        if right_first >= factored:  # the featuriser's own order and operations (the same bits)
+            a, b = delta @ proj.left.T.to(delta.device), x @ proj.right.T.to(x.device)
+            return torch.einsum("bto,bti->boi", a, b).reshape(x.shape[0], -1)
+        b = x @ proj.right.T.to(x.device)  # [B, T, k_i]
+        m = torch.einsum("bto,btj->boj", delta, b)  # [B, out, k_i]
         return (proj.left.to(x.device) @ m).reshape(x.shape[0], -1)
 
     def _on_delta(self, p: _Batch, name: str, g: torch.Tensor) -> None:
         t0 = time.perf_counter()
-        with torch.no_grad():
-            p.feats[name] = self._layer_features(name, p.x.pop(name), g).float()
-        if len(p.feats) == len(self.featurizer.modules) and p.scale is not None:
+        x = p.x.pop(name)
+        if self.corrects:  # the correction is known after the optimizer's step: keep x and δ until then
+            p.saved[name] = (x, g.detach())
+        else:
+            with torch.no_grad():
+                p.feats[name] = self._layer_features(name, x, g).float()
+        if p.arrived == len(self.featurizer.modules) and p.scale is not None:
             self._finish_batch(p)
         self.seconds += time.perf_counter() - t0
 
     def _finish_batch(self, p: _Batch) -> None:
-        raw = torch.cat([p.feats[n] for n in self.featurizer.modules], dim=1) / p.scale[:, None]
+        self._pending = None
+        if self.corrects:
+            self._deferred.append(p)
+            return
+        self._emit(p, torch.cat([p.feats[n] for n in self.featurizer.modules], dim=1) / p.scale[:, None])
+
+    def _emit(self, p: _Batch, raw: torch.Tensor) -> None:
+        """Buffer a batch's rows (features of the per-example loss), finished unless R is still to be fitted."""
         live = (p.counted.sum(1) > 0).tolist()
         keep = [b for b in range(len(live)) if live[b]]  # a row with no counted token has no gradient: no example
         self.partial += sum(int(p.counted[b].sum()) != p.lengths[b] - 1 for b in keep)
-        feats = self.method.finish(raw[keep]).cpu()
+        feats = (raw[keep] if self._raw else self.method.finish(raw[keep])).float().cpu()
         rows = [{"name": p.names[b], "step": p.step, "lr": p.lr, "tokens": p.ids[b, : p.lengths[b]].tolist()}
                 for b in keep]
         if not torch.isfinite(feats).all():
@@ -340,7 +471,6 @@ class GradientCapture:
             raise AttrilensError(f"The captured gradient of {rows[r]['name']} (step {p.step}) contains NaN or inf. "
                                  "Check the training run (the loss diverged?).")
         self._buffer.append((feats.numpy(), rows))
-        self._pending = None
         if sum(len(r) for _, r in self._buffer) >= self.shard_size:
             self._write(full_only=True)
 
@@ -348,11 +478,11 @@ class GradientCapture:
         p = self._pending
         if p is None:
             return
-        if p.feats and p.scale is None and len(p.feats) == len(self.featurizer.modules):
+        if p.arrived and p.scale is None and p.arrived == len(self.featurizer.modules):
             raise AttrilensError("The logits' gradient never arrived in this backward pass: the loss was not computed "
                                  "from the model's logits. Backpropagate the model's causal-LM loss.")
-        if p.feats:  # a backward pass ran but not every layer's gradient came back
-            missing = [n for n in self.featurizer.modules if n not in p.feats]
+        if p.arrived:  # a backward pass ran but not every layer's gradient came back
+            missing = [n for n in self.featurizer.modules if n not in p.feats and n not in p.saved]
             raise AttrilensError(f"The backward pass of step {p.step} gave no gradient for {missing[0]}. Capture a "
                                  "model whose every featurised weight takes part in the loss.")
         self.discarded += 1  # a training-mode forward that was never backpropagated: not trained on
@@ -417,7 +547,8 @@ class GradientCapture:
             k = len(self.manifest["shards"])
             first = sum(s["rows"] for s in self.manifest["shards"])
             path, rpath = self.out / "shards" / f"shard-{k:05d}.npy", self.out / "shards" / f"rows-{k:05d}.json"
-            arr = to_dtype(torch.from_numpy(chunk), self.dtype, [f"{r['name']} (step {r['step']})" for r in meta])
+            arr = to_dtype(torch.from_numpy(chunk), "float32" if self._raw else self.dtype,
+                           [f"{r['name']} (step {r['step']})" for r in meta])
             write_json(rpath, {"rows": meta})
             sha = atomic_save(path, arr)
             self.manifest["shards"].append({"file": f"shards/{path.name}", "start": first, "rows": n, "sha256": sha,
@@ -428,14 +559,57 @@ class GradientCapture:
         self._buffer = [(feats[start:], rows[start:])] if start < len(rows) else []
         self.seconds += time.perf_counter() - t0
 
+    def _finish_trackstar(self, eval_queries: list[dict]) -> list[Path]:
+        """Fit R on the captured raw rows (and the eval queries at the final model), store it and the final moments
+        the queries are corrected with, and write finished shards beside the raw ones; the manifest (written by
+        `close`) switches to them. Returns the raw shard files, to delete once it has."""
+        m, start = self.method, time.perf_counter()
+        if self.corrects:
+            if self._moments is None:
+                raise AttrilensError("No optimizer step was taken while capturing, so there are no second moments to "
+                                     "correct with. Train at least one step, or capture with "
+                                     "options={'correction': False}.")
+            m.use_moments(self._moments, len(self._rows))
+            m.moments_source = "optimizer"
+        manifest, raw_files = self.manifest, []
+        if self._raw:
+            ordered = sorted(manifest["shards"], key=lambda s: s["start"])
+            eval_raw = m.featurize(eval_examples(self.lm, eval_queries)) if eval_queries else None
+            manifest.update(fit_on_raw_shards(m, [self.out / s["file"] for s in ordered], len(self._rows), eval_raw))
+            finished = []
+            for k, s in enumerate(ordered):
+                rows = self._rows[s["start"] : s["start"] + s["rows"]]
+                x = m.finish(torch.from_numpy(np.load(self.out / s["file"]).astype(np.float32, copy=False)))
+                arr = to_dtype(x, self.dtype, [f"{r['name']} (step {r['step']})" for r in rows])
+                path = self.out / "shards" / f"finished-{k:05d}.npy"
+                finished.append({**s, "file": f"shards/{path.name}", "sha256": atomic_save(path, arr)})
+            manifest["shards"], raw_files = finished, [self.out / s["file"] for s in ordered]
+        save_tensors(self.out / PRECONDITIONER, m.state())
+        pre = self.out / PRECONDITIONER
+        manifest["preconditioner"] = {"bytes": pre.stat().st_size, "sha256": sha256_file(pre)}
+        manifest.update(m.layout())
+        manifest["second_moments"] = {"source": None} if not self.corrects else {
+            "source": "optimizer", "captured": True, "kind": m.options.moment_kind, "eps": m.options.moment_eps,
+            "rows": "each step's rows divided by √(v̂ + eps·mean v̂), v̂ = the optimizer's exp_avg_sq after that "
+                    "step's update / (1 − β2^t)" + (" as its row × column means (r cᵀ / mean r)"
+                                                    if m.options.moment_kind == "adafactor" else ""),
+            "queries": f"the same with the final v̂ (optimizer step {self._moment_step}), stored in "
+                       f"{PRECONDITIONER}"}
+        self.seconds += time.perf_counter() - start
+        return raw_files
+
     def flush(self) -> None:
-        """Write every buffered row now (a short shard): what a trainer calls when it saves its resume state."""
+        """Write every buffered row now (a short shard): what a trainer calls when it saves its resume state (after
+        the optimizer's step: a TrackStar capture corrects the last step's rows with the moments it finds now)."""
         self._finish_pending()
+        self._drain()
         self._write()
 
-    def close(self, model_dir: Path | str | None = None) -> Path:
+    def close(self, model_dir: Path | str | None = None, eval_queries: Sequence[dict] | None = None) -> Path:
         """Write the last rows, the corpus of captured sequences and the complete manifest naming the final model
-        (its weights now); remove the hooks. Returns the index directory (`TrainingIndex.open` reads it)."""
+        (its weights now); remove the hooks; for TrackStar, fit R (with `eval_queries` {"prompt", "target"} for
+        R_eval, featurised at the final model) and finish the rows. Returns the index directory (`TrainingIndex.open`
+        reads it)."""
         self.flush()
         self.detach()
         if not self._rows:
@@ -444,6 +618,11 @@ class GradientCapture:
         model = self.lm.model
         training = model.training
         final = LM(model, self.lm.tokenizer, name=str(model_dir) if model_dir else self.lm.name)
+        model.train(training)
+        eval_queries = list(eval_queries or [])
+        if eval_queries and not self.method.uses_eval_queries:
+            raise AttrilensError(f"{self.method_name} takes no eval queries. Pass none.")
+        raw_files = self._finish_trackstar(eval_queries) if self.method_name == "trackstar" else []
         model.train(training)
         tok = self.lm.tokenizer
         rows = self._rows
@@ -468,7 +647,8 @@ class GradientCapture:
             "chat_template": False,
             "corpus": {"fingerprint": corpus.fingerprint, "n_blocks": len(corpus), "n_documents": len(set(corpus.docs)),
                        "block_len": block_len},
-            "eval_queries": {"n": 0, "fingerprint": hashlib.sha256(b"[]").hexdigest()},
+            "eval_queries": {"n": len(eval_queries), "fingerprint": hashlib.sha256(json.dumps(
+                [[q.get("prompt"), q.get("target")] for q in eval_queries]).encode()).hexdigest()},
             "bytes_per_example": self.method.dim * (2 if self.dtype == "float16" else 4),
             "stage": "done", "complete": True,
         })
@@ -485,7 +665,9 @@ class GradientCapture:
             # build of the stored tokens (every token after the first counts) does not reproduce
             "rows_with_partial_loss": self.partial,
         })
-        write_json(self.out / MANIFEST, m)
+        write_json(self.out / MANIFEST, m)  # the one switch to the finished index
+        for f in raw_files:
+            f.unlink(missing_ok=True)
         return self.out
 
 
@@ -550,7 +732,7 @@ class CaptureCallback(TrainerCallback):
             def lookup(tokens: list[int]) -> str:
                 return table.get(tuple(tokens)) or "seq-" + hashlib.sha256(json.dumps(tokens).encode()).hexdigest()[:12]
         self.capture.attach(model, tok, block_len=self.block_len, first_step=state.global_step, name=args.output_dir,
-                            lookup=lookup)
+                            lookup=lookup, optimizer=kwargs.get("optimizer"))
 
     def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         if lr_scheduler is not None:

@@ -156,7 +156,7 @@ def build_index(
         if m.needs_prepare:
             _prepare(m, out, manifest, blocks, progress)
         if cls.stores_features and ray is not None:
-            write_features_ray(m, out, manifest, blocks, _eval_examples(lm, eval_queries), shard_size, dtype,
+            write_features_ray(m, out, manifest, blocks, eval_examples(lm, eval_queries), shard_size, dtype,
                                progress, address=ray, workers=ray_workers, batch_size=batch_size)
         elif cls.stores_features:
             _write_features(m, out, manifest, blocks, eval_queries, shard_size, dtype, progress)
@@ -215,13 +215,8 @@ def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eva
         shards("raw_shards", "raw", lambda rows, advance: raw_rows(rows, advance).numpy().astype(np.float32),
                f"featurise {m.name}")
         ordered = sorted(manifest["raw_shards"], key=lambda s: s["start"])
-        eval_raw = m.featurize(_eval_examples(m.lm, eval_queries)) if eval_queries else None
-        if getattr(m, "fits_moments", False) and len(blocks) >= m.dim:  # R from Σ ΦᵀΦ, as a Ray build reduces it
-            total = sum(moment_sum(torch.from_numpy(np.load(out / s["file"]))) for s in ordered)
-            facts = m.fit_moments(total, len(blocks), eval_raw)
-        else:  # fewer rows than dimensions: the thin form on the raw features is cheaper and gives the same R
-            train_raw = torch.from_numpy(np.concatenate([np.load(out / s["file"]) for s in ordered]))
-            facts = m.fit(train_raw, eval_raw)
+        eval_raw = m.featurize(eval_examples(m.lm, eval_queries)) if eval_queries else None
+        facts = fit_on_raw_shards(m, [out / s["file"] for s in ordered], len(blocks), eval_raw)
         save_tensors(pre, m.state())
         manifest["stage"] = "finish"
         manifest.update(facts)
@@ -235,6 +230,17 @@ def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eva
         manifest["stage"], manifest["raw_shards"] = "finished", []
         write_json(mpath, manifest)
     remove_folder(out / "raw")
+
+
+def fit_on_raw_shards(m: TDAMethod, files: Sequence[Path], n_rows: int, eval_raw: torch.Tensor | None) -> dict:
+    """Fit the method's state (TrackStar's R) on the raw features in `files` (in row order); returns the facts for
+    the manifest. From Σ ΦᵀΦ when there are at least as many rows as dimensions (as a Ray build reduces it), else
+    the thin form on the features themselves (cheaper, the same R)."""
+    if getattr(m, "fits_moments", False) and n_rows >= m.dim:
+        total = sum(moment_sum(torch.from_numpy(np.load(f).astype(np.float32, copy=False))) for f in files)
+        return m.fit_moments(total, n_rows, eval_raw)
+    train_raw = torch.from_numpy(np.concatenate([np.load(f) for f in files]).astype(np.float32, copy=False))
+    return m.fit(train_raw, eval_raw)
 
 
 def _prepare(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, progress: bool) -> None:
@@ -280,7 +286,8 @@ def _default_model_dir(lm: LM) -> Path | None:
     return p if p is not None and p.is_dir() else None
 
 
-def _eval_examples(lm: LM, queries: Sequence[dict]) -> list[Example]:
+def eval_examples(lm: LM, queries: Sequence[dict]) -> list[Example]:
+    """Eval queries ({"prompt", "target"}) as examples whose response tokens count (TrackStar's R_eval)."""
     out = []
     for k, q in enumerate(queries):
         if not q.get("prompt") or not q.get("target"):

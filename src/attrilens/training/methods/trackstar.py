@@ -170,10 +170,11 @@ class TrackStar(GradientMethod):
         examples = [Example.block(corpus.tokens[r], corpus.block_id(r)) for r in order.tolist()]
         moments = estimate_second_moments(self.views[0][0], examples, kind=o.moment_kind, batch_size=o.moment_batch,
                                           progress=progress)
-        self._use_moments(round_moments(moments), len(examples))
+        self.use_moments(round_moments(moments), len(examples))
         return {"second_moments": self.moments_info}
 
-    def _use_moments(self, moments: Moments, rows: int) -> None:
+    def use_moments(self, moments: Moments, rows: int) -> None:
+        """Correct with these second moments (estimated from `rows` examples, or a captured optimizer's)."""
         self.moments, self.moment_rows = moments, rows
         self.moments_source = "estimate"
         self.views[0][0].set_scales(moment_scales(moments, self.options.moment_eps))
@@ -232,7 +233,7 @@ class TrackStar(GradientMethod):
         moments = moments_from_tensors(state)
         if moments:  # the index was built with estimated moments: use exactly those, whatever "auto" finds now
             rows = int(state["moments_rows"][0]) if "moments_rows" in state else self.options.moment_sample
-            self._use_moments(moments, rows)
+            self.use_moments(moments, rows)
 
     def check_state(self) -> None:
         if self.options.use_r and self.whitening is None:
