@@ -373,7 +373,10 @@ class GradientCapture:
                                  "step, so its features cannot be captured. Capture a model whose weights (or "
                                  "inputs) require gradients.")
         logits = output.logits if hasattr(output, "logits") else output[0]
-        logits.register_hook(lambda g: self._on_logits(p, logits.detach(), g))
+        # the hook must not hold `logits` itself: a tensor whose hook refers to it is a reference cycle that keeps
+        # the step's whole autograd graph (its saved activations) alive until a full garbage collection
+        values = logits.detach()
+        logits.register_hook(lambda g: self._on_logits(p, values, g))
 
     def _on_logits(self, p: _Batch, logits: torch.Tensor, g: torch.Tensor) -> None:
         """c_b of each row: at a counted position the logits' gradient is c_b · (softmax − onehot(target)), and at
