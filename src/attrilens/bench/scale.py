@@ -80,7 +80,7 @@ def ann_benchmark(ns: Sequence[int] = (100_000,), d: int = 4096, kinds: Sequence
             t0 = time.perf_counter()
             for i, block in enumerate(synthetic_features(n + half, d, seed)):
                 keep = block[: max(0, n - start)]  # the last `half` rows are fresh queries, not in the index
-                fresh.append(block[len(keep) :])
+                fresh.append(block[len(keep) :].copy())  # a view would keep every block in memory
                 if len(keep):
                     path = root / f"n{n}-{i:05d}.npy"
                     np.save(path, keep)
