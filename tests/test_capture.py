@@ -198,7 +198,8 @@ def _trackstar_run(path: Path, options: dict, eval_queries: list[dict] | None = 
     lm = tiny_lm("llama", seed=21)
     model = lm.model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-2, betas=(0.9, 0.99), foreach=False)
-    cap = GradientCapture(path, method="trackstar", proj_dim=320, dtype="float32", shard_size=5, options=options)
+    cap = GradientCapture(path, method="trackstar", proj_dim=320, dtype="float32", shard_size=5, options=options,
+                          eval_queries=eval_queries)
     cap.attach(model, lm.tokenizer, block_len=32, optimizer=opt)
     g = torch.Generator().manual_seed(8)
     steps, moments = [], []
@@ -213,7 +214,7 @@ def _trackstar_run(path: Path, options: dict, eval_queries: list[dict] | None = 
         v = {n: opt.state[m.weight]["exp_avg_sq"] / (1 - 0.99 ** float(t)) for n, m in cap.featurizer.modules.items()}
         factored = options.get("moment_kind", "adafactor") == "adafactor"
         moments.append({n: (x.mean(1), x.mean(0)) for n, x in v.items()} if factored else round_moments(v))
-    cap.close(eval_queries=eval_queries)
+    cap.close()
     model.eval()
     return cap, lm, steps, moments
 
@@ -341,6 +342,8 @@ def test_what_cannot_be_captured_is_refused(tmp_path):
             GradientCapture(tmp_path / "x", method=method)
     with pytest.raises(AttrilensError, match="moment_sample.*optimizer"):
         GradientCapture(tmp_path / "x", method="trackstar", options={"moment_sample": 64})
+    with pytest.raises(AttrilensError, match="takes no eval queries"):
+        GradientCapture(tmp_path / "x", method="grad-cos", eval_queries=[{"prompt": "a", "target": " b"}])
     with pytest.raises(AttrilensError, match="takes no further options"):
         GradientCapture(tmp_path / "x", method="grad-dot", options={"damping": 0.1})
     with pytest.raises(AttrilensError, match="damping must be positive"):

@@ -67,6 +67,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         capture_method: Annotated[str, typer.Option(help="Method of the --capture index: grad-dot, grad-cos or trackstar (each step's rows corrected by the AdamW moments after its update; R fitted at the end).")] = "grad-dot",
         capture_proj_dim: Annotated[int | None, typer.Option(help="Projected features of the --capture index (default: "
                                                                   "as `attrilens index build`).")] = None,
+        capture_eval_queries: Annotated[Path | None, typer.Option(help="JSONL queries {prompt,target} for a --capture "
+                                                                       "trackstar index's R_eval.")] = None,
     ) -> None:
         """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU until it memorises the facts
         (--target-recall, --max-minutes, --epochs cap); resumable. With --base --lora: LoRA fine-tune."""
@@ -79,7 +81,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
             check_output_dir(capture, "--capture")
             cap = GradientCapture(capture, method=capture_method,
-                                  proj_dim="auto" if capture_proj_dim is None else capture_proj_dim or None)
+                                  proj_dim="auto" if capture_proj_dim is None else capture_proj_dim or None,
+                                  eval_queries=capture_eval_queries)
         if lora or base is not None:
             if base is None or not lora:
                 raise AttrilensError("Fine-tuning needs both --base DIR and --lora. Pass both, or neither to train from scratch.")

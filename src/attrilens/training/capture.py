@@ -55,6 +55,7 @@ import torch
 from transformers import TrainerCallback
 
 from attrilens.errors import AttrilensError
+from attrilens.jsonl import iter_jsonl
 from attrilens.lm import LM
 from attrilens.training.corpus import Corpus
 from attrilens.training.gradients import FactoredScale
@@ -123,9 +124,10 @@ class GradientCapture:
 
     def __init__(self, out: Path | str, *, method: str = "grad-dot", proj_dim: int | str | None = "auto", seed: int = 0,
                  allocation: str = "proportional", shard_size: int = 1024, dtype: str = "float32",
-                 options: dict[str, Any] | None = None):
+                 options: dict[str, Any] | None = None, eval_queries: Sequence[dict] | Path | str | None = None):
         """`options`: the method's other options (TrackStar's correction, use_r, unit_norm, damping, lam, k,
-        moment_eps, weights)."""
+        moment_eps, weights); `eval_queries` ({"prompt", "target"} rows, or a JSONL file of them): TrackStar's
+        R_eval, featurised at the final model when the capture closes."""
         name = method.replace("_", "-")
         if name not in CAPTURE_METHODS:
             why = {"tracin": "capture grad-dot and sum a document's rows with tracin_scores: TracIn over every step"
@@ -152,7 +154,13 @@ class GradientCapture:
             raise AttrilensError(f"Option {(fixed + estimate)[0]!r} cannot be passed in options: {why}. Remove it.")
         if options and name != "trackstar":
             raise AttrilensError(f"{name} takes no further options (got {', '.join(options)}). Remove them.")
-        TDA_METHODS.get(name).make_options(**options)  # an unknown option or a bad value fails here
+        cls = TDA_METHODS.get(name)
+        cls.make_options(**options)  # an unknown option or a bad value fails here
+        if isinstance(eval_queries, (str, Path)):
+            eval_queries = list(iter_jsonl(Path(eval_queries), require=("prompt", "target")))
+        self.eval_queries = list(eval_queries or [])
+        if self.eval_queries and not cls.uses_eval_queries:
+            raise AttrilensError(f"{name} takes no eval queries. Pass none (they are for TrackStar's R_eval).")
         self.out = Path(out)
         self.options = options
         self.method_name, self.proj_dim, self.seed, self.allocation = name, proj_dim, seed, allocation
@@ -610,8 +618,8 @@ class GradientCapture:
 
     def close(self, model_dir: Path | str | None = None, eval_queries: Sequence[dict] | None = None) -> Path:
         """Write the last rows, the corpus of captured sequences and the complete manifest naming the final model
-        (its weights now); remove the hooks; for TrackStar, fit R (with `eval_queries` {"prompt", "target"} for
-        R_eval, featurised at the final model) and finish the rows. Returns the index directory (`TrainingIndex.open`
+        (its weights now); remove the hooks; for TrackStar, fit R (with `eval_queries` {"prompt", "target"}, default
+        the constructor's, for R_eval, featurised at the final model) and finish the rows. Returns the index directory (`TrainingIndex.open`
         reads it)."""
         self.flush()
         self.detach()
@@ -622,7 +630,7 @@ class GradientCapture:
         training = model.training
         final = LM(model, self.lm.tokenizer, name=str(model_dir) if model_dir else self.lm.name)
         model.train(training)
-        eval_queries = list(eval_queries or [])
+        eval_queries = self.eval_queries if eval_queries is None else list(eval_queries)
         if eval_queries and not self.method.uses_eval_queries:
             raise AttrilensError(f"{self.method_name} takes no eval queries. Pass none.")
         raw_files = self._finish_trackstar(eval_queries) if self.method_name == "trackstar" else []
