@@ -59,7 +59,7 @@ from attrilens.jsonl import iter_jsonl
 from attrilens.lm import LM
 from attrilens.training.corpus import Corpus
 from attrilens.training.gradients import FactoredScale
-from attrilens.training.index import eval_examples, fit_on_raw_shards
+from attrilens.training.index import eval_examples, eval_queries_entry, fit_on_raw_shards
 from attrilens.training.methods import TDA_METHODS, GradientMethod
 from attrilens.training.moments import moment_scales, round_moments
 from attrilens.training.projection import ALLOCATIONS
@@ -558,8 +558,7 @@ class GradientCapture:
             k = len(self.manifest["shards"])
             first = sum(s["rows"] for s in self.manifest["shards"])
             path, rpath = self.out / "shards" / f"shard-{k:05d}.npy", self.out / "shards" / f"rows-{k:05d}.json"
-            arr = to_dtype(torch.from_numpy(chunk), "float32" if self._raw else self.dtype,
-                           [f"{r['name']} (step {r['step']})" for r in meta])
+            arr = to_dtype(torch.from_numpy(chunk), "float32" if self._raw else self.dtype, _row_labels(meta))
             write_json(rpath, {"rows": meta})
             sha = atomic_save(path, arr)
             self.manifest["shards"].append({"file": f"shards/{path.name}", "start": first, "rows": n, "sha256": sha,
@@ -570,7 +569,7 @@ class GradientCapture:
         self._buffer = [(feats[start:], rows[start:])] if start < len(rows) else []
         self.seconds += time.perf_counter() - t0
 
-    def _finish_trackstar(self, eval_queries: list[dict]) -> list[Path]:
+    def _finish_trackstar(self) -> list[Path]:
         """Fit R on the captured raw rows (and the eval queries at the final model), store it and the final moments
         the queries are corrected with, and write finished shards beside the raw ones; the manifest (written by
         `close`) switches to them. Returns the raw shard files, to delete once it has."""
@@ -581,17 +580,16 @@ class GradientCapture:
                                      "correct with. Train at least one step, or capture with "
                                      "options={'correction': False}.")
             m.use_moments(self._moments, len(self._rows))
-            m.moments_source = "optimizer"
         manifest, raw_files = self.manifest, []
         if self._raw:
             ordered = sorted(manifest["shards"], key=lambda s: s["start"])
-            eval_raw = m.featurize(eval_examples(self.lm, eval_queries)) if eval_queries else None
+            eval_raw = m.featurize(eval_examples(self.lm, self.eval_queries)) if self.eval_queries else None
             manifest.update(fit_on_raw_shards(m, [self.out / s["file"] for s in ordered], len(self._rows), eval_raw))
             finished = []
             for k, s in enumerate(ordered):
                 rows = self._rows[s["start"] : s["start"] + s["rows"]]
                 x = m.finish(torch.from_numpy(np.load(self.out / s["file"]).astype(np.float32, copy=False)))
-                arr = to_dtype(x, self.dtype, [f"{r['name']} (step {r['step']})" for r in rows])
+                arr = to_dtype(x, self.dtype, _row_labels(rows))
                 path = self.out / "shards" / f"finished-{k:05d}.npy"
                 finished.append({**s, "file": f"shards/{path.name}", "sha256": atomic_save(path, arr)})
             manifest["shards"], raw_files = finished, [self.out / s["file"] for s in ordered]
@@ -616,11 +614,10 @@ class GradientCapture:
         self._drain()
         self._write()
 
-    def close(self, model_dir: Path | str | None = None, eval_queries: Sequence[dict] | None = None) -> Path:
+    def close(self, model_dir: Path | str | None = None) -> Path:
         """Write the last rows, the corpus of captured sequences and the complete manifest naming the final model
-        (its weights now); remove the hooks; for TrackStar, fit R (with `eval_queries` {"prompt", "target"}, default
-        the constructor's, for R_eval, featurised at the final model) and finish the rows. Returns the index directory (`TrainingIndex.open`
-        reads it)."""
+        (its weights now); remove the hooks; for TrackStar, fit R (with the constructor's eval queries, featurised at
+        the final model, for R_eval) and finish the rows. Returns the index directory (`TrainingIndex.open` reads it)."""
         self.flush()
         self.detach()
         if not self._rows:
@@ -630,10 +627,7 @@ class GradientCapture:
         training = model.training
         final = LM(model, self.lm.tokenizer, name=str(model_dir) if model_dir else self.lm.name)
         model.train(training)
-        eval_queries = self.eval_queries if eval_queries is None else list(eval_queries)
-        if eval_queries and not self.method.uses_eval_queries:
-            raise AttrilensError(f"{self.method_name} takes no eval queries. Pass none.")
-        raw_files = self._finish_trackstar(eval_queries) if self.method_name == "trackstar" else []
+        raw_files = self._finish_trackstar() if self.method_name == "trackstar" else []
         model.train(training)
         tok = self.lm.tokenizer
         rows = self._rows
@@ -658,8 +652,7 @@ class GradientCapture:
             "chat_template": False,
             "corpus": {"fingerprint": corpus.fingerprint, "n_blocks": len(corpus), "n_documents": len(set(corpus.docs)),
                        "block_len": block_len},
-            "eval_queries": {"n": len(eval_queries), "fingerprint": hashlib.sha256(json.dumps(
-                [[q.get("prompt"), q.get("target")] for q in eval_queries]).encode()).hexdigest()},
+            "eval_queries": eval_queries_entry(self.eval_queries),
             "bytes_per_example": self.method.dim * (2 if self.dtype == "float16" else 4),
             "stage": "done", "complete": True,
         })
@@ -680,6 +673,11 @@ class GradientCapture:
         for f in raw_files:
             f.unlink(missing_ok=True)
         return self.out
+
+
+def _row_labels(rows: Sequence[dict]) -> list[str]:
+    """How a captured row is named in an error about its features: its example and step."""
+    return [f"{r['name']} (step {r['step']})" for r in rows]
 
 
 def row_steps(manifest: dict) -> np.ndarray:

@@ -109,7 +109,6 @@ def build_index(
     if isinstance(eval_queries, (str, Path)):
         eval_queries = list(iter_jsonl(Path(eval_queries), require=("prompt", "target")))
     eval_queries = list(eval_queries or []) if cls.uses_eval_queries else []
-    eval_fp = hashlib.sha256(json.dumps([[q.get("prompt"), q.get("target")] for q in eval_queries]).encode()).hexdigest()
     identity = {
         "schema": INDEX_SCHEMA,
         "method": cls.name,
@@ -118,7 +117,7 @@ def build_index(
         "model": {"fingerprint": lm.fingerprint(), "name": lm.name},
         "corpus": {"fingerprint": blocks.fingerprint, "n_blocks": len(blocks), "n_documents": len(set(blocks.docs)),
                    "block_len": blocks.block_len},
-        "eval_queries": {"n": len(eval_queries), "fingerprint": eval_fp},
+        "eval_queries": eval_queries_entry(eval_queries),
     }
     t0 = time.perf_counter()
     m = cls(opts, lm, model_dir, batch_size=batch_size)  # bad options fail here, before anything is written
@@ -284,6 +283,12 @@ def _as_corpus(corpus, lm: LM, block_len: int) -> Corpus:
 def _default_model_dir(lm: LM) -> Path | None:
     p = Path(lm.name) if lm.name else None
     return p if p is not None and p.is_dir() else None
+
+
+def eval_queries_entry(queries: Sequence[dict]) -> dict:
+    """The manifest's record of the eval queries an index was fitted with: how many, and a fingerprint."""
+    fp = hashlib.sha256(json.dumps([[q.get("prompt"), q.get("target")] for q in queries]).encode()).hexdigest()
+    return {"n": len(queries), "fingerprint": fp}
 
 
 def eval_examples(lm: LM, queries: Sequence[dict]) -> list[Example]:
