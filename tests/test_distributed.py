@@ -9,6 +9,7 @@ import json
 import random
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ from attrilens.testing import save_with_adam_moments, tiny_lm
 from attrilens.training import distributed
 from attrilens.training.corpus import read_documents
 from attrilens.training.index import build_index
-from attrilens.training.preconditioning import fit_whitening, fit_whitening_moments, moment_sum
+from attrilens.training.preconditioning import Whitening, fit_whitening, fit_whitening_moments, moment_sum
 
 ray = pytest.importorskip("ray")
 torch.set_num_threads(1)  # the actors run with 1 thread each: the local builds compared with them do too
@@ -81,6 +82,46 @@ def test_ray_trackstar_build_equals_the_local_build_byte_for_byte_and_traces_agr
         assert [(h.id, h.block) for h in a.proponents + a.opponents] == [(h.id, h.block) for h in c.proponents + c.opponents]
         assert [h.score for h in c.proponents] == pytest.approx([h.score for h in a.proponents], abs=1e-6)
         assert c.cost.extra["search"] == "ray map-reduce (exact)"
+
+
+def test_worker_reduction_survives_a_restarted_actor_and_agrees_with_the_local_build(cluster, lm, local_builds,
+                                                                                     tmp_path, monkeypatch):
+    """reduce="worker": a running Σ ΦᵀΦ per actor. The actor killed on shard 3 comes back with an empty sum; the
+    driver recomputes the shards no sum covers, so R equals the local build's to float64 summation order."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(distributed, "KILL_ONCE_AT_SHARD", 3)
+    real_map, descs = distributed._Pool.map, []
+    monkeypatch.setattr(distributed._Pool, "map", lambda self, jobs, desc, *a: (descs.append((desc, [j[1] for j in
+                        jobs])) or real_map(self, jobs, desc, *a)))
+    local = local_builds["trackstar"]
+    idx = build_index(lm, _docs(), tmp_path / "ray", method="trackstar", proj_dim=32, eval_queries=QUERIES, ray="local",
+                      ray_workers=1, ray_reduce="worker", **BUILD)
+    assert (tmp_path / "ray" / ".kill-once-3").exists() and idx.manifest["moments_reduce"] == "worker"
+    # one actor, two shards in flight: at least two of shards 0-2 were in its sum when it died on shard 3 (which
+    # Ray ran again on the restarted actor); those are recomputed, so the sum adds in another order than local's
+    again = [shards for desc, shards in descs if desc == "second moments again"]
+    assert len(again) == 1 and len(again[0]) >= 2 and set(again[0]) <= {0, 1, 2}
+    assert idx.manifest["lambda"] == pytest.approx(local.manifest["lambda"], rel=1e-9)
+    wa, wb = (Whitening.from_tensors({k.split(".", 1)[1]: v for k, v in load_file(i.path / "preconditioner.safetensors")
+                                      .items() if k.startswith("whitening.")}) for i in (local, idx))
+    x = torch.randn(9, 32, generator=torch.Generator().manual_seed(4))  # the operator (eigenvectors may rotate
+    ya, yb = wa.apply(x), wb.apply(x)                                    # inside a degenerate eigenspace)
+    assert torch.allclose(ya, yb, rtol=1e-5, atol=1e-6 * float(ya.abs().max()))
+    assert [s["file"] for s in local.manifest["shards"]] == [s["file"] for s in idx.manifest["shards"]]
+    for s in local.manifest["shards"]:
+        x, y = (torch.from_numpy(np.load(p / s["file"]).astype(np.float32)) for p in (local.path, idx.path))
+        assert torch.allclose(x, y, rtol=2e-3, atol=1e-3)  # float16 rows: at most a unit in the last place
+    for q in QUERIES:
+        ta, tb = (i.trace(q["prompt"], target=q["target"], top_k=5) for i in (local, idx))
+        assert [h.id for h in ta.proponents + ta.opponents] == [h.id for h in tb.proponents + tb.opponents]
+
+
+def test_the_reduction_kind_is_chosen_by_the_size_of_one_statistic():
+    assert distributed.resolve_reduce("auto", 4096) == "shard" and distributed.resolve_reduce("auto", 8192) == "worker"
+    assert distributed.resolve_reduce("worker", 32) == "worker"
+    with pytest.raises(AttrilensError, match="Unknown Ray reduction 'tree'. Use one of: auto, shard, worker"):
+        build_index(None, [], "unused", ray="local", ray_reduce="tree")
 
 
 @pytest.mark.parametrize("n,d", [(40, 96), (300, 64)])
@@ -170,7 +211,8 @@ def test_ray_data_reads_jsonl_parquet_and_a_datasets_folder_as_the_local_reader(
 
 
 def test_cli_bad_ray_input_is_one_line_and_exit_2(cluster, lm, tmp_path, monkeypatch, capsys):
-    """An unreachable or malformed address and a corpus without a text column: one line, exit 2, nothing built."""
+    """An unreachable or malformed address, a corpus without a text column, an unknown reduction: one line, exit 2,
+    nothing built."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -180,10 +222,11 @@ def test_cli_bad_ray_input_is_one_line_and_exit_2(cluster, lm, tmp_path, monkeyp
     pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), tmp_path / "bad.parquet")
     for corpus, ray_arg, msg in [("c.jsonl", "127.0.0.1:1", "Cannot reach the Ray cluster at '127.0.0.1:1'"),
                                  ("c.jsonl", "nowhere", "is not a cluster address"),
-                                 ("bad.parquet", "local", "has no 'text' column")]:
+                                 ("bad.parquet", "local", "has no 'text' column"),
+                                 ("c.jsonl", "local --ray-reduce tree", "Unknown Ray reduction 'tree'")]:
         monkeypatch.setattr(sys, "argv", ["attrilens", "index", "build", "--model", lm.name, "--corpus",
                                           str(tmp_path / corpus), "--out", str(tmp_path / "o"), "--method", "grad-dot",
-                                          "--ray", ray_arg])
+                                          "--ray", *ray_arg.split()])
         with pytest.raises(SystemExit) as exc:
             main()
         err = capsys.readouterr().err

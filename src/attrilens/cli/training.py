@@ -176,6 +176,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                      "then be JSONL, Parquet or a datasets save_to_disk folder.")] = None,
         ray_workers: Annotated[int | None, typer.Option(help="Ray actors featurising shards (default: one per GPU, "
                                                              "else one per CPU).")] = None,
+        ray_reduce: Annotated[str, typer.Option(help="How TrackStar's second moments are reduced on Ray: shard (in "
+                                                     "shard order, byte-identical to a local build), worker (one "
+                                                     "running sum per actor: for large --proj-dim) or auto (shard "
+                                                     "up to d = 5792).")] = "auto",
         threads: Annotated[int | None, typer.Option(help="torch threads (1 is fastest on a busy 2-core machine).")] = None,
         chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
@@ -207,7 +211,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                           model_dir=model_dir,
                           eval_queries=eval_queries, shard_size=shard_size, batch_size=batch_size, dtype=dtype,
                           use_faiss=use_faiss or False, faiss_options=_faiss_options(faiss_option), ray=ray,
-                          ray_workers=ray_workers, progress=True, block_len=block_len, **options, **extra)
+                          ray_workers=ray_workers, ray_reduce=ray_reduce, progress=True, block_len=block_len, **options, **extra)
         m = idx.manifest
         emit_summary({"index": str(out), "method": m["method"], "examples": len(idx), "dim": m.get("dim", 0),
                       "shards": len(m.get("shards", [])), "build_seconds": m.get("build_seconds"),

@@ -10,9 +10,16 @@ or a shared filesystem), since workers write the shards where the driver's manif
 
 Same answer as the local path: the actors run the same featurising code on the same blocks (the driver cuts the
 corpus with `make_corpus`), with `threads` torch threads each; the shard files are byte-identical to a local
-build at the same thread count (tests/test_distributed.py checks it). R is fitted from Σ_shards ΦᵀΦ summed in
-shard order on the driver (`fit_whitening_moments`), which the local build also uses once the corpus has at least
-as many blocks as dimensions; with fewer, the local build's thin form gives the same R to float32 rounding.
+build at the same thread count (tests/test_distributed.py checks it). R is fitted from Σ_shards ΦᵀΦ on the driver
+(`fit_whitening_moments`), which the local build also uses once the corpus has at least as many blocks as
+dimensions; with fewer, the local build's thin form gives the same R to float32 rounding.
+
+How Σ ΦᵀΦ is reduced (`reduce`): "shard" returns each shard's d × d sum to the driver, which adds them in shard order
+(the local build's order: byte-identical R); "worker" keeps one running sum per actor and collects each actor's
+once (d × d float64 is 32 GiB at d = 2^16: one per worker, not one per shard in flight). The actors' sums add in
+another order than the local build's, so R agrees with it to float64 summation rounding (relative ~1e-15 of the
+statistic), not bit for bit. A restarted actor loses its sum: the driver recomputes the shards it no longer
+covers from their raw files. "auto" = "shard" while one d × d float64 is at most `SHARD_REDUCE_MAX_BYTES`.
 """
 
 from __future__ import annotations
@@ -49,6 +56,18 @@ from attrilens.training.store import (
 
 RAY_INSTALL = 'pip install "attrilens[ray]"'
 KILL_ONCE_AT_SHARD: int | None = None  # fault injection for the tests: a worker dies once, on this shard
+REDUCE_KINDS = ("auto", "shard", "worker")
+SHARD_REDUCE_MAX_BYTES = 256 * 2**20  # d ≤ 5792: a per-shard d × d float64 statistic is cheap to ship
+
+
+def resolve_reduce(kind: str, dim: int) -> str:
+    """The second-moment reduction a Ray build uses: "shard" (in shard order, byte-identical to the local build) or
+    "worker" (one running sum per actor); "auto" picks by the size of one d × d float64 statistic."""
+    if kind not in REDUCE_KINDS:
+        raise AttrilensError(f"Unknown Ray reduction {kind!r}. Use one of: {', '.join(REDUCE_KINDS)}.")
+    if kind == "auto":
+        return "shard" if dim * dim * 8 <= SHARD_REDUCE_MAX_BYTES else "worker"
+    return kind
 
 
 def _ray():
@@ -158,6 +177,8 @@ class Featuriser:
         cls = TDA_METHODS.get(spec["method"])
         self.m: TDAMethod = cls(cls.make_options(**spec["options"]), lm, spec["model_dir"], batch_size=spec["batch_size"])
         self.out = Path(spec["out"])
+        self.moments: torch.Tensor | None = None  # reduce="worker": this actor's running Σ ΦᵀΦ, and its shards
+        self.moment_starts: list[int] = []
 
     def pid(self) -> int:
         """This worker's process id (the tests kill it)."""
@@ -179,20 +200,38 @@ class Featuriser:
                 os._exit(1)
         raw_file = self.out / "raw" / f"shard-{i:05d}.npy"
         if stage == "moments":
-            return {"moments": moment_sum(torch.from_numpy(np.load(raw_file))).numpy()}
+            return self._moments(start, torch.from_numpy(np.load(raw_file)))
         if stage == "finish":
             x = torch.from_numpy(np.load(raw_file))
         else:
             x = self.m.featurize([Example.block(t, n) for t, n in zip(tokens, names, strict=True)])
         if stage == "raw":
             arr = x.numpy().astype(np.float32)
-            return {"file": f"raw/shard-{i:05d}.npy", "sha256": atomic_save(raw_file, arr),
-                    "moments": moment_sum(torch.from_numpy(arr)).numpy()}
+            sha = atomic_save(raw_file, arr)
+            return {"file": f"raw/shard-{i:05d}.npy", "sha256": sha, **self._moments(start, torch.from_numpy(arr))}
         arr = to_dtype(self.m.finish(x), self.spec["dtype"], names)
         return {"file": f"shards/shard-{i:05d}.npy", "sha256": atomic_save(self.out / "shards" / f"shard-{i:05d}.npy", arr)}
 
+    def _moments(self, start: int, raw: torch.Tensor) -> dict[str, Any]:
+        """A raw shard's ΦᵀΦ: returned (reduce="shard") or added to this actor's running sum (reduce="worker")."""
+        if self.spec["reduce"] == "shard":
+            return {"moments": moment_sum(raw).numpy()}
+        if self.moments is None:
+            self.moments = moment_sum(raw)
+        else:  # in place: no second d × d temporary
+            f = raw.double()
+            self.moments.addmm_(f.T, f)
+        self.moment_starts.append(start)
+        return {}
 
-def _spec(m: TDAMethod, out: Path, dtype: str, batch_size: int, threads: int, gpu: bool) -> dict[str, Any]:
+    def take_moments(self) -> dict[str, Any]:
+        """This actor's running Σ ΦᵀΦ and the shards (row starts) in it, then an empty sum (reduce="worker")."""
+        out = {"starts": self.moment_starts, "moments": None if self.moments is None else self.moments.numpy()}
+        self.moments, self.moment_starts = None, []
+        return out
+
+
+def _spec(m: TDAMethod, out: Path, dtype: str, batch_size: int, threads: int, gpu: bool, reduce: str) -> dict[str, Any]:
     lm = m.lm
     if not lm.name or not Path(lm.name).is_dir():
         raise AttrilensError("A Ray build loads the model in every worker from its directory, but this model was not "
@@ -200,7 +239,7 @@ def _spec(m: TDAMethod, out: Path, dtype: str, batch_size: int, threads: int, gp
     return {"model_path": lm.name, "model_dtype": str(lm.model.dtype).removeprefix("torch."), "fingerprint":
             lm.fingerprint(), "chat_template": lm.use_chat_template, "method": m.name, "options": m.options.to_dict(),
             "model_dir": str(m.model_dir) if m.model_dir else None, "batch_size": batch_size, "out": str(out.resolve()),
-            "dtype": dtype, "threads": threads, "gpu": gpu, "kill_once_at": KILL_ONCE_AT_SHARD}
+            "dtype": dtype, "threads": threads, "gpu": gpu, "kill_once_at": KILL_ONCE_AT_SHARD, "reduce": reduce}
 
 
 class _Pool:
@@ -228,6 +267,15 @@ class _Pool:
     def broadcast(self, state: dict[str, torch.Tensor]) -> None:
         ref = self.ray.put(state)
         self.ray.get([a.load.remote(ref) for a in self.actors])
+
+    def take_moments(self) -> Iterator[dict[str, Any]]:
+        """Each actor's running Σ ΦᵀΦ, one at a time (the driver holds its sum and one more). An actor that died
+        (restarted by Ray with an empty sum) gives what it gathered since; the caller finds the shards missing."""
+        for a in self.actors:
+            try:
+                yield self.ray.get(a.take_moments.remote())
+            except self.ray.exceptions.RayError:  # gone for good: its shards are recomputed on the others
+                yield {"starts": [], "moments": None}
 
     def map(self, jobs: Sequence[tuple], desc: str, progress: bool, total: int, done: int) -> Iterator[tuple]:
         """Yield (job, result) as workers finish; a worker error becomes one line naming the shard."""
@@ -272,9 +320,10 @@ def _get(ray, ref, job: tuple) -> dict[str, Any]:
 # ---------------------------------------------------------------------- build
 def write_features_ray(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_examples: list[Example],
                        shard_size: int, dtype: str, progress: bool, *, address: str, workers: int | None = None,
-                       batch_size: int = 16, threads: int = 1) -> None:
+                       batch_size: int = 16, threads: int = 1, reduce: str = "auto") -> None:
     """`index._write_features` on Ray: the same shard files, written by an actor pool; the driver commits them and
-    fits R from the reduced second moments (never every feature on one node)."""
+    fits R from the reduced second moments (never every feature on one node; `reduce`: see the module's doc)."""
+    reduce = resolve_reduce(reduce, m.dim)
     if m.needs_fit and not getattr(m, "fits_moments", False):
         raise AttrilensError(f"{m.name} fits its state from every raw feature at once, which a Ray build does not "
                              "gather on one node. Build it without --ray.")
@@ -286,16 +335,16 @@ def write_features_ray(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, 
             if not p.is_file() or sha256_file(p) != s["sha256"]:
                 raise AttrilensError(f"Shard {p} is missing or changed since it was written. Delete {out} and rebuild.")
     with ray_cluster(address) as ray:
-        pool = _Pool(ray, _spec(m, out, dtype, batch_size, threads, False), workers)
+        pool = _Pool(ray, _spec(m, out, dtype, batch_size, threads, False, reduce), workers)
         try:
-            _run_stages(m, out, manifest, blocks, eval_examples, shard_size, progress, pool)
+            _run_stages(m, out, manifest, blocks, eval_examples, shard_size, progress, pool, reduce)
         finally:
             pool.close()
     remove_folder(out / "raw")
 
 
 def _run_stages(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_examples: list[Example],
-                shard_size: int, progress: bool, pool: _Pool) -> None:
+                shard_size: int, progress: bool, pool: _Pool, reduce: str = "shard") -> None:
     """The build's stages on the pool: stored features, or raw features → R from the reduced moments → finished."""
     n = len(blocks)
     names = [blocks.block_id(r) for r in range(n)]
@@ -323,18 +372,20 @@ def _run_stages(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_ex
         return
     if manifest["stage"] == "features":
         todo, done = jobs("raw", "raw_shards")
-        reduce = _OrderedSum([st for _, st, _ in all_shards])
+        ordered = _OrderedSum([st for _, st, _ in all_shards])
         pending = {j[2] for j in todo}  # raw shards of an earlier run: their ΣΦᵀΦ is recomputed by a worker
         again = [("moments", i, st, [], []) for i, st, _ in all_shards if st not in pending]
         for job, res in pool.map(again + todo, desc, progress, n, done):
             if job[0] == "raw":
                 commit("raw_shards", job, res)
-            reduce.add(job[2], torch.from_numpy(np.array(res.pop("moments"))))
+            if reduce == "shard":
+                ordered.add(job[2], torch.from_numpy(np.array(res.pop("moments"))))
+        total = ordered.total() if reduce == "shard" else _reduce_over_workers(pool, all_shards)
         eval_raw = m.featurize(eval_examples) if eval_examples else None
-        facts = m.fit_moments(reduce.total(), n, eval_raw)  # the one reduction: eigendecomposition on the driver
+        facts = m.fit_moments(total, n, eval_raw)  # the one reduction: eigendecomposition on the driver
         save_tensors(out / PRECONDITIONER, m.state())
         manifest["stage"] = "finish"
-        manifest.update(facts)
+        manifest.update(facts, moments_reduce=reduce)
         write_json(out / MANIFEST, manifest)
     else:  # resumed after the fit: the R^(-1/2) it saved
         m.load(load_tensors(out / PRECONDITIONER), blocks)
@@ -346,6 +397,27 @@ def _run_stages(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_ex
             commit("shards", job, res)
         manifest["stage"], manifest["raw_shards"] = "finished", []
         write_json(out / MANIFEST, manifest)
+
+
+def _reduce_over_workers(pool: _Pool, all_shards: list[tuple], rounds: int = 3) -> torch.Tensor:
+    """reduce="worker": add the actors' running sums; shards no sum covers (an actor died and Ray restarted it
+    empty) are recomputed from their raw files, up to `rounds` times. A shard counted twice is an error."""
+    total, covered = None, []
+    for _ in range(rounds):
+        for part in pool.take_moments():
+            covered += part["starts"]
+            if part["moments"] is not None:
+                x = torch.from_numpy(np.array(part["moments"]))
+                total = x if total is None else total.add_(x)
+        if len(set(covered)) != len(covered):
+            raise AttrilensError("The second-moment reduction counted a shard twice. Rerun the same build.")
+        missing = [(i, st) for i, st, _ in all_shards if st not in set(covered)]
+        if not missing:
+            return total
+        for _ in pool.map([("moments", i, st, [], []) for i, st in missing], "second moments again", False, 0, 0):
+            pass
+    raise AttrilensError("The second-moment reduction is missing shards after Ray restarted its workers "
+                         f"{rounds} times. Rerun the same build.")
 
 
 class _OrderedSum:

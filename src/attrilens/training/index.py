@@ -31,7 +31,7 @@ from attrilens.lm import LM
 from attrilens.results import Cost
 from attrilens.training.ann import AnnIndex, build_ann, faiss_params
 from attrilens.training.corpus import Corpus, make_corpus, read_documents
-from attrilens.training.distributed import read_corpus, search_ray, write_features_ray
+from attrilens.training.distributed import read_corpus, resolve_reduce, search_ray, write_features_ray
 from attrilens.training.gradients import Example
 from attrilens.training.methods import TDA_METHODS, Query, TDAMethod
 from attrilens.training.preconditioning import moment_sum
@@ -72,6 +72,7 @@ def build_index(
     faiss_options: dict | None = None,
     ray: str | None = None,
     ray_workers: int | None = None,
+    ray_reduce: str = "auto",
     progress: bool = True,
     **options,
 ) -> TrainingIndex:
@@ -83,12 +84,14 @@ def build_index(
     features per weight matrix, 2^12…2^16), None = no projection; `batch_size` is examples per backward pass
     (not part of the index). `use_faiss`: also write a FAISS index, True or "flat" (exact), "ivf-pq" or "hnsw"
     (approximate; `faiss_options` such as nlist, m, nprobe, M, ef_search). `ray`: featurise on Ray ("local", "auto"
-    or a cluster address; the corpus may then also be Parquet or a `datasets` folder) with `ray_workers` actors.
+    or a cluster address; the corpus may then also be Parquet or a `datasets` folder) with `ray_workers` actors;
+    `ray_reduce`: how TrackStar's Σ ΦᵀΦ is reduced there ("shard", "worker" or "auto": `distributed.resolve_reduce`).
     """
     if dtype not in ("float16", "float32"):
         raise AttrilensError(f"dtype must be 'float16' or 'float32', not {dtype!r}.")
     if shard_size is not None and shard_size < 1:
         raise AttrilensError(f"shard_size must be positive, got {shard_size}.")
+    resolve_reduce(ray_reduce, 0)  # an unknown kind fails before anything is written
     cls = TDA_METHODS.get(method)
     if "proj_dim" in cls.option_names():
         if proj_dim == "auto":
@@ -156,7 +159,7 @@ def build_index(
             _prepare(m, out, manifest, blocks, progress)
         if cls.stores_features and ray is not None:
             write_features_ray(m, out, manifest, blocks, eval_examples(lm, eval_queries), shard_size, dtype,
-                               progress, address=ray, workers=ray_workers, batch_size=batch_size)
+                               progress, address=ray, workers=ray_workers, batch_size=batch_size, reduce=ray_reduce)
         elif cls.stores_features:
             _write_features(m, out, manifest, blocks, eval_queries, shard_size, dtype, progress)
         if cls.stores_features:
