@@ -406,14 +406,17 @@ def _reduce_over_workers(pool: _Pool, all_shards: list[tuple], rounds: int = 3) 
     for _ in range(rounds):
         for part in pool.take_moments():
             covered += part["starts"]
-            if part["moments"] is not None:
-                x = torch.from_numpy(np.array(part["moments"]))
-                total = x if total is None else total.add_(x)
+            if part["moments"] is None:
+                continue
+            if total is None:
+                total = np.array(part["moments"])  # a writable copy; later parts are added from the object store
+            else:
+                np.add(total, part["moments"], out=total)
         if len(set(covered)) != len(covered):
             raise AttrilensError("The second-moment reduction counted a shard twice. Rerun the same build.")
         missing = [(i, st) for i, st, _ in all_shards if st not in set(covered)]
         if not missing:
-            return total
+            return torch.from_numpy(total)
         for _ in pool.map([("moments", i, st, [], []) for i, st in missing], "second moments again", False, 0, 0):
             pass
     raise AttrilensError("The second-moment reduction is missing shards after Ray restarted its workers "
