@@ -211,8 +211,8 @@ def test_ray_data_reads_jsonl_parquet_and_a_datasets_folder_as_the_local_reader(
 
 
 def test_cli_bad_ray_input_is_one_line_and_exit_2(cluster, lm, tmp_path, monkeypatch, capsys):
-    """An unreachable or malformed address, a corpus without a text column, an unknown reduction: one line, exit 2,
-    nothing built."""
+    """An unreachable or malformed address, a corpus without a text column, an unknown reduction, more workers than
+    the cluster can place (they would never start, and their shards wait for ever): one line, exit 2, no shard."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -223,7 +223,10 @@ def test_cli_bad_ray_input_is_one_line_and_exit_2(cluster, lm, tmp_path, monkeyp
     for corpus, ray_arg, msg in [("c.jsonl", "127.0.0.1:1", "Cannot reach the Ray cluster at '127.0.0.1:1'"),
                                  ("c.jsonl", "nowhere", "is not a cluster address"),
                                  ("bad.parquet", "local", "has no 'text' column"),
-                                 ("c.jsonl", "local --ray-reduce tree", "Unknown Ray reduction 'tree'")]:
+                                 ("c.jsonl", "local --ray-reduce tree", "Unknown Ray reduction 'tree'"),
+                                 ("c.jsonl", "local --ray-workers 3", "--ray-workers 3 asks for 3 CPUs (1 torch "
+                                  "thread(s) an actor), but the Ray cluster has 2. Pass --ray-workers 2 or fewer"),
+                                 ("c.jsonl", "local --ray-workers 0", "--ray-workers must be at least 1, got 0")]:
         monkeypatch.setattr(sys, "argv", ["attrilens", "index", "build", "--model", lm.name, "--corpus",
                                           str(tmp_path / corpus), "--out", str(tmp_path / "o"), "--method", "grad-dot",
                                           "--ray", *ray_arg.split()])

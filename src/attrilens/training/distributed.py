@@ -248,11 +248,18 @@ class _Pool:
     def __init__(self, ray, spec: dict[str, Any], workers: int | None):
         self.ray = ray
         res = ray.cluster_resources()
-        gpus = int(res.get("GPU", 0))
-        cpus = max(1, int(res.get("CPU", 1)) // spec["threads"])
-        n = workers or (gpus or cpus)
+        gpus, cpus, threads = int(res.get("GPU", 0)), int(res.get("CPU", 0)), spec["threads"]
+        n = workers if workers is not None else (gpus or max(1, cpus // threads))
         if n < 1:
             raise AttrilensError(f"--ray-workers must be at least 1, got {n}.")
+        # an actor the cluster cannot place never starts, and the shards sent to it would wait for ever
+        if gpus and n > gpus:
+            raise AttrilensError(f"--ray-workers {n} asks for {n} actors with a GPU each, but the Ray cluster has "
+                                 f"{gpus} GPU(s). Pass --ray-workers {gpus} or fewer, or add GPU nodes first.")
+        if n * threads > cpus:
+            raise AttrilensError(f"--ray-workers {n} asks for {n * threads} CPUs ({threads} torch thread(s) an actor), "
+                                 f"but the Ray cluster has {cpus}. Pass --ray-workers {max(1, cpus // threads)} or "
+                                 "fewer, or add nodes first.")
         spec = {**spec, "gpu": gpus > 0}
         actor = ray.remote(num_cpus=spec["threads"], num_gpus=1 if gpus else 0, max_restarts=3,
                            max_task_retries=3)(Featuriser)
@@ -327,15 +334,15 @@ def write_features_ray(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, 
     if m.needs_fit and not getattr(m, "fits_moments", False):
         raise AttrilensError(f"{m.name} fits its state from every raw feature at once, which a Ray build does not "
                              "gather on one node. Build it without --ray.")
-    for folder in ("raw", "shards"):
-        (out / folder).mkdir(exist_ok=True)
     for key in ("raw_shards", "shards"):
         for s in manifest[key]:
             p = out / s["file"]
             if not p.is_file() or sha256_file(p) != s["sha256"]:
                 raise AttrilensError(f"Shard {p} is missing or changed since it was written. Delete {out} and rebuild.")
     with ray_cluster(address) as ray:
-        pool = _Pool(ray, _spec(m, out, dtype, batch_size, threads, False, reduce), workers)
+        pool = _Pool(ray, _spec(m, out, dtype, batch_size, threads, False, reduce), workers)  # may refuse the size
+        for folder in ("raw", "shards"):
+            (out / folder).mkdir(exist_ok=True)
         try:
             _run_stages(m, out, manifest, blocks, eval_examples, shard_size, progress, pool, reduce)
         finally:
