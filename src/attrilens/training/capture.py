@@ -68,8 +68,8 @@ from attrilens.training.store import (
     MANIFEST,
     PRECONDITIONER,
     atomic_save,
+    file_record,
     save_tensors,
-    sha256_file,
     to_dtype,
     write_json,
 )
@@ -437,15 +437,14 @@ class GradientCapture:
         scale = self.featurizer.scales[name] if self.featurizer.scales is not None else None
         if proj.left is None or (scale is not None and not isinstance(scale, FactoredScale)):
             return self.featurizer.layer_features(name, x, delta)  # elementwise scales: per-example G is formed
-        x, delta = x.float(), delta.float()
-        if scale is not None:  # a row × column correction diag(r) G diag(c): folded into δ and x
-            delta, x = delta * scale.row.to(delta.device), x * scale.col.to(x.device)
         (k_o, out), (k_i, inn), t = proj.left.shape, proj.right.shape, x.shape[1]
         factored = t * (out * k_o + inn * k_i + k_o * k_i)
         right_first = t * k_i * (out + inn) + k_o * out * k_i
         if right_first >= factored:  # the featuriser's own order and operations (the same bits)
-            a, b = delta @ proj.left.T.to(delta.device), x @ proj.right.T.to(x.device)
-            return torch.einsum("bto,bti->boi", a, b).reshape(x.shape[0], -1)
+            return self.featurizer.layer_features(name, x, delta)
+        x, delta = x.float(), delta.float()
+        if scale is not None:  # a row × column correction diag(r) G diag(c): folded into δ and x, as the featuriser
+            delta, x = delta * scale.row.to(delta.device), x * scale.col.to(x.device)
         b = x @ proj.right.T.to(x.device)  # [B, T, k_i]
         m = torch.einsum("bto,btj->boj", delta, b)  # [B, out, k_i]
         return (proj.left.to(x.device) @ m).reshape(x.shape[0], -1)
@@ -594,8 +593,7 @@ class GradientCapture:
                 finished.append({**s, "file": f"shards/{path.name}", "sha256": atomic_save(path, arr)})
             manifest["shards"], raw_files = finished, [self.out / s["file"] for s in ordered]
         save_tensors(self.out / PRECONDITIONER, m.state())
-        pre = self.out / PRECONDITIONER
-        manifest["preconditioner"] = {"bytes": pre.stat().st_size, "sha256": sha256_file(pre)}
+        manifest["preconditioner"] = file_record(self.out / PRECONDITIONER)
         manifest.update(m.layout())
         manifest["second_moments"] = {"source": None} if not self.corrects else {
             "source": "optimizer", "captured": True, "kind": m.options.moment_kind, "eps": m.options.moment_eps,

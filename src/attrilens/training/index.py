@@ -43,6 +43,7 @@ from attrilens.training.store import (
     MANIFEST,
     PRECONDITIONER,
     build_lock,
+    file_record,
     load_tensors,
     open_shards,
     read_manifest,
@@ -171,7 +172,7 @@ def build_index(
             manifest["bytes_per_example"] = m.dim * (2 if dtype == "float16" else 4)
         pre = out / PRECONDITIONER
         if pre.is_file():  # recorded, so that opening the index can tell a missing or damaged one
-            manifest["preconditioner"] = {"bytes": pre.stat().st_size, "sha256": sha256_file(pre)}
+            manifest["preconditioner"] = file_record(pre)
         manifest["stage"] = "done"
         manifest["complete"] = True
         manifest["build_seconds"] = round(manifest.get("build_seconds", 0.0) + time.perf_counter() - t0, 3)

@@ -74,6 +74,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_record(path: Path) -> dict[str, Any]:
+    """A manifest's record of a file it trusts: its size and sha256 (checked before the file is loaded)."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
 def write_json(path: Path, obj: dict) -> None:
     """Write a JSON document atomically (the manifest after every shard)."""
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n"))

@@ -46,7 +46,7 @@ import numpy as np
 from attrilens.errors import AttrilensError, check_output_dir
 from attrilens.lm import LM
 from attrilens.training.corpus import read_documents
-from attrilens.training.store import INDEX_SCHEMA, MANIFEST, build_lock, sha256_file, write_json
+from attrilens.training.store import INDEX_SCHEMA, MANIFEST, build_lock, file_record, sha256_file, write_json
 
 ENGINE_DIR = "engine"
 TOKENS, OFFSETS, TABLE = f"{ENGINE_DIR}/tokenized.0", f"{ENGINE_DIR}/offset.0", f"{ENGINE_DIR}/table.0"
@@ -139,11 +139,6 @@ def _estimate_bytes(text_bytes: int, n_docs: int, width: int) -> int:
     tokens = text_bytes // 2 + n_docs
     ds = (tokens + n_docs) * width
     return int(1.1 * text_bytes) + ds + 16 * n_docs + 3 * tokens * _pointer_bytes(ds)
-
-
-def _record(out: Path, rel: str) -> dict[str, Any]:
-    p = out / rel
-    return {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
 
 
 def _stage_intact(out: Path, manifest: dict, stage: str) -> bool:
@@ -351,13 +346,13 @@ def build_verbatim_index(lm: LM, corpus, out: Path | str, *, progress: bool = Tr
             manifest["stage_seconds"] = {"tokenize": round(time.perf_counter() - t1, 3)}
             manifest["corpus"].update({"n_tokens": facts["n_tokens"], "text_bytes": text_bytes,
                                        "distinct_tokens": facts["distinct_tokens"]})
-            manifest["files"] = {rel: _record(out, rel) for rel in STAGE_FILES["tokenized"]}
+            manifest["files"] = {rel: file_record(out / rel) for rel in STAGE_FILES["tokenized"]}
             manifest["stage"] = "tokenized"
             write_json(mpath, manifest)
         t1 = time.perf_counter()
         _suffix_array(out, width, progress)
         manifest.setdefault("stage_seconds", {})["suffix_array"] = round(time.perf_counter() - t1, 3)
-        manifest["files"].update({rel: _record(out, rel) for rel in STAGE_FILES["done"]})
+        manifest["files"].update({rel: file_record(out / rel) for rel in STAGE_FILES["done"]})
         manifest["stage"] = "done"
         manifest["bytes_per_token"] = round(sum(r["bytes"] for r in manifest["files"].values())
                                             / max(1, manifest["corpus"]["n_tokens"]), 3)
