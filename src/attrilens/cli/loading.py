@@ -1,5 +1,6 @@
 """What every verb that loads a model shares: model options that take a registered name or a directory, the
-`--chat-template/--no-chat-template` switch, and the early-exit proxy spelling `early-exit:K`."""
+`--chat-template/--no-chat-template` switch, and the early-exit proxy spelling `early-exit:K`; and the corpus
+options (`--text-field`, `--id-field`) of the verbs that read a training corpus."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ ChatTemplate = Annotated[bool | None, typer.Option(
          "where positions would land on template tokens, and in `index build`, whose documents are plain text — "
          "`trace` follows the index). Sources, spans and positions always index your own text.")]
 MaxNewTokens = Annotated[int, typer.Option(help="Most tokens generated for a response the model writes itself.")]
+# the corpus options of every verb that reads a training corpus (attrilens.corpus_formats)
+CORPUS_HELP = ("Training corpus: a .jsonl file of {\"id\",\"text\"} objects, a .parquet file, a datasets "
+               "save_to_disk folder, a .txt/.md file (one document per paragraph), or a folder of Parquet, JSONL "
+               "or text files (one document per text file).")
+TextField = Annotated[str, typer.Option(help="The corpus field (JSON key, Parquet or datasets column) holding each "
+                                             "document's text.")]
+IdField = Annotated[str, typer.Option(help="The corpus field holding each document's unique id (without one: "
+                                           "positional ids such as line-N).")]
 _EARLY_EXIT = re.compile(r"^early[-_]exit:(\d+)$")
 
 

@@ -121,14 +121,16 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 # ---------------------------------------------------------------------- corpus
-def read_corpus(path: Path | str, address: str = "local") -> list[dict]:
+def read_corpus(path: Path | str, address: str = "local", *, text_field: str = "text",
+                id_field: str = "id") -> list[dict]:
     """Documents {"id", "text"} of a JSONL file, a Parquet file or folder, or a `datasets.save_to_disk` folder, read
-    with Ray Data in file order; the same checks as the local reader (non-empty text, unique ids without '#')."""
+    with Ray Data in file order; the same checks as the local reader (non-empty text, unique ids without '#');
+    `text_field` / `id_field` name the columns of the texts and ids (an id column other than "id" must exist)."""
     with ray_cluster(address):
-        return _read_corpus(Path(path))
+        return _read_corpus(Path(path), text_field, id_field)
 
 
-def _read_corpus(path: Path) -> list[dict]:
+def _read_corpus(path: Path, text_field: str = "text", id_field: str = "id") -> list[dict]:
     from ray import data as rd
 
     if not path.exists():
@@ -148,11 +150,13 @@ def _read_corpus(path: Path) -> list[dict]:
         raise AttrilensError(f"Cannot tell the format of {str(path)!r}. Pass a .jsonl or .parquet file, or a "
                              "`datasets` folder saved with save_to_disk.")
     names = ds.schema().names
-    if "text" not in names:
-        raise AttrilensError(f"The corpus {str(path)!r} has no 'text' column (it has {', '.join(names)}). Name the "
-                             "column of document texts 'text' (and their ids 'id').")
-    rows = ds.select_columns([c for c in ("id", "text") if c in names]).take_all()
-    docs = documents_from_rows((f"{path}: row {k}", k, row) for k, row in enumerate(rows, 1))
+    for field, default, option in ((text_field, "text", "--text-field"), (id_field, "id", "--id-field")):
+        if field not in names and (field != "id" or default != "id"):
+            raise AttrilensError(f"The corpus {str(path)!r} has no {field!r} column (it has {', '.join(names)}). Name "
+                                 f"the column of document {default}s with {option} (or name it '{default}').")
+    rows = ds.select_columns(list(dict.fromkeys(c for c in (id_field, text_field) if c in names))).take_all()
+    docs = documents_from_rows((f"{path}: row {k}", k, {"id": row.get(id_field), "text": row.get(text_field)})
+                               for k, row in enumerate(rows, 1))
     if not docs:
         raise AttrilensError(f"The corpus {str(path)!r} has no documents.")
     return docs

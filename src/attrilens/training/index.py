@@ -30,12 +30,19 @@ from attrilens.jsonl import iter_jsonl
 from attrilens.lm import LM
 from attrilens.results import Cost
 from attrilens.training.ann import AnnIndex, build_ann, faiss_params
-from attrilens.training.corpus import Corpus, make_corpus, read_documents
+from attrilens.training.corpus import (
+    Corpus,
+    CorpusFile,
+    document_batches,
+    documents_fingerprint,
+    make_corpus,
+    write_corpus,
+)
 from attrilens.training.distributed import read_corpus, resolve_reduce, search_ray, write_features_ray
 from attrilens.training.gradients import Example
 from attrilens.training.methods import TDA_METHODS, Query, TDAMethod
 from attrilens.training.preconditioning import moment_sum
-from attrilens.training.queries import check_prompt, check_query, generated_response
+from attrilens.training.queries import Answer, check_prompt, check_query, generate_answer
 from attrilens.training.result import TraceHit, TraceResult
 from attrilens.training.search import ScoreStream, finite_scores, topk_merge
 from attrilens.training.store import (
@@ -75,6 +82,8 @@ def build_index(
     ray_workers: int | None = None,
     ray_reduce: str = "auto",
     progress: bool = True,
+    text_field: str = "text",
+    id_field: str = "id",
     **options,
 ) -> TrainingIndex:
     """Featurise a corpus with one method into an index directory (resumes an unfinished build of the same index).
@@ -87,6 +96,12 @@ def build_index(
     (approximate; `faiss_options` such as nlist, m, nprobe, M, ef_search). `ray`: featurise on Ray ("local", "auto"
     or a cluster address; the corpus may then also be Parquet or a `datasets` folder) with `ray_workers` actors;
     `ray_reduce`: how TrackStar's Σ ΦᵀΦ is reduced there ("shard", "worker" or "auto": `distributed.resolve_reduce`).
+
+    A corpus path is any format `attrilens.corpus_formats` reads (JSONL, Parquet, a `datasets` folder, text files;
+    `text_field` / `id_field` name its fields) and is streamed: one pass hashes the documents (bad input fails
+    before anything is written; a resumed build with the same corpus reuses its corpus.parquet), a second
+    tokenises them batch by batch into corpus.parquet, and shards are featurised from that file a row group at a
+    time, so memory stays bounded whatever the corpus size. A `Corpus`, or any corpus with `ray`, is held in memory.
     """
     if dtype not in ("float16", "float32"):
         raise AttrilensError(f"dtype must be 'float16' or 'float32', not {dtype!r}.")
@@ -107,54 +122,83 @@ def build_index(
     lm.check_length(opts.block_len, "training blocks (block_len, --block-len)")
     out = Path(out)
     if ray is not None and isinstance(corpus, (str, Path)):
-        corpus = read_corpus(corpus, ray)  # JSONL, Parquet or a `datasets` folder, read with Ray Data
-    blocks = _as_corpus(corpus, lm, opts.block_len)
+        # JSONL, Parquet or a `datasets` folder, read with Ray Data (in memory: a Ray build cuts it on the driver)
+        corpus = read_corpus(corpus, ray, text_field=text_field, id_field=id_field)
     model_dir = Path(model_dir) if model_dir is not None else _default_model_dir(lm)
     if isinstance(eval_queries, (str, Path)):
         eval_queries = list(iter_jsonl(Path(eval_queries), require=("prompt", "target")))
     eval_queries = list(eval_queries or []) if cls.uses_eval_queries else []
-    identity = {
-        "schema": INDEX_SCHEMA,
-        "method": cls.name,
-        "options": opts.to_dict(),
-        "dtype": dtype if cls.stores_features else None,
-        "model": {"fingerprint": lm.fingerprint(), "name": lm.name},
-        "corpus": {"fingerprint": blocks.fingerprint, "n_blocks": len(blocks), "n_documents": len(set(blocks.docs)),
-                   "block_len": blocks.block_len},
-        "eval_queries": eval_queries_entry(eval_queries),
-    }
     t0 = time.perf_counter()
     m = cls(opts, lm, model_dir, batch_size=batch_size)  # bad options fail here, before anything is written
-    identity["shard_size"] = shard_size = shard_size or default_shard_size(m.dim)
+    if isinstance(corpus, Corpus) or ray is not None:
+        blocks = _as_corpus(corpus, lm, opts.block_len)  # in memory
+        n_known = len(blocks)
+    else:  # streamed: documents in batches → corpus.parquet → featurised shard by shard from that file
+        def stream():
+            return document_batches(corpus, text_field=text_field, id_field=id_field)
+
+        # pass 1 (no tokenising): bad input fails here, before anything is written; the fingerprint says whether
+        # an unfinished build's corpus.parquet is this corpus
+        fingerprint, n_documents = documents_fingerprint(stream(), opts.block_len)
+        blocks, n_known = None, 1
+    shard_size = shard_size or default_shard_size(m.dim)
     faiss_kind = "flat" if use_faiss is True else use_faiss or None
     if faiss_kind:  # a bad kind or option fails here, before anything is written
-        faiss_params(faiss_kind, len(blocks), m.dim, faiss_options)
+        faiss_params(faiss_kind, n_known, m.dim, faiss_options)
     if faiss_kind and cls.stores_features and not m.supports_faiss:
         raise AttrilensError(f"FAISS search supports single-checkpoint dot-product methods, not {cls.name} here. "
                              "Build without --faiss.")
+
+    def identity_of(fp: str, n_blocks: int | None, n_docs: int | None) -> dict:
+        return {
+            "schema": INDEX_SCHEMA,
+            "method": cls.name,
+            "options": opts.to_dict(),
+            "dtype": dtype if cls.stores_features else None,
+            "model": {"fingerprint": lm.fingerprint(), "name": lm.name},
+            "corpus": {"fingerprint": fp, "n_blocks": n_blocks, "n_documents": n_docs, "block_len": opts.block_len},
+            "eval_queries": eval_queries_entry(eval_queries),
+            "shard_size": shard_size,
+        }
+
+    def check_same(manifest: dict, identity: dict) -> None:
+        defaults = {f.name: f.default for f in dataclasses.fields(cls.Options) if f.default is not dataclasses.MISSING}
+        diff = _differences({k: manifest.get(k) for k in identity}, identity, defaults)
+        # a gradient method's weights; a manifest written before they were recorded: the method's legacy_params
+        weights = getattr(m, "params", None)
+        if weights is not None and manifest.get("weights", getattr(m, "legacy_params", weights)) != weights:
+            diff.append("weights")
+        if diff:
+            raise AttrilensError(f"{out} holds an index built with different settings ({', '.join(diff)}). Use "
+                                 "another --out, or delete that directory to rebuild.")
+
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out):  # one build at a time per --out
         mpath = out / MANIFEST
-        manifest = None
-        if mpath.is_file():
-            manifest = json.loads(mpath.read_text())
-            defaults = {f.name: f.default for f in dataclasses.fields(cls.Options) if f.default is not dataclasses.MISSING}
-            diff = _differences({k: manifest.get(k) for k in identity}, identity, defaults)
-            # a gradient method's weights; a manifest written before they were recorded: the method's legacy_params
-            weights = getattr(m, "params", None)
-            if weights is not None and manifest.get("weights", getattr(m, "legacy_params", weights)) != weights:
-                diff.append("weights")
-            if diff:
-                raise AttrilensError(f"{out} holds an index built with different settings ({', '.join(diff)}). Use "
-                                     "another --out, or delete that directory to rebuild.")
+        manifest = json.loads(mpath.read_text()) if mpath.is_file() else None
+        cpath = out / "corpus.parquet"
+        if blocks is None:
+            if manifest is not None and manifest.get("corpus", {}).get("fingerprint") != fingerprint:
+                check_same(manifest, identity_of(fingerprint, None, n_documents))  # another corpus: before tokenising
+            staged = CorpusFile(cpath) if cpath.is_file() else None
+            if staged is None or staged.fingerprint != fingerprint or staged.block_len != opts.block_len:
+                write_corpus(stream(), lm.tokenizer, cpath, block_len=opts.block_len, fingerprint=fingerprint,
+                             n_documents=n_documents, progress=progress)
+            blocks = CorpusFile(cpath)
+            n_docs = blocks.n_documents
+        else:
+            n_docs = len(set(blocks.docs))
+        identity = identity_of(blocks.fingerprint, len(blocks), n_docs)
+        if manifest is not None:
+            check_same(manifest, identity)
             if manifest.get("complete"):
                 return TrainingIndex.open(out, lm, model_dir=model_dir)
         if manifest is None:  # chat_template: how eval queries were encoded (a trace from the CLI follows it)
             manifest = {**identity, "model_dir": str(model_dir) if model_dir else None,
                         "chat_template": lm.use_chat_template, "stage": "features", "shards": [], "raw_shards": [],
                         "complete": False}
-        if not (out / "corpus.parquet").is_file():
-            blocks.to_parquet(out / "corpus.parquet")
+        if not cpath.is_file():
+            blocks.to_parquet(cpath)
         manifest.update(m.layout())
         if m.needs_prepare:
             _prepare(m, out, manifest, blocks, progress)
@@ -189,23 +233,22 @@ def default_shard_size(dim: int) -> int:
     return max(1, min(1024, SHARD_BYTES // (4 * max(1, int(dim)))))
 
 
-def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_queries: list[dict],
+def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus | CorpusFile, eval_queries: list[dict],
                     shard_size: int, dtype: str, progress: bool) -> None:
     """Featurise every block into the shards (resuming): raw → fit → finish when the method fits state first."""
-    names = [blocks.block_id(i) for i in range(len(blocks))]
-    mpath = out / MANIFEST
+    mpath = out / MANIFEST  # blocks may be a CorpusFile: rows are read shard by shard, never all at once
 
     def raw_rows(rows: range, advance=lambda n: None) -> torch.Tensor:
         # in pieces of whole batches from the shard's start (the same batches, so the same bits) to show progress
         step, parts = 4 * getattr(m, "batch_size", 16), []
         for a in range(rows.start, rows.stop, step):
             piece = range(a, min(a + step, rows.stop))
-            parts.append(m.featurize([Example.block(blocks.tokens[r], names[r]) for r in piece]))
+            parts.append(m.featurize([Example.block(blocks.tokens[r], blocks.block_id(r)) for r in piece]))
             advance(len(piece))
         return torch.cat(parts)
 
     def stored(x: torch.Tensor, rows: range) -> np.ndarray:
-        return to_dtype(m.finish(x), dtype, [names[r] for r in rows])
+        return to_dtype(m.finish(x), dtype, [blocks.block_id(r) for r in rows])
 
     def shards(key: str, folder: str, make, desc: str) -> None:
         write_shards(out, manifest, key, out / folder, len(blocks), shard_size, make, desc=desc, progress=progress)
@@ -320,7 +363,7 @@ class TraceQuery:
 class TrainingIndex:
     """An opened index: memory-mapped shards, the corpus, and the method that featurises and scores queries."""
 
-    def __init__(self, path: Path, manifest: dict, corpus: Corpus, lm: LM, method: TDAMethod, *,
+    def __init__(self, path: Path, manifest: dict, corpus: Corpus | CorpusFile, lm: LM, method: TDAMethod, *,
                  verify: bool | None = None):
         self.path = Path(path)
         self.manifest = manifest
@@ -340,10 +383,11 @@ class TrainingIndex:
 
     @classmethod
     def open(cls, path: Path | str, lm: LM, *, corpus: Path | str | Sequence[dict] | None = None,
-             model_dir: Path | str | None = None, verify: bool | None = None) -> TrainingIndex:
+             model_dir: Path | str | None = None, verify: bool | None = None, text_field: str = "text",
+             id_field: str = "id") -> TrainingIndex:
         """Open an index for querying with `lm`; errors if it was built with another model or (when given) corpus,
         or if a file is damaged: sizes and headers are always checked, checksums on a file's first open or with
-        `verify=True` (CLI `--verify`)."""
+        `verify=True` (CLI `--verify`). `text_field` / `id_field`: the corpus's fields, as `build_index` takes them."""
         path = Path(path)
         manifest = read_manifest(path)
         if manifest.get("method") == "verbatim":
@@ -354,12 +398,13 @@ class TrainingIndex:
             raise AttrilensError(f"The index in {path} was built with another model ({manifest['model']['name']}, "
                                  f"fingerprint {manifest['model']['fingerprint'][:12]}) than the one given "
                                  f"({lm.name}, {fp[:12]}). Query it with that model, or rebuild the index.")
-        blocks = Corpus.from_parquet(path / "corpus.parquet")
+        blocks = CorpusFile(path / "corpus.parquet")  # read a row group at a time: hits, not the whole corpus
         if blocks.fingerprint != manifest["corpus"]["fingerprint"] or len(blocks) != manifest["corpus"]["n_blocks"]:
             raise AttrilensError(f"{path}/corpus.parquet does not match the manifest. Rebuild the index.")
         if corpus is not None:
-            docs = read_documents(Path(corpus)) if isinstance(corpus, (str, Path)) else list(corpus)
-            given = make_corpus(docs, lm.tokenizer, block_len=blocks.block_len).fingerprint
+            # the fingerprint hashes documents, not tokens: streamed, nothing tokenised
+            given, _ = documents_fingerprint(document_batches(corpus, text_field=text_field, id_field=id_field),
+                                             blocks.block_len)
             if given != blocks.fingerprint:
                 raise AttrilensError(f"The corpus has changed since the index in {path} was built (fingerprint "
                                      f"{given[:12]} vs {blocks.fingerprint[:12]}). Rebuild the index for this corpus.")
@@ -390,16 +435,20 @@ class TrainingIndex:
     # ------------------------------------------------------------------ trace
     def trace(self, prompt: str, target: str | None = None, generate: bool = False, tokens: Sequence[int] | None = None,
               top_k: int = 10, *, span: tuple[int, int] | None = None, neighbours: bool = False,
-              use_faiss: bool = False, ray: str | None = None, max_new_tokens: int = 24) -> TraceResult:
+              use_faiss: bool = False, ray: str | None = None, max_new_tokens: int = 24,
+              chat_template: bool | None = None) -> TraceResult:
         """Top-k proponents and opponents of the response (target, or generated) among the training blocks: exact
-        blocked search, or with `use_faiss` the index's FAISS index, or with `ray` exact map-reduce on Ray."""
+        blocked search, or with `use_faiss` the index's FAISS index, or with `ray` exact map-reduce on Ray. A
+        generated response is written the way the model answers (`chat_template`: True/False, or None for
+        `queries.answers_in_chat`'s choice) and scored in this index's form; the result names both forms."""
         cost = Cost()
         t0 = time.perf_counter()
         check_query(prompt, target, generate, top_k)
         if max_new_tokens < 1:
             raise AttrilensError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-        if generate:
-            target = self.generate_target(prompt, max_new_tokens)
+        answer = self.answer(prompt, max_new_tokens, chat_template) if generate else None
+        if answer is not None:
+            target = answer.target
         query = self.query(prompt, target, tokens, span=span)
         q = self.method.query(query.query)
         passes = self.method.query_passes
@@ -429,12 +478,18 @@ class TrainingIndex:
         cost.seconds = time.perf_counter() - t0
         cost.extra["examples_scored"] = n
         return TraceResult(self.method_name, prompt, target, chosen, self._hits(bi, bs, neighbours),
-                           self._hits(wi, ws, neighbours), cost)
+                           self._hits(wi, ws, neighbours), cost,
+                           generated_with=answer.generated_with if answer else None,
+                           scored_as=answer.scored_as if answer else None)
 
-    def generate_target(self, prompt: str, max_new_tokens: int = 24) -> str:
-        """The model's own greedy response to `prompt` (what `trace(generate=True)` attributes)."""
-        check_prompt(prompt)
-        return generated_response(self.lm, prompt, max_new_tokens)
+    def answer(self, prompt: str, max_new_tokens: int = 24, chat_template: bool | None = None) -> Answer:
+        """The model's own greedy response to `prompt` as it answers (`queries.generate_answer`), with the target
+        that `trace(generate=True)` scores in this index's form."""
+        return generate_answer(self.lm, prompt, max_new_tokens, chat_template)
+
+    def generate_target(self, prompt: str, max_new_tokens: int = 24, chat_template: bool | None = None) -> str:
+        """The target `trace(generate=True)` attributes: the model's own greedy response, as scored here."""
+        return self.answer(prompt, max_new_tokens, chat_template).target
 
     def query(self, prompt: str, target: str | None, tokens: Sequence[int] | None = None, *,
               span: tuple[int, int] | None = None) -> TraceQuery:

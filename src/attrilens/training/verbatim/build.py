@@ -97,9 +97,9 @@ def corpus_fingerprint(docs: Sequence[dict]) -> str:
     return h.hexdigest()
 
 
-def _documents(corpus) -> list[dict]:
+def _documents(corpus, text_field: str = "text", id_field: str = "id") -> list[dict]:
     if isinstance(corpus, (str, Path)):
-        return read_documents(Path(corpus))
+        return read_documents(Path(corpus), text_field=text_field, id_field=id_field)
     docs = list(corpus)
     if not docs:
         raise AttrilensError("The corpus is empty. Pass at least one document.")
@@ -299,14 +299,16 @@ def _suffix_array(out: Path, width: int, progress: bool) -> None:
         print(f"suffix array: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
 
-def build_verbatim_index(lm: LM, corpus, out: Path | str, *, progress: bool = True):
+def build_verbatim_index(lm: LM, corpus, out: Path | str, *, progress: bool = True, text_field: str = "text",
+                         id_field: str = "id"):
     """Index a corpus for verbatim span tracing (infini-gram suffix array over the model's tokens); an unfinished
-    build of the same corpus and tokenizer in `out` is resumed, a finished one is opened."""
+    build of the same corpus and tokenizer in `out` is resumed, a finished one is opened. A corpus path is any
+    format `attrilens.corpus_formats` reads (fields `text_field`, `id_field`), read into memory."""
     from attrilens.training.verbatim.index import VerbatimIndex
 
     out = check_output_dir(Path(out))
     infini_gram_dir()  # the engine must be installed before any work
-    docs = _documents(corpus)
+    docs = _documents(corpus, text_field, id_field)
     width = 2  # u16 engine tokens, see the module docstring
     identity = {"schema": INDEX_SCHEMA, "method": "verbatim",
                 "tokenizer": {"fingerprint": tokenizer_fingerprint(lm.tokenizer), "class": type(lm.tokenizer).__name__,

@@ -34,7 +34,7 @@ import numpy as np
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.results import Cost
-from attrilens.training.queries import check_query, generated_response
+from attrilens.training.queries import check_query, generate_answer
 from attrilens.training.store import read_manifest, sha256_file
 from attrilens.training.verbatim.build import (
     DOCUMENT_LINES,
@@ -195,7 +195,8 @@ class VerbatimIndex:
 
     # ------------------------------------------------------------------ trace
     def trace(self, prompt: str, target: str | None = None, generate: bool = False, *, min_len: int = 8,
-              top_k: int = 10, max_new_tokens: int = 24, max_spans: int | None = None) -> VerbatimResult:
+              top_k: int = 10, max_new_tokens: int = 24, max_spans: int | None = None,
+              chat_template: bool | None = None) -> VerbatimResult:
         """The response's maximal spans (≥ min_len tokens) that occur verbatim in the corpus, the rarest
         ceil(0.05 × length) of them (or `max_spans`), each with its count and top_k documents by BM25."""
         t0 = time.perf_counter()
@@ -205,8 +206,8 @@ class VerbatimIndex:
             raise AttrilensError(f"min_len must be at least 1 token, got {min_len}.")
         if max_spans is not None and max_spans < 1:
             raise AttrilensError(f"max_spans must be at least 1, got {max_spans}.")
-        if generate:
-            target = generated_response(self.lm, prompt, max_new_tokens)
+        if generate:  # written the way the model answers (`queries.answers_in_chat`, or `chat_template`)
+            target = generate_answer(self.lm, prompt, max_new_tokens, chat_template).target
         if not target or not target.strip():
             raise AttrilensError("The response is empty (or only whitespace). Pass a non-empty --target.")
         try:
