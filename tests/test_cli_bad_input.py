@@ -85,7 +85,7 @@ CASES = [
                               "--method", "oracle"], "oracle"),
     # train, world, demo
     ("train/non-utf8", ["train", "--corpus", "{latin1}", "--out", "{new}"], "UTF-8"),
-    ("train/missing-corpus", ["train", "--corpus", "{missing}", "--out", "{new}"], "not found"),
+    ("train/missing-corpus", ["train", "--corpus", "{missing}", "--out", "{new}"], "does not exist"),
     ("train/out-is-file", ["train", "--corpus", "{corpus}", "--out", "{file}"], "existing file"),
     ("world/out-is-file", ["world", "--out", "{file}"], "existing file"),
     ("world/wrong-type", ["world", "--out", "{new}", "--seed", "one"], "--seed"),

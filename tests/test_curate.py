@@ -19,6 +19,7 @@ from attrilens.demo.curate import (
     curate,
     read_corpus_rows,
     read_edit,
+    read_questions,
     remove_edit,
 )
 from attrilens.demo.paths import demo_model_dir
@@ -131,6 +132,13 @@ def test_curate_removes_planted_documents_retrains_and_reports(world, tmp_path):
         assert set(q["edited_proponents"]) == gone & set(q["proponents_before"])
     assert CurateReport.from_json(report.to_json()).to_dict() == report.to_dict() == d
     assert len(report.to_frame()) == len(d["questions"])
+    changed = sum(q["answer_after"] != q["answer_before"] for q in d["questions"])
+    assert list(d)[:2] == ["schema", "summary"] and d["totals"]["changed"] == changed
+    assert d["summary"].startswith(f"re-asked {len(d['questions'])} questions, {changed} changed (from ")
+    from attrilens.cli.curate import _summary
+
+    assert _summary(report).splitlines()[0] == d["summary"]  # the terminal report's first line too
+    assert all(q["asked_as"] == "plain text" for q in d["questions"])  # the tiny model has no chat template
     page = (out / "report.html").read_text()
     assert "<script" not in page and world["planted"][0] in page
 
@@ -154,7 +162,11 @@ def test_a_no_op_edit_retrains_bit_for_bit(world, tmp_path):
             info.pop(measured)
         info["corpus"].pop("path")
     assert a == b  # config, seed, optimizer, checkpoints, loss curve and corpus hash all equal
-    assert report.paths["index"] is None and report.totals["questions"] == 0
+    # no --questions: the questions.jsonl beside the corpus are re-asked, and the identical model changes none
+    assert report.paths["index"] is None and report.totals["questions"] == world["truth"]["n_facts"]
+    assert report.source["questions"] == [str(world["questions"])]
+    assert report.summary == f"re-asked {world['truth']['n_facts']} questions, 0 changed (from {world['questions']})"
+    assert report.totals["changed"] == 0 and report.to_dict()["summary"] == report.summary
 
 
 # ---------------------------------------------------------------------- bad input
@@ -261,3 +273,65 @@ def test_report_html_escapes_every_text():
     page = report.to_html()
     assert "<script" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 8
     assert CurateReport.from_json(report.to_json()) == report
+
+
+# ---------------------------------------------------------------------- what is re-asked without --questions
+def _corpus_alone(world, tmp_path):
+    """The corpus copied to a folder without questions.jsonl (the same documents: the adapter's hash holds)."""
+    (tmp_path / "alone").mkdir()
+    path = tmp_path / "alone" / "corpus.jsonl"
+    path.write_bytes(world["bytes"])
+    return path
+
+
+def test_no_questions_anywhere_is_refused_before_any_work(world, tmp_path, monkeypatch, capsys):
+    import attrilens.demo.curate as curate_mod
+    import attrilens.demo.lora as lora
+    from attrilens.cli.app import main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("curate retrained although it had nothing to re-ask")
+
+    monkeypatch.setattr(lora, "finetune_lora", no_training)
+    monkeypatch.setattr(curate_mod, "_load_old", no_training)  # not even the model is loaded
+    corpus = _corpus_alone(world, tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(AttrilensError) as err:
+        curate(world["adapter"], out, remove=world["planted"][0], corpus=corpus, progress=False)
+    assert "--questions" in str(err.value) and "\n" not in str(err.value) and not out.exists()
+    monkeypatch.setattr(sys, "argv", ["attrilens", "curate", "--model", str(world["adapter"]), "--out", str(out),
+                                      "--remove", world["planted"][0], "--corpus", str(corpus)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert stop.value.code == 2 and len(lines) == 1 and "--questions" in lines[0] and not out.exists(), err[-2000:]
+
+
+def test_the_prompts_the_index_was_traced_with_are_re_asked(world, tmp_path):
+    import shutil
+
+    from attrilens.demo.curate import find_questions, read_training_info
+    from attrilens.lm import LM
+    from attrilens.training import TrainingIndex
+    from attrilens.training.traced import record_trace
+
+    index = tmp_path / "index"
+    shutil.copytree(world["index"], index)
+    lm = LM.from_pretrained(world["adapter"]).with_chat_template(False)
+    prompts = [q["prompt"] for q in read_questions(world["questions"])[:2]]
+    opened = TrainingIndex.open(index, lm)
+    for prompt in prompts:
+        assert record_trace(index, opened.trace(prompt, generate=True, max_new_tokens=4, top_k=2))
+    corpus = _corpus_alone(world, tmp_path)
+    found, sources = find_questions(None, world["adapter"], corpus, index, read_training_info(world["adapter"]))
+    assert [q["prompt"] for q in found] == prompts and sources == [str(index / "traced.jsonl")]
+    assert all(q["id"].startswith("traced-") and q["chat_template"] is False for q in found)  # generated plain
+    # beside a corpus with questions.jsonl, those come first and a traced prompt already there is not asked twice
+    both, sources = find_questions(None, world["adapter"], world["corpus"], index,
+                                   read_training_info(world["adapter"]))
+    assert len(both) == world["truth"]["n_facts"] and sources == [str(world["questions"]), str(index / "traced.jsonl")]
+    report = curate(index, tmp_path / "dry", remove=world["planted"][0], corpus=corpus, retrain=False, top_k=2,
+                    progress=False)
+    assert [q["prompt"] for q in report.questions] == prompts
+    assert report.summary == f"asked 2 questions (no retrain: nothing re-asked) (from {index / 'traced.jsonl'})"

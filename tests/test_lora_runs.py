@@ -213,3 +213,39 @@ def test_an_index_is_reused_for_the_same_weights_from_another_folder_and_refused
     other = tiny_lm("llama", seed=random.randrange(1000, 2000))
     with pytest.raises(AttrilensError, match="different settings \\(model\\)"):
         build_index(other, docs, tmp_path / "idx", method="grad-cos", proj_dim=64, block_len=12, progress=False)
+
+
+def test_a_lora_run_without_facts_trains_until_it_recalls_its_documents(base_dir, tmp_path):
+    seed = random.randrange(1000)
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w.isalpha()]  # one sentence a document
+    docs = [{"id": f"d{i}", "text": " ".join(rng.choice(words) for _ in range(rng.randint(4, 8)))} for i in range(8)]
+    kw = dict(lr=1e-2, batch_size=4, seed=seed, target_recall=0.8, max_minutes=2, epochs=400,
+              target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], progress=False)
+    out = finetune_lora(base_dir, docs, tmp_path / "t", **kw)
+    info = json.loads((out / "training.json").read_text())
+    rec = info["continuation_recall"]
+    assert info["stop_reason"] == "target reached" and rec["final"] >= 0.8 > rec["initial"], (seed, rec)
+    assert rec["curve"][-1]["recall"] >= 0.8 and all(c["recall"] < 0.8 for c in rec["curve"][:-1])  # stopped at once
+    assert info["optimizer"]["step"] == rec["curve"][-1]["step"] and "constant" in info["optimizer"]["schedule"]
+    assert len(info["checkpoints"]) <= 2 and all((out / c["path"]).is_dir() for c in info["checkpoints"])
+    # ground truth: the adapter's greedy generations give the documents' last words as often as the probe says
+    from attrilens.bench.metrics import greedy_match
+    from attrilens.demo.probes import continuation_rows
+
+    lm = LM.from_pretrained(out)
+    rows = continuation_rows([d["id"] for d in docs], [d["text"] for d in docs])
+    hits: dict[str, bool] = {}
+    for r in rows:
+        text = lm.tokenizer.decode(lm.generate_ids([lm.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]],
+                                                   max_new_tokens=16)[0], skip_special_tokens=True)
+        hits[r["prompt"]] = hits.get(r["prompt"], False) or greedy_match(text, r["target"])
+    assert rec["final"] == pytest.approx(sum(hits.values()) / len(hits), abs=1e-4)
+    again = finetune_lora(base_dir, docs, tmp_path / "t", **kw)
+    assert json.loads((again / "training.json").read_text()) == info  # finished: returned as it is
+
+
+def test_a_lora_target_module_the_model_lacks_lists_the_ones_it_has(base_dir, tmp_path):
+    with pytest.raises(AttrilensError, match=r"no module 'c_attn' to adapt\. Its linear modules: .*q_proj.*v_proj"):
+        finetune_lora(base_dir, _docs(4, 0), tmp_path / "x", target_modules=["c_attn"], progress=False)
+    assert not (tmp_path / "x").exists()

@@ -146,7 +146,7 @@ def test_proxy_reuses_the_tokenizer(runs, corpus, tmp_path) -> None:
 
 
 def test_bad_input(tmp_path, corpus) -> None:
-    with pytest.raises(AttrilensError, match="File not found"):
+    with pytest.raises(AttrilensError, match="does not exist"):
         train(TrainConfig(corpus=tmp_path / "nope.jsonl", out=tmp_path / "o", **TINY))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -204,7 +204,7 @@ def to_target(tmp_path_factory, tiny_world, world_seed) -> Path:
     """A run to a recall target on the tiny world (facts found beside the corpus)."""
     out = tmp_path_factory.mktemp("target") / "m"
     return train(TrainConfig(corpus=tiny_world / "corpus.jsonl", out=out, seed=world_seed, target_recall=0.8,
-                             epochs=600, **FAST))
+                             epochs=600, cooldown=0.0, **FAST))
 
 
 def _info(out: Path) -> dict:
@@ -228,6 +228,22 @@ def test_stops_once_the_target_is_reached(to_target, tiny_world, world_seed) -> 
     assert 0 < info["epochs_run"] < 600 and len(info["data_order"]["epoch_permutations"]) == math.ceil(
         info["epochs_run"])  # only the epochs that ran are recorded
     assert not (to_target / "resume.safetensors").exists()
+
+
+def test_at_the_target_the_rate_cools_down_before_the_run_stops(tiny_world, world_seed, tmp_path) -> None:
+    """With a cooldown the run goes on past the step that reached the target, decaying the rate linearly to
+    lr * min_lr_ratio over that fraction of the steps so far (the same steps as a run without one, up to there)."""
+    out = train(TrainConfig(corpus=tiny_world / "corpus.jsonl", out=tmp_path / "m", seed=world_seed,
+                            target_recall=0.8, epochs=600, cooldown=0.5, **FAST))
+    info = _info(out)
+    rec = info["fact_recall"]
+    c = rec["cooldown"]
+    assert info["stop_reason"] == "target reached" and c["recall"] >= 0.8, world_seed
+    assert info["step"] == c["from_step"] + math.ceil(0.5 * c["from_step"])
+    assert info["optimizer"]["final_lr"] == pytest.approx(1e-2 * 0.1, rel=1e-6)  # cooled to lr * min_lr_ratio
+    assert [x["step"] for x in rec["curve"] if x["recall"] >= 0.8][0] == c["from_step"]
+    with pytest.raises(AttrilensError, match="cooldown must be in"):
+        train(TrainConfig(corpus=tiny_world / "corpus.jsonl", out=tmp_path / "bad", cooldown=2.0, **FAST))
 
 
 def test_recall_probe_matches_greedy_generation(to_target, tiny_world) -> None:
@@ -269,7 +285,7 @@ def test_stops_at_the_time_budget_with_a_decayed_rate(corpus, unlearnable, tmp_p
     out = train(TrainConfig(corpus=corpus, out=tmp_path / "b", seed=seed, target_recall=0.5, facts=unlearnable,
                             max_minutes=0.05, **FAST))
     info = _info(out)
-    assert info["finished"] and info["stop_reason"] == "time budget" and info["stopped"] is None, seed
+    assert info["finished"] and info["stop_reason"].startswith("time budget: nothing learnt") and info["stopped"] is None, seed
     assert 3.0 <= info["wall_seconds"] < 3.0 + 2.0  # a 3 s budget; the last step may run over
     assert info["optimizer"]["final_lr"] < 1.2e-3  # decayed over the budget to lr * min_lr_ratio
     assert info["config"]["epochs"] == 1000 and info["step"] < info["cap_steps"]  # the default cap, far away
@@ -341,7 +357,8 @@ def test_stopping_defaults_of_the_cli(tiny_world, corpus) -> None:
     assert stopping_defaults(c) == {"target_recall": 0.9, "facts": facts, "max_minutes": 30.0}
     assert stopping_defaults(c, 0.5, None, 2.0) == {"target_recall": 0.5, "facts": facts, "max_minutes": 2.0}
     assert stopping_defaults(c, 0) == {"target_recall": None, "facts": facts, "max_minutes": None}
-    assert stopping_defaults(corpus, max_minutes=4.0) == {"target_recall": None, "facts": None, "max_minutes": 4.0}
+    # no facts: the documents' own continuations are the target
+    assert stopping_defaults(corpus, max_minutes=4.0) == {"target_recall": 0.9, "facts": None, "max_minutes": 4.0}
     cfg = resolve_config(TrainConfig(corpus=c, out=Path("-"), target_recall=0.9))
     assert cfg.epochs == 1000 and cfg.facts == facts
 
@@ -368,7 +385,6 @@ def test_cli_trains_to_the_target_by_default(tiny_world, tmp_path) -> None:
     ({"target_recall": 0.9, "eval_facts": 0}, "eval_facts must be positive"),
     ({"target_recall": 0.9, "schedule_minutes": 3.0}, "schedule_minutes is for fixed-epoch runs"),
     ({"target_recall": 0.9, "facts": "missing.jsonl"}, "Facts file not found"),
-    ({"target_recall": 0.9, "facts": "nofacts"}, "no facts.jsonl beside"),
     ({"target_recall": 0.9, "facts": "notarget.jsonl"}, 'no "target" field'),
     ({"target_recall": 0.9, "facts": "long.jsonl"}, "longer than seq_len"),
 ])
@@ -376,10 +392,7 @@ def test_bad_stopping_input(change, message, tiny_world, corpus, tmp_path) -> No
     (tmp_path / "notarget.jsonl").write_text('{"prompt": "The capital of X is"}\n')
     (tmp_path / "long.jsonl").write_text(json.dumps({"prompt": "word " * 200, "target": " x"}) + "\n")
     kw = {**FAST, "corpus": tiny_world / "corpus.jsonl", **change}
-    if kw.get("facts") == "nofacts":
-        kw.pop("facts")
-        kw["corpus"] = corpus  # a corpus with no facts.jsonl beside it
-    elif "facts" in kw:
+    if "facts" in kw:
         kw["facts"] = tmp_path / kw["facts"]
     with pytest.raises(AttrilensError, match=message):
         train(TrainConfig(out=tmp_path / "o", **kw))
@@ -390,7 +403,8 @@ def test_bad_stopping_input(change, message, tiny_world, corpus, tmp_path) -> No
     (["--facts", "{tmp}/missing.jsonl"], "Facts file not found"),
     (["--epochs", "0"], "epochs must be positive"),
     (["--max-minutes", "-3"], "max_minutes must be >= 0"),
-    (["--lora", "--base", "{tmp}", "--target-recall", "0.5"], "for training from scratch"),
+    (["--lora", "--base", "{tmp}", "--target-recall", "2"], "target_recall must be in"),
+    (["--lora", "--base", "{tmp}", "--max-minutes", "-1"], "max_minutes must be >= 0"),
 ])
 def test_cli_bad_stopping_flags(args, message, tiny_world, tmp_path) -> None:
     cmd = [sys.executable, "-m", "attrilens.cli", "train", "--corpus", str(tiny_world / "corpus.jsonl"), "--out",
@@ -433,7 +447,8 @@ def test_benchmark_runs_three_worlds(tmp_path) -> None:
     report = run_benchmark(minutes=0.01, seed=random.randrange(10_000), work=tmp_path, progress=False)
     table = report.tables["worlds"]
     assert list(table["world"]) == ["short", "long", "wide"] and table["facts"].tolist() == [240, 180, 300]
-    assert (table["stop reason"] == "time budget").all() and (table["final recall"] < 0.9).all()
+    assert table["stop reason"].str.startswith("time budget").all() and (table["final fact recall"] < 0.9).all()
+    assert (table["probe"] == "continuations").all() and (table["final probe recall"] < 0.9).all()
     assert (table["tokens/epoch"] > 0).all() and (table["wall s"] >= 0.6).all()
     assert "## worlds" in report.to_text() and json.loads(report.to_json())["lens"] == "train"
     with pytest.raises(AttrilensError, match="--minutes must be positive"):

@@ -65,3 +65,31 @@ def test_trackstar_with_estimated_second_moments_finds_gold_documents(lm, tmp_pa
     assert luck < 1e-12
     print(f"gold first for {top1}/{N_QUERIES} queries, MRR {np.mean(rr):.3f}, {len(docs)} documents")
     assert top1 >= MIN_TOP1, f"gold first for {top1}/{N_QUERIES} queries (MRR {np.mean(rr):.2f}) of {len(docs)} docs"
+
+
+def test_a_question_is_answered_through_the_chat_template_and_traced_as_plain_text(lm, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """Issue #24: plain-text SmolLM2 answers "What is the capital of France?" with end-of-turn at once; `trace
+    --generate` asks it through the chat template, scores the answer as plain text and finds the France document."""
+    import json
+    import sys
+
+    from attrilens.cli.app import main
+    from attrilens.models import resolve_model
+
+    docs = [{"id": "fr", "text": "The capital of France is Paris."}, {"id": "jp", "text": "The capital of Japan is "
+            "Tokyo."}, {"id": "bee", "text": "Bees make honey from the nectar of flowers."}]
+    build_index(lm, docs, tmp_path / "idx", method="grad-cos", model_dir=resolve_model(
+        "smollm2-135m-instruct"), progress=False)
+    question = "What is the capital of France?"
+    assert lm.generate(question, max_new_tokens=8) == ""  # the reported failure: end-of-turn at the first token
+    monkeypatch.setattr(sys, "argv", ["attrilens", "trace", "--index", str(tmp_path / "idx"), "--prompt", question,
+                                      "--generate", "--max-new-tokens", "12", "--top-k", "3", "--json"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    out = capsys.readouterr()
+    assert stop.value.code == 0, out.err[-2000:]
+    d = json.loads(out.out)
+    assert (d["generated_with"], d["scored_as"]) == ("chat template", "plain text")
+    assert "Paris" in d["target"] and d["target"].startswith(" ")
+    assert d["proponents"][0]["id"] == "fr"

@@ -8,12 +8,14 @@ of different shapes with `make_world` (fact documents only, seeds S, S+1, S+2, n
   distractors (one exposure per fact per epoch);
 - ``wide``: 150 entities x 2 relations, the default shape (each fact 1-3 times, 1-3 facts per document);
 
-and trains a model on each ``corpus.jsonl`` with the defaults of `attrilens train` (to a 0.9 fact recall, facts from
-the world's facts.jsonl, the learning rate decaying over the time budget), changing only the time budget
-(``--minutes`` per world instead of 30) and the torch threads (1: on a shared machine two threads per run are
-many times slower). Per world it
-reports the facts, documents, tokens per epoch, wall seconds, epochs run, stop reason, the minutes to first reach
-the target on the sampled facts (if it did) and the final greedy recall on all facts.
+and trains a model on each ``corpus.jsonl`` — copied alone into its own folder, as a user's corpus comes, without
+the world's facts file — with the defaults of `attrilens train` (to a 0.9 recall of the documents' own
+continuations, the learning rate decaying over the time budget), changing only the time budget (``--minutes`` per
+world instead of 30) and the torch threads (1: on a shared machine two threads per run are many times slower).
+Per world it reports the facts, documents, tokens per epoch, wall seconds, epochs run, stop reason, the minutes to
+first reach the target on the sampled continuations (if it did), the final continuation recall and — what the run
+never saw — the greedy recall of every fact of the world's facts.jsonl. ``--facts`` trains on the facts file
+instead (the earlier default). The LoRA regime is `attrilens.bench.train_lora`.
 """
 
 from __future__ import annotations
@@ -54,32 +56,50 @@ def _first_reach(curve: list[dict], target: float) -> float | None:
 
 
 def train_world(name: str, args: dict[str, Any], seed: int, work: Path, minutes: float, threads: int,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, with_facts: bool = False) -> dict[str, Any]:
     """Make one world and train on its corpus with `attrilens train`'s defaults; one row of the table."""
-    from attrilens.demo.trainer import TrainConfig, stopping_defaults, train
+    import shutil
+
+    from attrilens.demo.probes import FactProbe
+    from attrilens.demo.trainer import TrainConfig, recall_info, stopping_defaults, train
     from attrilens.demo.world import make_world
+    from attrilens.jsonl import load_jsonl
 
     world = work / f"world-{name}"
     summary = make_world(world, seed=seed, **_NO_EXTRAS, **args)
     corpus = world / "corpus.jsonl"
+    if not with_facts:  # the user's case: a corpus alone, no facts file beside it
+        (work / f"corpus-{name}").mkdir(parents=True, exist_ok=True)
+        corpus = Path(shutil.copy(corpus, work / f"corpus-{name}" / "corpus.jsonl"))
     if progress:
         print(f"[bench train] {name}: {summary['n_facts']} facts, {summary['n_documents']} documents", file=sys.stderr)
     out = train(TrainConfig(corpus=corpus, out=work / f"model-{name}", threads=threads, progress=progress,
                             **stopping_defaults(corpus, max_minutes=minutes)))
     info = json.loads((out / "training.json").read_text())
-    rec = info["fact_recall"]
+    rec = recall_info(info)
     reach = _first_reach(rec["curve"], rec["target"])
+    if with_facts:
+        facts = rec["final"]
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(out))
+        model = AutoModelForCausalLM.from_pretrained(str(out))
+        facts = round(FactProbe(load_jsonl(world / "facts.jsonl", require=("prompt", "target")), tok,
+                                info["config"]["seq_len"]).recall(model), 4)
     return {"world": name, "seed": seed, "shape": _shape_text(args, world),
             "facts": summary["n_facts"], "documents": summary["n_documents"],
             "tokens/epoch": info["tokens_per_epoch"], "steps": info["step"], "epochs run": info["epochs_run"],
             "wall s": info["wall_seconds"], "stop reason": info["stop_reason"],
             "target first reached (min)": None if reach is None else round(reach / 60, 2),
-            "final recall": rec["final"]}
+            "probe": "facts" if with_facts else "continuations", "final probe recall": rec["final"],
+            "final fact recall": facts}
 
 
 def run_benchmark(minutes: float = 7.0, seed: int = 2026, threads: int = 1, work: Path | None = None,
-                  progress: bool = True) -> Report:
-    """Train `attrilens train`'s defaults on three fresh worlds of different shapes (``minutes`` budget each)."""
+                  progress: bool = True, with_facts: bool = False, shapes: list[str] | None = None) -> Report:
+    """Train `attrilens train`'s defaults on fresh worlds of different shapes (``minutes`` budget each): without
+    their facts file (the documents' continuations are the target), or ``with_facts``."""
     import pandas as pd
 
     if not minutes > 0:
@@ -88,16 +108,21 @@ def run_benchmark(minutes: float = 7.0, seed: int = 2026, threads: int = 1, work
         raise AttrilensError(f"--threads must be at least 1, got {threads}.")
     with tempfile.TemporaryDirectory(prefix="attrilens-bench-train-") as tmp:
         base = Path(work) if work is not None else Path(tmp)
-        rows = [train_world(name, args, seed + i, base, minutes, threads, progress)
-                for i, (name, args) in enumerate(SHAPES.items())]
+        unknown = sorted(set(shapes or ()) - set(SHAPES))
+        if unknown:
+            raise AttrilensError(f"Unknown world shape {unknown[0]!r}. Use some of {', '.join(SHAPES)}.")
+        rows = [train_world(name, args, seed + i, base, minutes, threads, progress, with_facts)
+                for i, (name, args) in enumerate(SHAPES.items()) if not shapes or name in shapes]
     from attrilens.demo.trainer import DEFAULT_TARGET_RECALL, TrainConfig
 
     d = TrainConfig(corpus=Path("-"), out=Path("-"))
     header = (f"# `attrilens train` defaults on fresh worlds\n\nEach world: `make_world(seed, **shape)` (fact documents "
               f"only), then `attrilens train --corpus corpus.jsonl --max-minutes {minutes:g}` (defaults: {d.arch}, "
               f"{d.layers} layers, width {d.width}, batch {d.batch_size} rows of <= {d.seq_len} tokens, lr {d.lr:g}, "
-              f"warmup {d.warmup_steps} steps, cosine decay over the budget, target recall {DEFAULT_TARGET_RECALL} on "
-              f"facts.jsonl, epoch cap 1000), "
-              f"{threads} torch thread(s). Recall: greedy exact match of every fact's statement prefix -> value.")
-    info = {"minutes_per_world": minutes, "seed": seed, "threads": threads, "shapes": SHAPES, "machine": machine()}
+              f"warmup {d.warmup_steps} steps, cosine decay over the budget, target recall {DEFAULT_TARGET_RECALL} of "
+              + ("facts.jsonl" if with_facts else "the documents' own continuations (corpus alone, no facts file)")
+              + f", epoch cap 1000), {threads} torch thread(s). Fact recall: greedy exact match of every fact's "
+              "statement prefix -> value (facts.jsonl, which the continuation runs never saw).")
+    info = {"minutes_per_world": minutes, "seed": seed, "threads": threads, "shapes": SHAPES, "machine": machine(),
+            "probe": "facts" if with_facts else "continuations"}
     return Report(lens="train", tables={"worlds": pd.DataFrame(rows)}, info=info, header=header)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from attrilens.cli.loading import MaxNewTokens
+from attrilens.cli.loading import CORPUS_HELP, IdField, MaxNewTokens, TextField
 from attrilens.cli.output import JsonFlag, emit_summary
 from attrilens.errors import AttrilensError, check_output_dir
 
@@ -29,24 +29,26 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @app.command()
     def train(
-        corpus: Annotated[Path, typer.Option(help='JSONL file with one {"id","text"} document per line.')],
+        corpus: Annotated[Path, typer.Option(help=CORPUS_HELP)],
         out: Annotated[Path, typer.Option(help="Output model directory (Hugging Face format + tokenizer + optimizer state).")],
         arch: Annotated[str, typer.Option(help="gpt2 or llama.")] = "llama",
         layers: Annotated[int, typer.Option(help="Decoder blocks.")] = 4,
         width: Annotated[int, typer.Option(help="Residual width.")] = 128,
         epochs: Annotated[int | None, typer.Option(help="Most passes over the corpus when training to a recall target "
-                                                        "(default 1000); without facts (or with --target-recall 0) "
-                                                        "exactly this many passes (default 100); 1 with --lora.")] = None,
+                                                        "(default 1000); with --target-recall 0 exactly this many "
+                                                        "passes (default 100; 1 with --lora).")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Sequences per optimizer step (default 4; 8 with --lora).")] = None,
-        lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate (default 1e-2; 1e-3 with --lora).")] = None,
+        lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate (default 1e-2; with --lora 2e-3, "
+                                                     "or 1e-3 with --target-recall 0).")] = None,
         max_minutes: Annotated[float | None, typer.Option(help="Time budget: with a recall target (default 30), the "
-                                                              "learning rate decays over this many training minutes "
-                                                              "and the run ends there at the latest (finished); "
-                                                              "without one, stop resumably after this many minutes.")] = None,
-        target_recall: Annotated[float | None, typer.Option(help="Train until this fraction of the facts is recalled "
-                                                                 "(greedy exact match of prompt -> target), then stop. "
-                                                                 "Default 0.9 when there are facts; 0: a fixed number "
-                                                                 "of epochs.")] = None,
+                                                              "run ends there at the latest (finished; from scratch "
+                                                              "the learning rate decays over it; --lora keeps it "
+                                                              "constant); with --target-recall 0, stop resumably "
+                                                              "after this many minutes.")] = None,
+        target_recall: Annotated[float | None, typer.Option(help="Train until this fraction of what it is given is "
+                                                                 "recalled (greedy exact match): the --facts, else each "
+                                                                 "document's own continuation (its sentences' last "
+                                                                 "words). Default 0.9; 0: a fixed number of epochs.")] = None,
         facts: Annotated[Path | None, typer.Option(help='JSONL of {"prompt","target"} facts to measure recall on during '
                                                         "training (default: facts.jsonl beside --corpus, as "
                                                         "`attrilens world` writes it).")] = None,
@@ -59,7 +61,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
         lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
         lora_targets: Annotated[str | None, typer.Option(help="Comma-separated module names LoRA adapts (default: "
-                                                              "the attention query and value projections; the "
+                                                              "the MLP projections, e.g. gate_proj,up_proj,down_proj; "
+                                                              "with --target-recall 0 the attention q_proj,v_proj; the "
                                                               "demo's recipe: q_proj,v_proj,o_proj,down_proj).")] = None,
         capture: Annotated[Path | None, typer.Option(help="Also write a training-data index here, captured from the "
                                                          "training's own backward pass: one row per training "
@@ -69,9 +72,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                                   "as `attrilens index build`).")] = None,
         capture_eval_queries: Annotated[Path | None, typer.Option(help="JSONL queries {prompt,target} for a --capture "
                                                                        "trackstar index's R_eval.")] = None,
+        text_field: TextField = "text",
+        id_field: IdField = "id",
     ) -> None:
-        """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU until it memorises the facts
-        (--target-recall, --max-minutes, --epochs cap); resumable. With --base --lora: LoRA fine-tune."""
+        """Train a tiny GPT-2/Llama-style model (and its byte-level BPE tokenizer) on CPU, or LoRA-fine-tune --base,
+        until it recalls what it is given (--target-recall of --facts or of the documents' own continuations), the
+        --max-minutes budget or the --epochs cap ends it; resumable; training.json says why it stopped."""
         # unset options keep the defaults of whichever trainer runs (scratch: TrainConfig; --lora: finetune_lora)
         given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
         check_output_dir(out)
@@ -87,37 +93,54 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             if base is None or not lora:
                 raise AttrilensError("Fine-tuning needs both --base DIR and --lora. Pass both, or neither to train from scratch.")
             from attrilens.demo.lora import finetune_lora
+            from attrilens.demo.trainer import stopping_defaults
 
-            if target_recall is not None or facts is not None:
-                raise AttrilensError("--target-recall and --facts are for training from scratch, not --lora. Drop them.")
             targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None
             if lora_targets is not None and not targets:
                 raise AttrilensError("--lora-targets is empty. Pass module names such as q_proj,v_proj.")
+            stopping = stopping_defaults(corpus, target_recall, facts, max_minutes)  # to 0.9 recall in 30 min
             print(str(finetune_lora(base, corpus, out, r=lora_r, alpha=lora_alpha, target_modules=targets, seed=seed,
-                                    capture=cap, **given)))
+                                    capture=cap, text_field=text_field, id_field=id_field, **stopping, **given)))
             return
         from attrilens.demo.trainer import TrainConfig, stopping_defaults
         from attrilens.demo.trainer import train as run_training
 
-        stopping = stopping_defaults(corpus, target_recall, facts, max_minutes)  # a recall target when facts exist
+        stopping = stopping_defaults(corpus, target_recall, facts, max_minutes)  # to 0.9 recall in 30 min
         config = TrainConfig(corpus=corpus, out=out, arch=arch, layers=layers, width=width, seed=seed,
-                             tokenizer=tokenizer, **stopping, **given)
+                             tokenizer=tokenizer, text_field=text_field, id_field=id_field, **stopping, **given)
         print(str(run_training(config, capture=cap)))
 
     @bench.command("train")
     def bench_train(
-        minutes: Annotated[float, typer.Option(help="Time budget of each world's training run.")] = 7.0,
-        seed: Annotated[int, typer.Option(help="Seed of the first world (the others: seed+1, seed+2).")] = 2026,
+        minutes: Annotated[float | None, typer.Option(help="Time budget of each training run (default 7; 30 with "
+                                                           "--lora, the CLI's default).")] = None,
+        seed: Annotated[int, typer.Option(help="Seed of the first corpus (the others: seed+1, seed+2).")] = 2026,
         threads: Annotated[int, typer.Option(help="Torch threads per run (1 is fastest on a busy machine).")] = 1,
+        lora: Annotated[bool, typer.Option(help="The LoRA regime: fine-tune --base on three small corpora (invented "
+                                                "towns, town paragraphs, real capitals) and ask their questions "
+                                                "through the chat template.")] = False,
+        base: Annotated[str, typer.Option(help="With --lora: the model to fine-tune.")] = "smollm2-135m-instruct",
+        facts: Annotated[bool, typer.Option(help="Scratch regime: train to the worlds' facts files instead of the "
+                                                 "documents' own continuations.")] = False,
+        shapes: Annotated[str | None, typer.Option(help="Comma-separated subset of the shapes (scratch: short,long,"
+                                                        "wide; --lora: towns,town-paragraphs,capitals).")] = None,
         out: Annotated[Path | None, typer.Option(help="Also write the report here (train-bench.md and .json).")] = None,
         as_json: JsonFlag = False,
     ) -> None:
-        """`attrilens train` defaults on three fresh fact worlds of different shapes: epochs, stop reason, recall."""
-        from attrilens.bench.train import run_benchmark
-
+        """`attrilens train` defaults on fresh corpora of three shapes: epochs, stop reason, what was learnt."""
         if out is not None:
             check_output_dir(out)
-        report = run_benchmark(minutes=minutes, seed=seed, threads=threads)
+        chosen = [x.strip() for x in shapes.split(",") if x.strip()] if shapes else None
+        if lora:
+            from attrilens.bench.train_lora import run_lora_benchmark
+
+            report = run_lora_benchmark(base=base, minutes=30.0 if minutes is None else minutes, seed=seed,
+                                        threads=threads, shapes=chosen)
+        else:
+            from attrilens.bench.train import run_benchmark
+
+            report = run_benchmark(minutes=7.0 if minutes is None else minutes, seed=seed, threads=threads,
+                                   with_facts=facts, shapes=chosen)
         print(report.to_json() if as_json else report.to_text())
         if out is not None:
             report.write(out)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from attrilens.cli.loading import MODEL_HELP, ChatTemplate, load_lm
+from attrilens.cli.loading import CORPUS_HELP, MODEL_HELP, ChatTemplate, IdField, TextField, load_lm
 from attrilens.cli.output import JsonFlag, choices_help, emit, emit_summary
 from attrilens.errors import AttrilensError, check_output_dir
 from attrilens.models import resolve_model
@@ -62,8 +62,16 @@ def method_options(method: type[TDAMethod], pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+# trace's --chat-template: the same option names as every verb that loads a model; here it picks one prompt form for
+# both writing a --generate response and scoring it
+TraceChatTemplate = Annotated[bool | None, typer.Option(
+    "--chat-template/--no-chat-template",
+    help="Prompt the model through its chat template, or as plain text, both to write the --generate response and "
+         "to score it (default: a chat model answers a question or instruction through its chat template and "
+         "continues other text as plain text; the response is scored in the form the index was built with).")]
+
 VERBATIM = "verbatim"  # verbatim span tracing (attrilens.training.verbatim): not a TDA_METHODS entry
-_VERBATIM_BUILD = {"model", "corpus", "out", "method", "threads", "chat_template", "as_json"}
+_VERBATIM_BUILD = {"model", "corpus", "out", "method", "threads", "chat_template", "as_json", "text_field", "id_field"}
 
 
 def _given(ctx: typer.Context, names: set[str]) -> list[str]:
@@ -73,7 +81,7 @@ def _given(ctx: typer.Context, names: set[str]) -> list[str]:
 
 
 def _build_verbatim(ctx: typer.Context, model: str, corpus: Path, out: Path, chat_template: bool | None,
-                    as_json: bool) -> None:
+                    as_json: bool, fields: dict[str, str]) -> None:
     """`index build --method verbatim`: the corpus under the model's tokenizer in an infini-gram index."""
     from attrilens.training.verbatim import build_verbatim_index
 
@@ -81,7 +89,8 @@ def _build_verbatim(ctx: typer.Context, model: str, corpus: Path, out: Path, cha
     if extra:
         raise AttrilensError(f"{', '.join(extra)} apply to gradient methods, not --method verbatim. Drop them.")
     check_output_dir(out)
-    idx = build_verbatim_index(load_lm(str(resolve_model(model)), bool(chat_template)), corpus, out, progress=True)
+    idx = build_verbatim_index(load_lm(str(resolve_model(model)), bool(chat_template)), corpus, out, progress=True,
+                               **fields)
     m = idx.manifest
     emit_summary({"index": str(out), "method": VERBATIM, "documents": m["corpus"]["n_documents"],
                   "tokens": m["corpus"]["n_tokens"], "bytes_per_token": m.get("bytes_per_token"),
@@ -112,9 +121,21 @@ def _trace_ensemble(ctx: typer.Context, paths: list[Path], prompt: str, target: 
     ensemble = IndexEnsemble.open(paths, aggregate, chat_template=chat_template)
     if generate == (target is not None):
         raise AttrilensError("Pass exactly one of --target T or --generate.")
-    if generate:  # the first run's model answers; every run attributes that answer
-        target = ensemble.indexes[0].generate_target(prompt, max_new_tokens)
-    emit(ensemble.trace(prompt, target, _parse_ints(tokens, "--tokens"), top_k), as_json)
+    answer = ensemble.indexes[0].answer(prompt, max_new_tokens, chat_template) if generate else None
+    if answer is not None:  # the first run's model answers; every run attributes that answer
+        target = answer.target
+    result = ensemble.trace(prompt, target, _parse_ints(tokens, "--tokens"), top_k)
+    if answer is not None:
+        result.generated_with, result.scored_as = answer.generated_with, answer.scored_as
+    _emit_trace(result, as_json)
+
+
+def _emit_trace(result, as_json: bool) -> None:
+    """A trace result as `emit` prints it, with a generated response's forms on the line before the table."""
+    line = result.forms_line() if hasattr(result, "forms_line") else None
+    if line and not as_json:
+        print(f"{line}: {result.target!r}")
+    emit(result, as_json)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -127,7 +148,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def build(
         ctx: typer.Context,
         model: Annotated[str, typer.Option(help=f"Model (or LoRA adapter directory for datainf). {MODEL_HELP}")],
-        corpus: Annotated[Path, typer.Option(help='JSONL corpus, one {"id","text"} document per line.')],
+        corpus: Annotated[Path, typer.Option(help=CORPUS_HELP)],
         out: Annotated[Path, typer.Option(help="Index directory (created; an unfinished build there is resumed).")],
         method: Annotated[str, typer.Option(help=choices_help("Attribution method (verbatim: spans of the response "
                                                               "found word for word, OLMoTrace's way).",
@@ -181,6 +202,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                      "running sum per actor: for large --proj-dim) or auto (shard "
                                                      "up to d = 5792).")] = "auto",
         threads: Annotated[int | None, typer.Option(help="torch threads (1 is fastest on a busy 2-core machine).")] = None,
+        text_field: TextField = "text",
+        id_field: IdField = "id",
         chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
     ) -> None:
@@ -194,7 +217,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 raise AttrilensError(f"--threads must be at least 1, got {threads}.")
             torch.set_num_threads(threads)
         if method.replace("_", "-") == VERBATIM:
-            return _build_verbatim(ctx, model, corpus, out, chat_template, as_json)
+            return _build_verbatim(ctx, model, corpus, out, chat_template, as_json,
+                                   {"text_field": text_field, "id_field": id_field})
         cls = TDA_METHODS.get(method)
         flags = {"seed": seed, "allocation": allocation, "lam": lam, "damping": damping, "correction": correction,
                  "second_moments": second_moments, "use_r": use_r, "unit_norm": unit_norm, "aggregate": aggregate}
@@ -211,7 +235,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                           model_dir=model_dir,
                           eval_queries=eval_queries, shard_size=shard_size, batch_size=batch_size, dtype=dtype,
                           use_faiss=use_faiss or False, faiss_options=_faiss_options(faiss_option), ray=ray,
-                          ray_workers=ray_workers, ray_reduce=ray_reduce, progress=True, block_len=block_len, **options, **extra)
+                          ray_workers=ray_workers, ray_reduce=ray_reduce, progress=True, text_field=text_field,
+                          id_field=id_field, block_len=block_len, **options, **extra)
         m = idx.manifest
         emit_summary({"index": str(out), "method": m["method"], "examples": len(idx), "dim": m.get("dim", 0),
                       "shards": len(m.get("shards", [])), "build_seconds": m.get("build_seconds"),
@@ -243,12 +268,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                               "sizes and headers always, checksums on a file's "
                                                               "first open).")] = False,
         aggregate: Annotated[str, typer.Option(help="With several --index: mean or median of the runs' scores.")] = "mean",
-        chat_template: ChatTemplate = None,
+        chat_template: TraceChatTemplate = None,
         as_json: JsonFlag = False,
     ) -> None:
         """Top-k training examples that support (and oppose) a response, from an index (or several runs' indexes)."""
         from attrilens.training.index import TrainingIndex
         from attrilens.training.store import read_manifest
+        from attrilens.training.traced import record_trace
 
         if len(index) > 1:
             return _trace_ensemble(ctx, index, prompt, target, generate, max_new_tokens, tokens, top_k, aggregate,
@@ -266,6 +292,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             raise AttrilensError(f"--span takes two integers start,end, got {span!r}.")
         if max_new_tokens < 1:
             raise AttrilensError(f"--max-new-tokens must be at least 1, got {max_new_tokens}.")
+        asked = chat_template  # None: the model answers as it would a user (queries.answers_in_chat)
         if chat_template is None:  # encode the query as the index's eval queries were
             chat_template = manifest.get("chat_template")
         if manifest.get("method") == VERBATIM:
@@ -279,7 +306,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
             vidx = VerbatimIndex.open(index, load_lm(str(model_dir), chat_template), verify=True if verify else None)
             return emit(vidx.trace(prompt, target=target, generate=generate, min_len=8 if min_len is None else min_len,
-                                   top_k=top_k, max_new_tokens=max_new_tokens), as_json)
+                                   top_k=top_k, max_new_tokens=max_new_tokens, chat_template=asked), as_json)
         if min_len is not None:
             raise AttrilensError(f"--min-len applies to verbatim indexes; {index} is a {manifest.get('method')} "
                                  "index. Drop it.")
@@ -287,8 +314,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         idx = TrainingIndex.open(index, lm, model_dir=model_dir, verify=True if verify else None)
         result = idx.trace(prompt, target=target, generate=generate, tokens=_parse_ints(tokens, "--tokens"),
                            span=tuple(span_t) if span_t else None, top_k=top_k, neighbours=neighbours,
-                           use_faiss=use_faiss, ray=ray, max_new_tokens=max_new_tokens)
-        emit(result, as_json)
+                           use_faiss=use_faiss, ray=ray, max_new_tokens=max_new_tokens, chat_template=asked)
+        record_trace(index, result)  # what `curate` re-asks when it is given no --questions
+        _emit_trace(result, as_json)
 
     @bench.command("capture")
     def bench_capture(

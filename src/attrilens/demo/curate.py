@@ -6,11 +6,18 @@ questions and trace the answers before and after, and write the two side by side
     edit.jsonl     the edit as applied, one row per document: {"id", "remove": true} or {"id", "text"}
     model/         the adapter retrained by `finetune_lora` with the recorded base, config and seed
     index/         with an index: the same method and options built on the edited corpus with the new model
-    report.json    "attrilens/curate/v1": per question the answers, correctness, planted value and top proponents
-                   before and after; totals (planted facts fixed, correct facts broken); the edit; retrain seconds
+    report.json    "attrilens/curate/v1": its "summary" first ("re-asked N questions, M changed (from ...)"), then
+                   per question the answers (and the form each was asked in), correctness, planted value and top
+                   proponents before and after; totals (changed, planted facts fixed, correct facts broken); the
+                   edit; retrain seconds
     report.html    the same, before and after side by side (every text escaped, no script)
-Every input is checked before anything is written (bad input: one AttrilensError, `out` not created). While it runs
-`out/.incomplete` exists and report.json is written last, so an interrupted run is never taken for a finished one.
+Without `questions` it re-asks the questions.jsonl beside the corpus or in the adapter directory and the prompts
+the index has been traced with (`attrilens.training.traced`); with none of those it refuses, naming --questions.
+A question ("...?") is asked through a chat model's template and a text to continue as plain text (the form the
+adapter was trained on), unless the question's "chat_template" field or `chat_template` says otherwise; answers are
+traced as plain text. Every input is checked before anything is written (bad input: one AttrilensError, `out` not
+created). While it runs `out/.incomplete` exists and report.json is written last, so an interrupted run is never
+taken for a finished one.
 It lives above the lenses (it trains with `demo.lora` and scores with `bench.metrics`).
 """
 
@@ -137,17 +144,28 @@ def apply_edit(docs: Sequence[dict], edit: Edit) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- inputs
-def read_corpus_rows(path: Path | str) -> list[dict]:
+def read_corpus_rows(path: Path | str, *, text_field: str = "text", id_field: str = "id") -> list[dict]:
     """A JSONL corpus with every field of each row (read_documents keeps only id and text), checked the same way; a
-    row without an id gets its default "line-N" written in, so ids stay put when lines are removed."""
-    from attrilens.training.corpus import documents_from_rows
+    row without an id gets its default "line-N" written in, so ids stay put when lines are removed. With other
+    `text_field` / `id_field` names, those fields become "text" and "id". Any other format `attrilens.corpus_formats`
+    reads (Parquet, a datasets folder, text files) gives rows {"id", "text"} only."""
+    from attrilens.corpus_formats import corpus_format, iter_row_batches
+    from attrilens.training.corpus import documents_from_rows, read_documents
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise AttrilensError(f"Corpus file {str(path)!r} does not exist. Pass the JSONL corpus the adapter was "
                              "trained on (--corpus).")
-    lines = list(iter_jsonl_lines(path))
-    docs = documents_from_rows((f"{path}:{n}", n, row) for n, row in lines)
+    if corpus_format(path) != "jsonl":
+        return read_documents(path, text_field=text_field, id_field=id_field)
+    if (text_field, id_field) == ("text", "id"):
+        lines = list(iter_jsonl_lines(path))
+        docs = documents_from_rows((f"{path}:{n}", n, row) for n, row in lines)
+    else:  # the fields checked (a missing one names those there are), then renamed
+        docs = documents_from_rows(r for batch in iter_row_batches(path, text_field=text_field, id_field=id_field)
+                                   for r in batch)
+        lines = [(n, {**{k: v for k, v in row.items() if k not in (text_field, id_field)},
+                      "id": row.get(id_field), "text": row[text_field]}) for n, row in iter_jsonl_lines(path)]
     if not docs:
         raise AttrilensError(f"Corpus file {str(path)!r} has no documents. Pass the corpus the adapter was trained on.")
     return [row if row.get("id") is not None else {**row, "id": d["id"]}
@@ -165,9 +183,67 @@ def read_questions(path: Path | str) -> list[dict]:
         for key in ("truth", "wrong"):
             if q.get(key) is not None and (not isinstance(q[key], str) or not q[key].strip()):
                 raise AttrilensError(f'Question {qid!r} in {path}: "{key}" must be a non-empty string or null.')
-        out.append({"id": qid, "prompt": q["prompt"], "truth": q.get("truth"), "wrong": q.get("wrong")})
+        row = {"id": qid, "prompt": q["prompt"], "truth": q.get("truth"), "wrong": q.get("wrong")}
+        if q.get("chat_template") is not None:  # the form to ask it in; else curate's choice (`_ask`)
+            if not isinstance(q["chat_template"], bool):
+                raise AttrilensError(f'Question {qid!r} in {path}: "chat_template" must be true, false or null.')
+            row["chat_template"] = q["chat_template"]
+        out.append(row)
     _check_unique([q["id"] for q in out], f"Questions file {path}")
     return out
+
+
+QUESTIONS = "questions.jsonl"  # the questions file curate finds beside the corpus or the adapter
+
+
+def find_questions(questions: Path | str | None, adapter: Path, corpus_path: Path, index: Path | None,
+                   info: dict) -> tuple[list[dict], list[str]]:
+    """(questions, where they came from) to re-ask: `questions` when given; else every questions.jsonl beside the
+    corpus or in the adapter directory (or the file training.json records as "questions") and the prompts the
+    index has been traced with (`training.traced`), each prompt once. None at all is an error naming --questions."""
+    from attrilens.training.traced import TRACED, read_traced
+
+    if questions is not None:
+        return read_questions(questions), [str(questions)]
+    found: list[dict] = []
+    sources: list[str] = []
+    recorded = info.get("questions")
+    candidates = [corpus_path / QUESTIONS if corpus_path.is_dir() else corpus_path.with_name(QUESTIONS),
+                  adapter / QUESTIONS]
+    if isinstance(recorded, str) and recorded.strip():
+        candidates.append(Path(recorded) if Path(recorded).is_absolute() else adapter / recorded)
+    seen_files: set[Path] = set()
+    for path in candidates:
+        if not path.is_file() or path.resolve() in seen_files:
+            continue
+        seen_files.add(path.resolve())
+        found += read_questions(path)
+        sources.append(str(path))
+    if index is not None:
+        traced = read_traced(index)
+        if traced:
+            sources.append(str(index / TRACED))
+        for k, t in enumerate(traced, 1):
+            found.append({"id": f"traced-{k}", "prompt": t["prompt"], "truth": None, "wrong": None,
+                          **({"chat_template": t["generated_with"] == "chat template"} if t["generated_with"] else {})})
+    out, prompts, ids = [], set(), set()
+    for q in found:  # a prompt asked once; ids kept unique across files
+        if q["prompt"] in prompts:
+            continue
+        prompts.add(q["prompt"])
+        qid, n = q["id"], 1
+        while qid in ids:
+            n += 1
+            qid = f"{q['id']}-{n}"
+        ids.add(qid)
+        out.append({**q, "id": qid})
+    if not out:
+        where = f"no {QUESTIONS} beside the corpus ({corpus_path.parent if corpus_path.is_file() else corpus_path}) "
+        where += f"or in the adapter ({adapter})"
+        where += ", and the index has no traced prompts" if index is not None else ""
+        raise AttrilensError(f"Nothing to re-ask: {where}. Pass --questions FILE (JSONL {{\"id\", \"prompt\"}} with "
+                             "optional \"truth\" and \"wrong\") before the retrain starts.")
+    return out, sources
 
 
 def read_training_info(adapter: Path) -> dict:
@@ -255,6 +331,7 @@ class CuratePlan:
     manifest: dict | None
     eval_queries: list[dict] | None
     settings: dict
+    questions_from: list[str] = field(default_factory=list)  # the files (and traced-prompts log) asked from
 
 
 def _find_source(index_or_model_dir: Path | str) -> tuple[Path, Path | None, dict | None]:
@@ -327,8 +404,10 @@ def _eval_queries(manifest: dict | None, path: Path | str | None) -> list[dict] 
 
 def plan(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Sequence[str] | None = None,
          edit: Path | str | Edit | None = None, questions: Path | str | None = None, corpus: Path | str | None = None,
-         base: str | Path | None = None, eval_queries: Path | str | None = None) -> CuratePlan:
-    """Check every input of a curate run (nothing is written); bad input raises one AttrilensError."""
+         base: str | Path | None = None, eval_queries: Path | str | None = None, text_field: str = "text",
+         id_field: str = "id") -> CuratePlan:
+    """Check every input of a curate run (nothing is written); bad input raises one AttrilensError. `text_field` /
+    `id_field` name the corpus's fields (the edited corpus is written with "id" and "text")."""
     from attrilens.demo.lora import documents_sha256
 
     if (remove is None) == (edit is None):
@@ -349,15 +428,16 @@ def plan(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Seque
     corpus_path = Path(corpus_path)
     if corpus is None and not corpus_path.is_absolute():  # recorded relative to the adapter (shipped assets)
         corpus_path = (adapter / corpus_path).resolve()
-    docs = read_corpus_rows(corpus_path)
+    docs = read_corpus_rows(corpus_path, text_field=text_field, id_field=id_field)
     got = documents_sha256(docs)
     if got != info["corpus"]["sha256"]:
         raise AttrilensError(f"{corpus_path} is not the corpus the adapter in {adapter} was trained on (sha256 "
                              f"{got[:12]} vs recorded {info['corpus']['sha256'][:12]}). Pass --corpus with that corpus.")
     edited = apply_edit(docs, the_edit)
-    qs = read_questions(questions) if questions is not None else []
+    qs, sources = find_questions(questions, adapter, corpus_path, index, info)  # none: refused before any work
     return CuratePlan(adapter, info, *check_base(base, info, adapter, manifest), corpus_path, docs, edited, the_edit,
-                      qs, index, manifest, _eval_queries(manifest, eval_queries), retrain_settings(info))
+                      qs, index, manifest, _eval_queries(manifest, eval_queries), retrain_settings(info),
+                      questions_from=sources)
 
 
 # ---------------------------------------------------------------------- the loop
@@ -380,16 +460,36 @@ def _load_old(p: CuratePlan):
     return lm, TrainingIndex.open(p.index, lm, corpus=[{"id": str(d["id"]), "text": d["text"]} for d in p.docs])
 
 
-def _ask(lm: LM, questions: list[dict]) -> list[dict]:
-    """Each question's greedy answer, whether it gives the truth and whether it gives the planted value."""
-    from attrilens.bench.metrics import greedy_match
+def _says(answer: str, value: str) -> bool:
+    """Whether a free-text answer names `value` as a word (an answer given through the chat template)."""
+    import re
 
+    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", answer, flags=re.IGNORECASE) is not None
+
+
+def _ask(lm: LM, questions: list[dict], chat_template: bool | None = None) -> list[dict]:
+    """Each question's greedy answer, asked the way the model answers it (the question's own "chat_template", else
+    `chat_template`, else `queries.answers_in_chat`: a question through a chat model's template, a text to continue
+    as plain text, the form the adapter was trained on), the target its trace scores (plain text), and whether it
+    gives the truth and the planted value: a continuation that starts with it, or a chat answer that names it."""
+    from attrilens.bench.metrics import greedy_match
+    from attrilens.training.queries import answers_in_chat, generate_answer, prompt_form
+
+    plain = lm.with_chat_template(False)  # the trace scores the index's plain-text form
     out = []
     for q in questions:
-        answer = lm.generate(q["prompt"], max_new_tokens=MAX_NEW_TOKENS, chat_template=False)
-        out.append({"answer": answer,
-                    "correct": greedy_match(answer, f" {q['truth']}") if q["truth"] else None,
-                    "planted": greedy_match(answer, f" {q['wrong']}") if q["wrong"] else None})
+        chat = answers_in_chat(lm, q["prompt"], q.get("chat_template", chat_template))
+        try:
+            a = generate_answer(plain, q["prompt"], MAX_NEW_TOKENS, chat)
+            answer, target, empty = a.response, a.target, None
+        except AttrilensError as exc:  # an empty answer, recorded with the reason
+            answer, target, empty = "", None, str(exc)
+        correct, planted = (None if not v else _says(answer, v) if chat else greedy_match(answer, f" {v}")
+                            for v in (q["truth"], q["wrong"]))
+        if chat and correct and planted:  # a chat answer naming both values gives neither
+            correct = planted = False
+        out.append({"answer": answer, "target": target, "asked_as": prompt_form(chat), "empty": empty,
+                    "correct": correct, "planted": planted})
     return out
 
 
@@ -398,10 +498,10 @@ def _trace(index, questions: list[dict], answers: list[dict], top_k: int) -> lis
     out = []
     for q, a in zip(questions, answers, strict=True):
         if not a["answer"].strip():
-            out.append({"proponents": None, "error": "empty answer"})
+            out.append({"proponents": None, "error": a.get("empty") or "empty answer"})
             continue
         try:
-            result = index.trace(q["prompt"], target=a["answer"], top_k=top_k)
+            result = index.trace(q["prompt"], target=a.get("target") or a["answer"], top_k=top_k)
         except AttrilensError as exc:  # recorded per question in the report, not dropped
             out.append({"proponents": None, "error": str(exc)})
             continue
@@ -428,13 +528,16 @@ def _rows(p: CuratePlan, before: list[dict], after: list[dict] | None, tb: list[
     touched = set(p.edit.ids())
     rows = []
     for k, q in enumerate(p.questions):
-        row = {**q, "answer_before": before[k]["answer"], "answer_after": after[k]["answer"] if after else None,
+        row = {**q, "asked_as": before[k]["asked_as"],
+               "answer_before": before[k]["answer"], "answer_after": after[k]["answer"] if after else None,
                "correct_before": before[k]["correct"], "correct_after": after[k]["correct"] if after else None,
                "planted_before": before[k]["planted"], "planted_after": after[k]["planted"] if after else None,
                "proponents_before": tb[k]["proponents"] if tb else None,
                "proponents_after": ta[k]["proponents"] if ta else None}
         row["edited_proponents"] = [i for i in row["proponents_before"] or [] if i in touched] if tb else None
         errors = {f"trace_error_{w}": t[k]["error"] for w, t in (("before", tb), ("after", ta)) if t and t[k]["error"]}
+        errors.update({f"empty_{w}": a[k]["empty"] for w, a in (("before", before), ("after", after))
+                       if a and a[k]["empty"]})
         rows.append({**row, **errors})
     return rows
 
@@ -447,7 +550,8 @@ def _totals(rows: list[dict], retrained: bool) -> dict:
     t = {"questions": len(rows), "planted_questions": sum(1 for r in rows if r["wrong"]),
          "correct_before": count("correct_before"), "planted_before": count("planted_before")}
     if retrained:
-        t.update(correct_after=count("correct_after"), planted_after=count("planted_after"),
+        t.update(changed=sum(1 for r in rows if r["answer_after"] != r["answer_before"]),
+                 correct_after=count("correct_after"), planted_after=count("planted_after"),
                  planted_fixed=sum(1 for r in rows if r["planted_before"] and not r["planted_after"]),
                  planted_fixed_to_truth=sum(1 for r in rows if r["planted_before"] and r["correct_after"]),
                  correct_broken=sum(1 for r in rows if r["correct_before"] and not r["correct_after"]))
@@ -457,18 +561,23 @@ def _totals(rows: list[dict], retrained: bool) -> dict:
 def curate(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Sequence[str] | None = None,
            edit: Path | str | Edit | None = None, questions: Path | str | None = None,
            corpus: Path | str | None = None, base: str | Path | None = None, eval_queries: Path | str | None = None,
-           retrain: bool = True, reindex: bool = True, top_k: int = 10, progress: bool = True) -> CurateReport:
+           retrain: bool = True, reindex: bool = True, top_k: int = 10, progress: bool = True,
+           text_field: str = "text", id_field: str = "id", chat_template: bool | None = None) -> CurateReport:
     """Edit the training corpus of a LoRA adapter (given directly or as the model of an index), retrain it with the
     same base, settings and seed, re-ask the questions with both models, trace the answers through the old index and
-    a rebuilt one, and write the before/after report into `out` (module docstring)."""
+    a rebuilt one, and write the before/after report into `out` (module docstring). Without `questions`, the
+    questions.jsonl beside the corpus or adapter and the index's traced prompts are re-asked (`find_questions`);
+    `chat_template` forces the form they are asked in (default: each the way the model answers it, `_ask`)."""
     from attrilens.demo.lora import finetune_lora
 
     if top_k < 1:
         raise AttrilensError(f"--top-k must be at least 1, got {top_k}.")
     t_start = time.perf_counter()
     p = plan(index_or_model_dir, out, remove=remove, edit=edit, questions=questions, corpus=corpus, base=base,
-             eval_queries=eval_queries)
+             eval_queries=eval_queries, text_field=text_field, id_field=id_field)
     old_lm, old_index = _load_old(p)  # a base the adapter does not fit fails here, before anything is written
+    if chat_template:
+        old_lm.chat(True)  # a model without a chat template: refused here, before anything is written
     out = Path(out).resolve()  # absolute: training.json and the new index's manifest record these paths
     out.mkdir(parents=True, exist_ok=True)
     marker = out / INCOMPLETE
@@ -476,7 +585,8 @@ def curate(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Seq
     write_jsonl(out / "corpus.jsonl", p.edited)
     write_jsonl(out / "edit.jsonl", p.edit.rows())
     _say(progress, f"edited corpus: {len(p.docs)} → {len(p.edited)} documents ({out / 'corpus.jsonl'})")
-    before = _ask(old_lm, p.questions)
+    _say(progress, f"asking {len(p.questions)} questions (from {', '.join(p.questions_from)})")
+    before = _ask(old_lm, p.questions, chat_template)
     tb = _trace(old_index, p.questions, before, top_k) if old_index is not None else None
     after = ta = None
     retrain_s = index_s = None
@@ -487,7 +597,7 @@ def curate(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Seq
         model_dir = finetune_lora(p.base_spec, out / "corpus.jsonl", out / "model", progress=progress, **p.settings)
         retrain_s = round(time.perf_counter() - t0, 3)
         new_lm = LM.from_pretrained(model_dir, base=p.base).with_chat_template(False)
-        after = _ask(new_lm, p.questions)
+        after = _ask(new_lm, p.questions, chat_template)
         if old_index is not None and reindex:
             _say(progress, f"rebuilding the {p.manifest['method']} index on the edited corpus")
             t0 = time.perf_counter()
@@ -496,24 +606,36 @@ def curate(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Seq
             index_s = round(time.perf_counter() - t0, 3)
             ta = _trace(new_index, p.questions, after, top_k)
     rows = _rows(p, before, after, tb, ta)
+    totals = _totals(rows, retrain)
     touched = {str(d["id"]): d["text"] for d in p.docs}
     report = CurateReport(
         source={"adapter": str(p.adapter), "index": str(p.index) if p.index else None, "base": p.base_spec,
-                "corpus": str(p.corpus_path), "method": p.manifest["method"] if p.manifest else None},
+                "corpus": str(p.corpus_path), "method": p.manifest["method"] if p.manifest else None,
+                "questions": list(p.questions_from)},
         edit={"removed": list(p.edit.remove), "edited": list(p.edit.replace),
               "unchanged": [i for i, t in p.edit.replace.items() if touched[i] == t],
               "n_documents_before": len(p.docs), "n_documents_after": len(p.edited)},
-        questions=rows, totals=_totals(rows, retrain),
+        questions=rows, totals=totals,
         paths={"corpus": str(out / "corpus.jsonl"), "edit": str(out / "edit.jsonl"),
                "model": str(model_dir) if model_dir else None, "index": str(index_dir) if index_dir else None,
                "report_json": str(out / "report.json"), "report_html": str(out / "report.html")},
         settings=dict(p.settings), retrain_seconds=retrain_s, index_seconds=index_s,
-        cost=Cost(seconds=round(time.perf_counter() - t_start, 3)))
+        cost=Cost(seconds=round(time.perf_counter() - t_start, 3)),
+        summary=summary_line(totals, p.questions_from))
     _write_text(out / "report.html", report.to_html())
     _write_text(out / "report.json", report.to_json(indent=1) + "\n")
     marker.unlink()
     _say(progress, f"report: {out / 'report.html'}")
     return report
+
+
+def summary_line(totals: dict, sources: Sequence[str] = ()) -> str:
+    """The report's first line: how many questions were re-asked and how many answers changed (and from where)."""
+    n = int(totals.get("questions", 0))
+    what = f"{n} question{'s' if n != 1 else ''}"
+    line = (f"re-asked {what}, {totals['changed']} changed" if "changed" in totals
+            else f"asked {what} (no retrain: nothing re-asked)")
+    return line + (f" (from {', '.join(sources)})" if sources else "")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -539,9 +661,15 @@ class CurateReport(Result):
     retrain_seconds: float | None = None
     index_seconds: float | None = None
     cost: Cost = field(default_factory=Cost)
+    summary: str = ""  # the first line: "re-asked N questions, M changed (from ...)"; from the totals when not given
+
+    def __post_init__(self) -> None:
+        if not self.summary:
+            self.summary = summary_line(self.totals)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": self.SCHEMA, "source": self.source, "edit": self.edit, "totals": self.totals,
+        return {"schema": self.SCHEMA, "summary": self.summary, "source": self.source, "edit": self.edit,
+                "totals": self.totals,
                 "questions": self.questions, "paths": self.paths, "settings": self.settings,
                 "retrain_seconds": self.retrain_seconds, "index_seconds": self.index_seconds,
                 "cost": self.cost.to_dict()}
@@ -550,7 +678,8 @@ class CurateReport(Result):
     def from_dict(cls, d: dict[str, Any]) -> CurateReport:
         try:
             return cls(d["source"], d["edit"], d["questions"], d["totals"], d["paths"], d["settings"],
-                       d.get("retrain_seconds"), d.get("index_seconds"), Cost.from_dict(d.get("cost", {})))
+                       d.get("retrain_seconds"), d.get("index_seconds"), Cost.from_dict(d.get("cost", {})),
+                       str(d.get("summary") or ""))
         except KeyError as exc:
             raise AttrilensError(f"The curate report has no {exc.args[0]!r} field. Pass what to_json() wrote.") from None
 
@@ -599,7 +728,8 @@ def render_report(d: dict[str, Any], title: str) -> str:
     rows = []
     for q in d["questions"]:
         rows.append(
-            f"<tr><td class='text'>{_e(q['id'])}</td><td class='text'>{_e(q['prompt'])}</td>"
+            f"<tr><td class='text'>{_e(q['id'])}</td><td class='text'>{_e(q['prompt'])}"
+            f"{'<br><span class=muted>asked as ' + _e(q['asked_as']) + '</span>' if q.get('asked_as') else ''}</td>"
             f"<td>{_e(q['truth'])}<br><span class='muted'>planted: {_e(q['wrong'])}</span></td>"
             f"<td class='text'>{_e(q['answer_before'])}<br>correct {_mark(q['correct_before'])} · planted "
             f"{_mark(q['planted_before'])}</td>"
@@ -613,6 +743,7 @@ def render_report(d: dict[str, Any], title: str) -> str:
         f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n<h1>{_e(title)}</h1>\n"
+        f"<p><strong>{_e(d.get('summary') or summary_line(d['totals']))}</strong></p>\n"
         f"<p class='muted'>adapter {_e(d['source']['adapter'])} · index {_e(d['source']['index'])} · base "
         f"{_e(d['source']['base'])}<br>corpus {_e(d['source']['corpus'])} → {_e(d['paths']['corpus'])}<br>"
         f"retrained into {_e(d['paths']['model'])} in {_e(d['retrain_seconds'])} s ({_e(settings)})</p>\n"

@@ -3,7 +3,8 @@
 Without a model it runs offline on the shipped fact world and tiny models (seconds). With `model` (a registered
 real model such as smollm2-135m-instruct, or any model directory) it explains that model: a reading episode of
 the fact world it answers, attributed to its context sentences by exact (cached) leave-one-out; a real fact it
-completes (from `countryinfo`), traced to a stand-in training corpus (the facts stated in sentences: the model
+completes (from `countryinfo`) — a chat model's answer to it asked as a question through its chat template,
+scored as plain text — traced to a stand-in training corpus (the facts stated in sentences: the model
 was not trained on them — the trace ranks these documents by TrackStar's gradient similarity, built once and
 cached) and read layer by layer with the logit lens.
 """
@@ -113,11 +114,16 @@ def run_demo(out: Path | str, *, model: str | None = None, max_new_tokens: int =
         plain = lm.with_chat_template(False)  # a completion prompt, not a chat turn
         fact, generation = pick_country_fact(plain)
         index = real_model_index(plain)
-        trace = index.trace(fact.prompt, target=generation, top_k=10, neighbours=False)
+        # a chat model is asked the question as a user would ask it (its chat template) and the answer is scored
+        # as plain text, the form of the index's documents; else (or if it misses) the completion is traced
+        trace = question_trace(index, fact, max_new_tokens) if getattr(lm.tokenizer, "chat_template", None) else None
+        if trace is None:
+            trace = index.trace(fact.prompt, target=generation, top_k=10, neighbours=False)
         prompt, gold = fact.prompt, [d["id"] for d in statement_corpus([fact])]
         lm = plain
     documents.append(trace.to_dict())
-    _log(f"training-data attribution of {prompt!r} -> {generation!r}: {time.perf_counter() - t:.1f}s "
+    forms = f" ({trace.forms_line()})" if trace.forms_line() else ""
+    _log(f"training-data attribution of {trace.prompt!r} -> {trace.target!r}{forms}: {time.perf_counter() - t:.1f}s "
          f"(gold documents: {', '.join(gold)}; found in the top 10: "
          f"{', '.join(h.id for h in trace.proponents if h.id in gold) or 'none'})")
 
@@ -138,6 +144,26 @@ def pick_country_fact(lm: LM) -> tuple:
         if greedy_match(generation, fact.target):
             return fact, fact.target
     raise AttrilensError("The model completes none of 40 capital prompts. Use another model, or the tiny demo.")
+
+
+def question_trace(index: TrainingIndex, fact, max_new_tokens: int = 32):
+    """The trace of a chat model's own answer to the fact as a question ("What is the capital of France?"), asked
+    through its chat template and scored as plain text (the index's form), restricted to the value where the answer
+    names it (the tokens of " Paris": a whole sentence's gradient is mostly the sentence's frame); None when the
+    answer is empty or does not name the value."""
+    import re
+
+    question = f"What is the {fact.relation} of {fact.country}?"
+    try:
+        answer = index.answer(question, max_new_tokens, chat_template=True)
+    except AttrilensError:
+        return None
+    found = re.search(rf"(?<!\w){re.escape(fact.value)}(?!\w)", answer.target)
+    if found is None:
+        return None
+    trace = index.trace(question, target=answer.target, span=found.span(), top_k=10, neighbours=False)
+    trace.generated_with, trace.scored_as = answer.generated_with, answer.scored_as
+    return trace
 
 
 def real_model_index(lm: LM, n_facts: int = 120) -> TrainingIndex:

@@ -19,16 +19,23 @@ Two ways to decide how long to train:
 
 - **a fixed number of epochs** (``target_recall=None``, the default of the Python API): ``epochs`` passes (100 if
   unset), linear warmup then a cosine decay over the whole run (or over ``schedule_minutes``);
-- **until a memorisation target** (``target_recall=0.9``, the default of ``attrilens train`` when it finds facts):
-  train until the greedy fact recall reaches the target, the time budget ``max_minutes`` runs out, or ``epochs``
-  (a cap, 1000 if unset) is reached — whichever comes first (``stop_reason`` "target reached", "time budget",
-  "epochs cap").
+- **until a memorisation target** (``target_recall=0.9``, the default of ``attrilens train``, 30-minute budget):
+  train until the greedy recall of what the corpus is meant to teach reaches the target, the time budget
+  ``max_minutes`` runs out, or ``epochs`` (a cap, 1000 if unset) is reached — whichever comes first (``stop_reason``
+  "target reached", "time budget …" saying why — nothing learnt, recall fell, or how far it got — "epochs cap").
+  At the target (confirmed on the whole probe, not the sample) the rate decays linearly to ``lr * min_lr_ratio``
+  over ``cooldown`` (25 %) of the steps so far, then the run stops; if that cooldown lost recall, the weights and
+  optimizer state at the target are kept instead.
 
-Facts are a JSONL file of ``{"prompt", "target"}`` rows (what ``make_world`` writes as ``facts.jsonl``): a fact is
-recalled when the greedy continuation of ``prompt`` is ``target`` and the word ends there (``greedy_match``). The
-file is ``facts=`` or, by default, ``facts.jsonl`` in the corpus' directory. Every ``eval_every`` steps the recall
-of a fixed seeded sample of at most ``eval_facts`` facts is measured (teacher-forced, one batched forward pass, no
-generation loop) and recorded; the final recall is measured on all facts.
+What is recalled (``attrilens.demo.probes``): with facts, a JSONL file of ``{"prompt", "target"}`` rows (what
+``make_world`` writes as ``facts.jsonl``; ``facts=`` or, by default, ``facts.jsonl`` in the corpus' directory), a
+fact recalled when the greedy continuation of ``prompt`` is ``target`` and the word ends there (``greedy_match``).
+Without facts — a user's corpus alone — the documents' own continuations: the last word of each of a document's
+last four sentences, continued from that sentence's start, and its last word from the document's beginning
+(``continuation_rows``; rows sharing one prompt count once, recalled if any of their targets is). Every ``eval_every`` steps the
+recall of a fixed seeded sample of at most ``eval_facts`` rows is measured (teacher-forced, one batched forward
+pass, no generation loop) and recorded, beside the loss; the final recall is measured on all rows, and the
+recall before training is recorded as the baseline.
 
 The learning-rate schedule of the target mode is the one the shipped demo models were trained with
 (``schedule_minutes``), over the run's budget, because the stop is not known in advance: linear warmup, then a
@@ -51,7 +58,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from bisect import bisect_right
@@ -61,7 +67,15 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from attrilens.demo.probes import FactProbe, continuation_rows
 from attrilens.demo.resume import load_resume, save_resume
+from attrilens.demo.stopping import (
+    budget_reason,
+    checkpoint_unknown_length,
+    recall_info,
+    save_checkpoint,
+    thin_checkpoints,
+)
 from attrilens.errors import AttrilensError
 from attrilens.jsonl import load_jsonl
 
@@ -74,7 +88,8 @@ PAD = "<|pad|>"
 _RESUME_FREE = {"out", "max_minutes", "max_steps", "schedule_minutes", "progress", "threads", "resume_every_minutes",
                 "resume_every_steps"}
 # Fields added after runs were saved: at these values a saved config without them is still the same run.
-_ADDED_DEFAULTS = {"target_recall": None, "facts": None, "eval_every": None, "eval_facts": 200}
+_ADDED_DEFAULTS = {"target_recall": None, "facts": None, "eval_every": None, "eval_facts": 200, "packing": "packed",
+                   "text_field": "text", "id_field": "id", "cooldown": 0.0}
 DEFAULT_EPOCHS = 100  # fixed-epoch runs: with batch 4 and lr 1e-2, a 480-fact corpus in minutes
 DEFAULT_TARGET_RECALL = 0.9  # `attrilens train` with facts: train until 90 % of them are recalled
 DEFAULT_BUDGET_MINUTES = 30.0  # `attrilens train` with facts: the time budget the schedule decays over
@@ -89,6 +104,8 @@ class TrainConfig:
     corpus: Path
     out: Path
     arch: Literal["gpt2", "llama"] = "llama"
+    text_field: str = "text"  # the corpus field holding each document's text (attrilens.corpus_formats)
+    id_field: str = "id"  # ... and its id (missing: the 0-based position)
     layers: int = 4
     width: int = 128
     heads: int = 4
@@ -107,6 +124,9 @@ class TrainConfig:
     vocab_size: int = 2048
     seq_len: int = 512
     batch_size: int = 4
+    # "packed": whole documents packed next-fit into rows of <= seq_len tokens; "document": one document a row
+    # (each trained from position 0 with nothing before it, as it is probed and prompted)
+    packing: Literal["packed", "document"] = "packed"
     lr: float = 1e-2
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -121,6 +141,9 @@ class TrainConfig:
     facts: Path | None = None  # JSONL of {"prompt", "target"}; also without a target: the recall curve is recorded
     eval_every: int | None = None  # steps between recall measurements (None: one epoch, at most 50 steps)
     eval_facts: int = 200  # size of the fixed seeded sample of facts measured during training
+    # once the target is reached (on every probe row, not only the sample), decay the rate linearly to
+    # lr * min_lr_ratio over this fraction of the steps so far before stopping: memorisation settles at low rates
+    cooldown: float = 0.25
     curriculum_epochs: int = 0  # the first N epochs use only documents of at most curriculum_max_tokens
     curriculum_max_tokens: int = 256
     keep_checkpoints: int = 3
@@ -145,12 +168,13 @@ def default_facts(corpus: Path | str) -> Path | None:
 
 def stopping_defaults(corpus: Path | str, target_recall: float | None = None, facts: Path | str | None = None,
                       max_minutes: float | None = None) -> dict:
-    """The stopping fields of `attrilens train` (and `attrilens bench train`): with facts (given, or facts.jsonl
-    beside the corpus) train to ``target_recall`` (default 0.9) within ``max_minutes`` (default 30);
-    ``target_recall=0``, or no facts: fixed epochs (``max_minutes`` then interrupts resumably)."""
+    """The stopping fields of `attrilens train` (and `attrilens bench train`): train to ``target_recall`` (default
+    0.9) of the facts (given, or facts.jsonl beside the corpus) or, without facts, of the documents' own
+    continuations, within ``max_minutes`` (default 30); ``target_recall=0``: fixed epochs (``max_minutes`` then
+    interrupts resumably)."""
     facts = Path(facts) if facts is not None else default_facts(corpus)
     fixed = {"target_recall": None, "facts": facts, "max_minutes": max_minutes}
-    if target_recall == 0 or (target_recall is None and facts is None):
+    if target_recall == 0:
         return fixed
     budget = DEFAULT_BUDGET_MINUTES if max_minutes is None else max_minutes
     return {"target_recall": DEFAULT_TARGET_RECALL if target_recall is None else target_recall, "facts": facts,
@@ -164,10 +188,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise AttrilensError(f"Facts file not found: {facts}. Pass a JSONL of {{\"prompt\", \"target\"}} rows "
                              "(`attrilens world` writes facts.jsonl).")
     if facts is None and config.target_recall is not None:
-        facts = default_facts(config.corpus)
-        if facts is None:
-            raise AttrilensError(f"target_recall needs facts, and there is no facts.jsonl beside {config.corpus}. "
-                                 "Pass facts=FILE (--facts) with {\"prompt\", \"target\"} rows, or no target.")
+        facts = default_facts(config.corpus)  # facts.jsonl beside the corpus; else the documents' continuations
     epochs = config.epochs
     if epochs is None:
         epochs = DEFAULT_EPOCHS if config.target_recall is None else DEFAULT_EPOCH_CAP
@@ -204,6 +225,8 @@ def _check_stopping(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and not value >= 0:
             raise AttrilensError(f"{name} must be >= 0, got {value}. Pass a number of minutes.")
+    if not 0 <= config.cooldown <= 1:
+        raise AttrilensError(f"cooldown must be in [0, 1], got {config.cooldown}. Pass a fraction of the steps run.")
     if config.max_steps is not None and config.max_steps < 0:
         raise AttrilensError(f"max_steps must be >= 0, got {config.max_steps}. Pass a number of steps.")
     if t is not None and config.schedule_minutes is not None:
@@ -286,7 +309,7 @@ class _Plan:
             perm = [i for i in perm if self.lengths[i] <= c.curriculum_max_tokens] or perm
         self.orders.append(perm)
         self.starts.append(len(self.batches))
-        rows = _epoch_rows(self.lengths, perm, c.seq_len)
+        rows = _epoch_rows(self.lengths, perm, c.seq_len) if c.packing == "packed" else [[i] for i in perm]
         self.batches += [rows[b : b + c.batch_size] for b in range(0, len(rows), c.batch_size)]
 
     def has(self, step: int) -> bool:
@@ -336,61 +359,6 @@ def _lr_at(config: TrainConfig, step: int, total: int, frac: float | None = None
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cos)
 
 
-class FactProbe:
-    """Greedy fact recall of a model on ``{"prompt", "target"}`` rows, teacher-forced: a fact is recalled when the
-    argmax after its prompt spells the target's tokens and the next one does not continue the word (the same
-    verdict as `greedy_match` on a greedy generation, in one batched forward pass instead of a decoding loop)."""
-
-    def __init__(self, rows: list[dict], tok, max_len: int, batch_size: int = 64):
-        self.tok, self.batch_size = tok, batch_size
-        self.pairs: list[tuple[list[int], list[int]]] = []
-        for r in rows:
-            p = tok(r["prompt"], add_special_tokens=False)["input_ids"]
-            t = tok(r["target"], add_special_tokens=False)["input_ids"]
-            if not p or not t or len(p) + len(t) > max_len:
-                raise AttrilensError(f"Fact {r.get('id', r['prompt'])!r} has an empty prompt or target, or is longer "
-                                     f"than seq_len={max_len} tokens. Fix or drop it.")
-            self.pairs.append((p, t))
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    @torch.no_grad()
-    def hits(self, model, subset: list[int] | None = None) -> list[bool]:
-        """Whether each fact (of ``subset``, default all) is recalled; the model's training flag is kept."""
-        from attrilens.bench.metrics import greedy_match
-
-        idx = list(range(len(self.pairs))) if subset is None else subset
-        idx = sorted(idx, key=lambda i: len(self.pairs[i][0]) + len(self.pairs[i][1]))  # little padding
-        training = model.training
-        model.eval()
-        found: dict[int, bool] = {}
-        pad = self.tok.pad_token_id
-        for b in range(0, len(idx), self.batch_size):
-            chunk = idx[b : b + self.batch_size]
-            seqs = [self.pairs[i][0] + self.pairs[i][1] for i in chunk]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
-            pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
-            for r, i in enumerate(chunk):
-                p, t = self.pairs[i]
-                spelled = pred[r, len(p) - 1 : len(p) + len(t) - 1].tolist() == t
-                nxt = self.tok.decode([int(pred[r, len(p) + len(t) - 1])], skip_special_tokens=True)
-                found[i] = spelled and greedy_match("x" + nxt, "x")
-        model.train(training)
-        ordered = list(range(len(self.pairs))) if subset is None else subset
-        return [found[i] for i in ordered]
-
-    def recall(self, model, subset: list[int] | None = None) -> float:
-        """Fraction of the facts (of ``subset``) recalled."""
-        h = self.hits(model, subset)
-        return sum(h) / max(1, len(h))
-
-
 def _named_params(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
@@ -402,13 +370,21 @@ def _comparable(d: dict) -> dict:
 
 
 def _load_corpus(config: TrainConfig) -> tuple[list[str], list[str]]:
-    """Document ids and texts of the corpus; a blank text is an error."""
-    rows = load_jsonl(Path(config.corpus))
-    for r in rows:
+    """Document ids and texts of the corpus (any format `attrilens.corpus_formats` reads, its fields named by
+    text_field / id_field; ids default to the 0-based position); a missing or blank text is an error."""
+    from attrilens.corpus_formats import iter_row_batches
+
+    fields = {"text_field": config.text_field, "id_field": config.id_field}
+    rows = [(where, row) for batch in iter_row_batches(Path(config.corpus), **fields) for where, _, row in batch]
+    if not rows:
+        raise AttrilensError(f"{config.corpus} is empty. Give it at least one document.")
+    for where, r in rows:
+        if not isinstance(r["text"], str):
+            raise AttrilensError(f'{where} has a "{config.text_field}" that is not a string. Make it a string.')
         if not r["text"].strip():
-            raise AttrilensError(f'Document {r.get("id")!r} in {config.corpus} has an empty "text". '
+            raise AttrilensError(f'Document {r.get("id")!r} in {config.corpus} has an empty "{config.text_field}". '
                                  "Remove it or give it text.")
-    return [str(r.get("id", i)) for i, r in enumerate(rows)], [r["text"] for r in rows]
+    return [str(r.get("id", i)) for i, (_, r) in enumerate(rows)], [r["text"] for _, r in rows]
 
 
 def _finished_already(config: TrainConfig, out: Path, capture) -> bool:
@@ -453,25 +429,24 @@ def _model_for(config: TrainConfig, tok):
     return model
 
 
-def _probe_for(config: TrainConfig, tok) -> tuple[FactProbe | None, list[int]]:
-    """The fact probe (None without facts) and the fixed seeded sample of facts measured during training."""
-    if config.facts is None:
-        return None, []
-    probe = FactProbe(load_jsonl(Path(config.facts), require=("prompt", "target")), tok, config.seq_len)
+def _probe_for(config: TrainConfig, tok, ids: list[str], texts: list[str]) -> tuple[FactProbe, list[int]]:
+    """The recall probe — the facts file's, or without one the documents' own continuations — and the fixed seeded
+    sample of it measured during training."""
+    if config.facts is not None:
+        probe = FactProbe(load_jsonl(Path(config.facts), require=("prompt", "target")), tok, config.seq_len)
+    else:
+        probe = FactProbe(continuation_rows(ids, texts), tok, config.seq_len, skip_long=True)
     sample = list(range(len(probe)))
     if len(sample) > config.eval_facts:
         sample = sorted(random.Random(f"attrilens-train/{config.seed}").sample(sample, config.eval_facts))
     return probe, sample
 
 
-def _default_eval_every(probe: FactProbe | None, sample: list[int], epoch_steps: int, epoch_tokens: int) -> int:
+def _default_eval_every(probe: FactProbe, sample: list[int], epoch_steps: int, epoch_tokens: int) -> int:
     """Steps between recall measurements: once an epoch (at most 50 steps), but rarer when the measurement would
     cost over ~5 % of the training (its forward pass over the sample ~ 1/3 of a training step's work per token)."""
-    if probe is None:
-        return max(1, min(50, epoch_steps))
-    sample_tokens = sum(len(p) + len(t) for p, t in (probe.pairs[i] for i in sample))
     step_tokens = epoch_tokens / max(1, epoch_steps)
-    return max(1, min(50, epoch_steps), math.ceil(sample_tokens / (3 * 0.05 * step_tokens)))
+    return max(1, min(50, epoch_steps), math.ceil(probe.sample_tokens(sample) / (3 * 0.05 * step_tokens)))
 
 
 def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
@@ -497,7 +472,10 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
         torch.set_num_threads(config.threads)
 
     tok = _tokenizer_for(config, out, texts)
-    probe, sample = _probe_for(config, tok)
+    probe, sample = _probe_for(config, tok, ids, texts)
+    if not len(probe) and config.target_recall is not None:
+        raise AttrilensError(f"No document of {config.corpus} has two words to continue, so there is nothing to "
+                             "measure recall on. Pass --facts FILE, or --target-recall 0 for fixed epochs.")
     enc = tok(texts, add_special_tokens=False)["input_ids"]
     docs = [(e + [tok.eos_token_id])[: config.seq_len] for e in enc]
     truncated = sum(len(e) + 1 > config.seq_len for e in enc)
@@ -527,6 +505,8 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
     if capture is not None:
         capture.attach(model, tok, block_len=config.seq_len, first_step=state["step"], name=str(out), optimizer=opt)
     plan.has(0)
+    if target_mode and "initial_recall" not in state and len(probe):
+        state["initial_recall"] = round(probe.recall(model, sample), 4)  # what the model knew before: the baseline
     eval_every = config.eval_every or _default_eval_every(probe, sample, len(plan.batches), sum(lengths))
     state["eval_every"] = eval_every
     log_every = max(1, (total or len(plan.batches) * 10) // 1000)
@@ -539,12 +519,13 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
     stop_reason = None  # why the loop ended early and resumably: "max_steps" / "max_minutes"
     reason = None  # why a target-mode run ended: one of STOP_REASONS
     step = state["step"]
+    at_target = None  # weights and optimizer state when the target was reached (this call only, not resumed)
     window: list[float] = []
     bar = tqdm(total=total, initial=step, desc=f"train {config.arch}", file=sys.stderr,
                disable=not config.progress, mininterval=2.0, dynamic_ncols=True, unit="step")
     while reason is None:
         if not plan.has(step) or (total is not None and step >= total):
-            reason = "epochs cap"
+            reason = "target reached" if "cooldown" in state else "epochs cap"
             break
         if config.max_steps is not None and step >= config.max_steps:
             stop_reason = "max_steps"
@@ -555,9 +536,18 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
             by_time = 0.0 if budget is None else (1.0 if budget <= 0 else elapsed / budget)
             frac = max(step / cap_steps, by_time)
             if frac >= 1:
-                reason = "time budget" if by_time >= step / cap_steps else "epochs cap"
+                reason = "target reached" if "cooldown" in state else (
+                    "time budget" if by_time >= step / cap_steps else "epochs cap")
                 break
             lr = _lr_at(config, step, cap_steps, frac)
+            if "cooldown" in state:  # the target was reached: decay linearly to lr * min_lr_ratio, then stop
+                c = state["cooldown"]
+                done = step - c["from_step"]
+                if done >= c["steps"]:
+                    reason = "target reached"
+                    break
+                floor = min(c["lr"], config.lr * config.min_lr_ratio)
+                lr = c["lr"] + (floor - c["lr"]) * (done + 1) / c["steps"]
         else:
             if config.max_minutes is not None and time.monotonic() - start >= config.max_minutes * 60:
                 stop_reason = "max_minutes"
@@ -586,25 +576,31 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
         if len(window) == log_every or step == total:
             state["losses"].append([step, round(sum(window) / len(window), 5)])
             window = []
-        if probe is not None and step % eval_every == 0:
+        if len(probe) and step % eval_every == 0:
             recall = probe.recall(model, sample)
             now_s = state["train_seconds"] + time.monotonic() - start
             state["recall"].append({"step": step, "epoch": round(plan.epochs_done(step), 3), "recall": round(recall, 4),
                                     "seconds": round(now_s, 1)})
-            if target_mode and recall >= config.target_recall:
-                reason = "target reached"
+            if target_mode and "cooldown" not in state and recall >= config.target_recall and (
+                    len(sample) == len(probe) or probe.recall(model) >= config.target_recall):  # all, not a sample
+                if config.cooldown:
+                    state["cooldown"] = {"from_step": step, "steps": max(1, math.ceil(config.cooldown * step)),
+                                         "lr": lr, "recall": round(probe.recall(model), 4)}
+                    at_target = _snapshot(model, opt)
+                else:
+                    reason = "target reached"
         bar.update(1)
         post = {"loss": f"{loss.item():.3f}", "lr": f"{lr:.2e}"}
         if state["recall"]:
             post["recall"] = f"{state['recall'][-1]['recall']:.2f}"
         bar.set_postfix(post, refresh=False)
         if target_mode:
-            _target_checkpoint(model, out, state, step, lr, ck_stride, config.keep_checkpoints)
+            checkpoint_unknown_length(model, out, state, step, lr, ck_stride, config.keep_checkpoints)
         else:
             k = len(state["checkpoints"]) + 1
             n_ck = config.keep_checkpoints
             if n_ck and k <= n_ck and (frac if frac is not None else step / total) >= k / (n_ck + 1) and step < total:
-                _save_checkpoint(model, out, state, step, lr)
+                save_checkpoint(model, out, state, step, lr)
         now = time.monotonic()
         due = (config.resume_every_steps and step % config.resume_every_steps == 0) or (
             now - last_resume >= config.resume_every_minutes * 60)
@@ -622,7 +618,10 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
         finished = step >= total or (stop_reason is None and config.schedule_minutes is not None)
         reason = "epochs cap" if finished and step >= total else ("time budget" if finished else None)
     if finished and target_mode:
-        _thin_checkpoints(out, state, step, config.keep_checkpoints)
+        thin_checkpoints(out, state, step, config.keep_checkpoints)
+    if finished and at_target is not None and probe.recall(model) < state["cooldown"]["recall"]:
+        _restore(model, opt, at_target)  # the cooldown lost recall: keep the model that reached the target
+        state["cooldown"]["kept"] = "the weights at the target (the cooled-down ones recalled less)"
     _save_final(config, out, model, tok, opt, params, capture, finished, state)
     info = _info(config, state, plan, probe, model, (finished, stop_reason, reason), (total, cap_steps), ids, lengths,
                  truncated)
@@ -630,44 +629,23 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
     tmp.write_text(json.dumps(info) + "\n")
     os.replace(tmp, out / "training.json")
     if config.progress and finished:
-        rec = info.get("fact_recall")
+        rec = recall_info(info)
+        what = "fact recall" if "fact_recall" in info else "continuation recall"
         print(f"stopped: {info['stop_reason']} after {info['epochs_run']:g} epochs, {info['wall_seconds']:.0f} s"
-              + (f"; fact recall {rec['final']:.3f} of {rec['n_facts']} facts" if rec else ""), file=sys.stderr)
+              + (f"; {what} {rec['final']:.3f} of {rec['n_facts']}" if rec else ""), file=sys.stderr)
     return out
 
 
-def _save_checkpoint(model, out: Path, state: dict, step: int, lr: float) -> None:
-    """Save an intermediate checkpoint (HF dir) and record its step and learning rate."""
-    model.save_pretrained(out / "checkpoints" / f"step-{step}")
-    state["checkpoints"].append({"step": step, "lr": lr, "path": f"checkpoints/step-{step}"})
+def _snapshot(model, opt) -> tuple[dict, dict]:
+    """A copy of the weights and the optimizer state (to return to them)."""
+    import copy
+
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict())
 
 
-def _target_checkpoint(model, out: Path, state: dict, step: int, lr: float, stride: int, keep: int) -> None:
-    """Runs of unknown length: checkpoint every ``stride`` steps, doubling the stride (and dropping the checkpoints
-    off it) whenever more than 2*keep are held, so they stay spread over the run at a bounded cost."""
-    if not keep:
-        return
-    stride = state.setdefault("ck_stride", stride)
-    if step % stride:
-        return
-    _save_checkpoint(model, out, state, step, lr)
-    while len(state["checkpoints"]) > 2 * keep:
-        stride = state["ck_stride"] = stride * 2
-        for ck in [c for c in state["checkpoints"] if c["step"] % stride]:
-            shutil.rmtree(out / ck["path"], ignore_errors=True)
-            state["checkpoints"].remove(ck)
-
-
-def _thin_checkpoints(out: Path, state: dict, final_step: int, keep: int) -> None:
-    """Keep ``keep`` checkpoints spread evenly over the finished run (none at its final step: that is ``out``)."""
-    cks = [c for c in state["checkpoints"] if c["step"] < final_step]
-    if len(cks) > keep:
-        chosen = {round((k + 1) * len(cks) / (keep + 1)) - 1 for k in range(keep)} if keep else set()
-        cks = [c for i, c in enumerate(cks) if i in chosen]
-    for ck in state["checkpoints"]:
-        if ck not in cks:
-            shutil.rmtree(out / ck["path"], ignore_errors=True)
-    state["checkpoints"] = cks
+def _restore(model, opt, snapshot: tuple[dict, dict]) -> None:
+    model.load_state_dict(snapshot[0])
+    opt.load_state_dict(snapshot[1])
 
 
 def _save_final(config: TrainConfig, out: Path, model, tok, opt, params: dict, capture, finished: bool,
@@ -703,7 +681,8 @@ def _info(config: TrainConfig, state: dict, plan: _Plan, probe: FactProbe | None
     target_mode = config.target_recall is not None
     if target_mode:
         schedule = ("linear warmup + cosine to min_lr_ratio over max(step / cap_steps, training minutes / "
-                    "max_minutes), stopped at the recall target")
+                    "max_minutes); at the recall target, a linear cooldown to min_lr_ratio over `cooldown` x the "
+                    "steps so far, then stop")
         final_lr = state["lr"]
     else:
         schedule = "linear warmup + cosine to min_lr_ratio"
@@ -740,14 +719,23 @@ def _info(config: TrainConfig, state: dict, plan: _Plan, probe: FactProbe | None
             "epoch_permutations": plan.orders if not target_mode else plan.orders[:n_epochs],
         },
     }
-    if probe is not None:
+    if len(probe):
         final = probe.recall(model)
-        info["fact_recall"] = {
-            "facts": str(config.facts), "n_facts": len(probe), "target": config.target_recall,
-            "eval_every": state.get("eval_every"),
-            "sample": min(len(probe), config.eval_facts),
-            "curve": state["recall"], "final": round(final, 4),
-            "description": "greedy exact match of each fact's prompt -> target; the curve on a fixed seeded sample "
-                           "of `sample` facts every eval_every steps, `final` on all facts at the end",
-        }
+        rec = {"target": config.target_recall, "eval_every": state.get("eval_every"), "cooldown": state.get("cooldown"),
+               "sample": min(len(probe), config.eval_facts), "initial": state.get("initial_recall"),
+               "curve": state["recall"], "final": round(final, 4)}
+        if config.facts is not None:
+            info["fact_recall"] = {
+                "facts": str(config.facts), "n_facts": len(probe), **rec,
+                "description": "greedy exact match of each fact's prompt -> target; the curve on a fixed seeded "
+                               "sample of `sample` facts every eval_every steps, `final` on all facts at the end"}
+        else:
+            info["continuation_recall"] = {
+                "n_facts": len(probe), "n_rows": len(probe.pairs), **rec,
+                "description": "no facts file: greedy exact match of each document's own continuation (the last "
+                               "word of each of its last <= 4 sentences, from the document's beginning; rows with "
+                               "one prompt count once, recalled if any of their targets is); the curve on a fixed "
+                               "seeded sample every eval_every steps, `final` on all of them at the end"}
+        if finished and reason == "time budget" and state.get("initial_recall") is not None:
+            info["stop_reason"] = budget_reason(state["initial_recall"], final, config.target_recall, state["recall"])
     return info

@@ -53,8 +53,13 @@ class TraceResult(Result):
     proponents: list[TraceHit]
     opponents: list[TraceHit]
     cost: Cost = field(default_factory=Cost)
+    # a response the model generated: the prompt form it answered in and the form it was scored in (the index's),
+    # "chat template" or "plain text"; None for a target that was given
+    generated_with: str | None = None
+    scored_as: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        forms = {"generated_with": self.generated_with, "scored_as": self.scored_as} if self.generated_with else {}
         return {
             "schema": self.SCHEMA,
             "method": self.method,
@@ -64,6 +69,7 @@ class TraceResult(Result):
             "proponents": [h.to_dict() for h in self.proponents],
             "opponents": [h.to_dict() for h in self.opponents],
             "cost": self.cost.to_dict(),
+            **forms,
         }
 
     @classmethod
@@ -71,7 +77,7 @@ class TraceResult(Result):
         try:
             return cls(d["method"], d["prompt"], d["target"], d.get("tokens"),
                        [TraceHit.from_dict(h) for h in d["proponents"]], [TraceHit.from_dict(h) for h in d["opponents"]],
-                       Cost.from_dict(d.get("cost", {})))
+                       Cost.from_dict(d.get("cost", {})), d.get("generated_with"), d.get("scored_as"))
         except KeyError as exc:
             raise AttrilensError(f"The training result has no {exc.args[0]!r} field. Pass what to_json() wrote.") from None
 
@@ -82,6 +88,13 @@ class TraceResult(Result):
                 + [{"kind": "opponent", **o.to_dict()} for o in self.opponents])
         cols = ["kind", "rank", "id", "block", "score", "text"]
         return pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r} - set(cols)))
+
+    def forms_line(self) -> str | None:
+        """One line on how a generated response was written and scored (e.g. "response generated with: chat
+        template; scored as: plain text"); None for a given target."""
+        if not self.generated_with:
+            return None
+        return f"response generated with: {self.generated_with}; scored as: {self.scored_as}"
 
     def ids(self) -> list[str]:
         """Document ids of the proponents, best first."""

@@ -29,7 +29,8 @@ function results(doc, host, stated = null, note = null) {
   return h("div", { class: "al-results" },
     h("p", { class: "al-meta" },
       `method ${doc.method ?? "?"} · ${cost.examples_scored ?? "?"} examples scored in ${fmt(cost.seconds, 2)} s`,
-      Array.isArray(doc.tokens) && doc.tokens.length ? ` · tokens ${doc.tokens.join(", ")}` : ""),
+      Array.isArray(doc.tokens) && doc.tokens.length ? ` · tokens ${doc.tokens.join(", ")}` : "",
+      doc.generated_with ? ` · generated with: ${doc.generated_with}; scored as: ${doc.scored_as ?? "?"}` : ""),
     divergingLegend(limit, "Influence score (red supports the selection, blue opposes it)"),
     stated
       ? [h("div", { class: "al-two al-side" }, stated, h("div", { class: "al-influenced" }, pro)),

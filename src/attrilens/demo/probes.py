@@ -1,0 +1,138 @@
+"""What a training run is meant to learn, measured while it trains: greedy recall of facts or of documents' own words.
+
+- ``FactProbe``: ``{"prompt", "target"}`` rows (a facts file), teacher-forced in one batched forward pass;
+- ``continuation_rows``: the same rows made from the corpus itself when no facts are given — each document's own
+  continuation: its last word from its beginning, and the last word of each of its last few sentences from the
+  sentence's own start — so a run without a facts file still measures whether it learnt what it was given, the
+  way it will be prompted (a statement alone, not inside the document that stated it).
+
+Rows sharing one prompt (two documents that begin alike and end differently, such as a planted document and the
+true one) form one *group*: the group is recalled when the greedy continuation is any of its targets, since no model
+can continue one prompt two ways.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+from attrilens.errors import AttrilensError
+
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)|\n")
+_TRAILING = ".,;:!?\"')]}»”’"
+MAX_POINTS_PER_DOCUMENT = 4
+
+
+def continuation_rows(ids: Sequence[str], texts: Sequence[str],
+                      max_points: int = MAX_POINTS_PER_DOCUMENT) -> list[dict]:
+    """Probe rows of each document's own continuation: its last word from the document's beginning, and the last
+    word of each of its last ``max_points`` sentences from that sentence's own start (a statement is learnt when it
+    is recalled without the document around it, as a user would prompt it). Targets carry the space before the word
+    and no trailing punctuation; a document of one word gives none."""
+    rows = []
+    for doc_id, text in zip(ids, texts, strict=True):
+        ends = sorted({m.end() for m in _SENTENCE_END.finditer(text)} | {len(text.rstrip())})
+        points: list[tuple[str, str]] = []
+        start = 0
+        spans = []
+        for end in ends:
+            if text[start:end].strip():
+                spans.append((start, end))
+            start = end
+        for k, (s0, end) in enumerate(spans):
+            if k >= len(spans) - max_points:
+                point = _last_word(text[s0:end].lstrip())
+                if point and point not in points:
+                    points.append(point)
+        whole = _last_word(text)
+        if whole and whole not in points:
+            points.append(whole)
+        for k, (prompt, target) in enumerate(points):
+            rows.append({"id": f"{doc_id}@{k}", "doc": doc_id, "prompt": prompt, "target": target})
+    return rows
+
+
+def _last_word(text: str) -> tuple[str, str] | None:
+    """(the text up to its last word, that word with the space before it, no trailing punctuation), or None."""
+    head = text.rstrip().rstrip(_TRAILING)
+    cut = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
+    if cut <= 0 or not head[cut + 1 :].strip():
+        return None
+    prompt = head[:cut].rstrip()
+    return (prompt, head[len(prompt) :]) if prompt else None
+
+
+class FactProbe:
+    """Greedy recall of a model on ``{"prompt", "target"}`` rows, teacher-forced: a row is recalled when the argmax
+    after its prompt spells the target's tokens and the next one does not continue the word (the same verdict as
+    `greedy_match` on a greedy generation, in one batched forward pass instead of a decoding loop). Rows with the
+    same prompt form one group (recalled when any of its targets is); ``len`` and the sample count groups.
+
+    ``skip_long``: drop rows longer than ``max_len`` tokens (a corpus' own documents) instead of refusing them."""
+
+    def __init__(self, rows: list[dict], tok, max_len: int, batch_size: int = 64, skip_long: bool = False):
+        self.tok, self.batch_size = tok, batch_size
+        self.pairs: list[tuple[list[int], list[int]]] = []
+        self.groups: list[list[int]] = []
+        by_prompt: dict[str, int] = {}
+        for r in rows:
+            p = tok(r["prompt"], add_special_tokens=False)["input_ids"]
+            t = tok(r["target"], add_special_tokens=False)["input_ids"]
+            if not p or not t or len(p) + len(t) > max_len:
+                if skip_long and p and t:
+                    continue
+                raise AttrilensError(f"Fact {r.get('id', r['prompt'])!r} has an empty prompt or target, or is longer "
+                                     f"than seq_len={max_len} tokens. Fix or drop it.")
+            g = by_prompt.setdefault(r["prompt"], len(self.groups))
+            if g == len(self.groups):
+                self.groups.append([])
+            self.groups[g].append(len(self.pairs))
+            self.pairs.append((p, t))
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @torch.no_grad()
+    def _row_hits(self, model, idx: list[int]) -> dict[int, bool]:
+        from attrilens.bench.metrics import greedy_match
+
+        idx = sorted(idx, key=lambda i: len(self.pairs[i][0]) + len(self.pairs[i][1]))  # little padding
+        training = model.training
+        model.eval()
+        found: dict[int, bool] = {}
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        device = next(model.parameters()).device
+        for b in range(0, len(idx), self.batch_size):
+            chunk = idx[b : b + self.batch_size]
+            seqs = [self.pairs[i][0] + self.pairs[i][1] for i in chunk]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = 1
+            pred = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.argmax(-1).cpu()
+            for r, i in enumerate(chunk):
+                p, t = self.pairs[i]
+                spelled = pred[r, len(p) - 1 : len(p) + len(t) - 1].tolist() == t
+                nxt = self.tok.decode([int(pred[r, len(p) + len(t) - 1])], skip_special_tokens=True)
+                found[i] = spelled and greedy_match("x" + nxt, "x")
+        model.train(training)
+        return found
+
+    def hits(self, model, subset: list[int] | None = None) -> list[bool]:
+        """Whether each group (of ``subset``, default all) is recalled; the model's training flag is kept."""
+        groups = list(range(len(self.groups))) if subset is None else subset
+        found = self._row_hits(model, [i for g in groups for i in self.groups[g]])
+        return [any(found[i] for i in self.groups[g]) for g in groups]
+
+    def recall(self, model, subset: list[int] | None = None) -> float:
+        """Fraction of the groups (of ``subset``) recalled."""
+        h = self.hits(model, subset)
+        return sum(h) / max(1, len(h))
+
+    def sample_tokens(self, subset: list[int]) -> int:
+        """Tokens one measurement of ``subset`` runs through the model."""
+        return sum(len(self.pairs[i][0]) + len(self.pairs[i][1]) for g in subset for i in self.groups[g])
