@@ -94,9 +94,10 @@ def iter_documents(path: Path | str, **options) -> Iterator[dict]:
 
 
 def iter_row_batches(path: Path | str, *, text_field: str = "text", id_field: str = "id",
-                     batch_rows: int = BATCH_ROWS) -> Iterator[Rows]:
+                     batch_rows: int = BATCH_ROWS, extra_fields: tuple[str, ...] = ()) -> Iterator[Rows]:
     """Raw rows {"id"?, "text"} (the two fields under their canonical names) with where they are, in batches; a
-    missing field is an error naming the fields there are. Nothing is checked beyond that."""
+    missing field is an error naming the fields there are. `extra_fields` are passed through under their own names
+    where a row has them (a query's "target"; text files have none). Nothing is checked beyond that."""
     if batch_rows < 1:
         raise AttrilensError(f"batch_rows must be positive, got {batch_rows}.")
     for name, value in (("text_field", text_field), ("id_field", id_field)):
@@ -104,7 +105,7 @@ def iter_row_batches(path: Path | str, *, text_field: str = "text", id_field: st
             raise AttrilensError(f"{name} must be a non-empty field name, got {value!r}.")
     path = Path(path)
     kind = corpus_format(path)
-    fields = (text_field, id_field)
+    fields = (text_field, id_field, tuple(extra_fields))
     if kind == "jsonl":
         yield from _jsonl(path, *fields, batch_rows, None)
     elif kind == "jsonl-dir":
@@ -138,14 +139,16 @@ def _missing(path: Path | str, field: str, option: str, names) -> AttrilensError
                           "with one of them.")
 
 
-def _canonical(row: dict, text_field: str, id_field: str) -> dict:
+def _canonical(row: dict, text_field: str, id_field: str, extra: tuple[str, ...] = ()) -> dict:
     out = {"text": row.get(text_field)}
     if row.get(id_field) is not None:
         out["id"] = row[id_field]
+    out.update({f: row[f] for f in extra if row.get(f) is not None})
     return out
 
 
-def _jsonl(path: Path, text_field: str, id_field: str, batch_rows: int, rel: str | None) -> Iterator[Rows]:
+def _jsonl(path: Path, text_field: str, id_field: str, extra: tuple[str, ...], batch_rows: int,
+           rel: str | None) -> Iterator[Rows]:
     from attrilens.jsonl import iter_jsonl_lines
 
     with open(path, "rb") as f:
@@ -161,7 +164,7 @@ def _jsonl(path: Path, text_field: str, id_field: str, batch_rows: int, rel: str
         if id_field != "id" and id_field not in row:
             raise AttrilensError(f'{where} has no "{id_field}" field ({_fields_help("it", row)}). Pass '
                                  "--id-field with the field that holds the id.")
-        doc = _canonical(row, text_field, id_field)
+        doc = _canonical(row, text_field, id_field, extra)
         if rel is not None and "id" not in doc:
             doc["id"] = f"{rel}:{lineno}"
         batch.append((where, lineno, doc))
@@ -172,16 +175,19 @@ def _jsonl(path: Path, text_field: str, id_field: str, batch_rows: int, rel: str
         yield batch
 
 
-def _columns(path, names: list[str], text_field: str, id_field: str) -> list[str]:
-    """The columns to read: the text's, and the id's when there is one (an id field other than "id" must exist)."""
+def _columns(path, names: list[str], text_field: str, id_field: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The columns to read: the text's, the id's when there is one (an id field other than "id" must exist) and
+    those of `extra` there are."""
     if text_field not in names:
         raise _missing(path, text_field, "--text-field", names)
     if id_field not in names and id_field != "id":
         raise _missing(path, id_field, "--id-field", names)
-    return [text_field] + ([id_field] if id_field in names and id_field != text_field else [])
+    cols = [text_field] + ([id_field] if id_field in names and id_field != text_field else [])
+    return cols + [f for f in extra if f in names and f not in cols]
 
 
-def _parquet(path: Path, text_field: str, id_field: str, batch_rows: int, rel: str | None) -> Iterator[Rows]:
+def _parquet(path: Path, text_field: str, id_field: str, extra: tuple[str, ...], batch_rows: int,
+             rel: str | None) -> Iterator[Rows]:
     import pyarrow
     import pyarrow.parquet as pq
 
@@ -189,7 +195,7 @@ def _parquet(path: Path, text_field: str, id_field: str, batch_rows: int, rel: s
         pf = pq.ParquetFile(path, **PARQUET_STREAM)
     except (OSError, pyarrow.ArrowException) as exc:
         raise AttrilensError(f"{path} is not a readable Parquet file ({type(exc).__name__}: {str(exc)[:120]}).") from None
-    columns = _columns(path, pf.schema_arrow.names, text_field, id_field)
+    columns = _columns(path, pf.schema_arrow.names, text_field, id_field, extra)
     k = 0
     try:
         for rb in pf.iter_batches(batch_size=batch_rows, columns=columns):
@@ -197,7 +203,7 @@ def _parquet(path: Path, text_field: str, id_field: str, batch_rows: int, rel: s
             rows: Rows = []
             for j in range(rb.num_rows):
                 k += 1
-                doc = _canonical({c: v[j] for c, v in cols.items()}, text_field, id_field)
+                doc = _canonical({c: v[j] for c, v in cols.items()}, text_field, id_field, extra)
                 if "id" not in doc:
                     doc["id"] = f"line-{k}" if rel is None else f"{rel}:{k}"
                 rows.append((f"{path}: row {k}", k, doc))
@@ -207,7 +213,7 @@ def _parquet(path: Path, text_field: str, id_field: str, batch_rows: int, rel: s
                              "The file is damaged: write it again.") from None
 
 
-def _datasets(path: Path, text_field: str, id_field: str, batch_rows: int) -> Iterator[Rows]:
+def _datasets(path: Path, text_field: str, id_field: str, extra: tuple[str, ...], batch_rows: int) -> Iterator[Rows]:
     try:
         import datasets
     except ImportError:
@@ -220,13 +226,13 @@ def _datasets(path: Path, text_field: str, id_field: str, batch_rows: int) -> It
                              f"{str(exc)[:120]}).") from None
     if isinstance(ds, datasets.DatasetDict):
         raise AttrilensError(f"{path} is a datasets DatasetDict (splits: {', '.join(ds)}). Pass one split's folder.")
-    columns = _columns(path, ds.column_names, text_field, id_field)
+    columns = _columns(path, ds.column_names, text_field, id_field, extra)
     k = 0
     for b in ds.select_columns(columns).iter(batch_size=batch_rows):
         rows: Rows = []
         for j in range(len(b[text_field])):
             k += 1
-            doc = _canonical({c: b[c][j] for c in columns}, text_field, id_field)
+            doc = _canonical({c: b[c][j] for c in columns}, text_field, id_field, extra)
             doc.setdefault("id", f"line-{k}")
             rows.append((f"{path}: row {k}", k, doc))
         yield rows

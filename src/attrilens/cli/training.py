@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import sys
 import typing
 from pathlib import Path
 from typing import Annotated, Any
@@ -108,26 +110,74 @@ def _faiss_options(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _trace_ensemble(ctx: typer.Context, paths: list[Path], prompt: str, target: str | None, generate: bool,
-                    max_new_tokens: int, tokens: str | None, top_k: int, aggregate: str, chat_template: bool | None,
-                    as_json: bool) -> None:
-    """`trace` over several runs' indexes: each scores with its own run's model, ranked by the aggregate."""
+def _trace_queries(ctx: typer.Context, prompt: str | None, target: str | None, generate: bool, batch: Path | None,
+                   prompt_field: str, target_field: str, id_field: str):
+    """The queries of one `trace` call: the one --prompt (with --target or --generate), or every row of --batch."""
+    from attrilens.training.query_files import QueryRow, iter_query_rows
+
+    if (prompt is None) == (batch is None):
+        raise AttrilensError("Pass exactly one of --prompt P or --batch FILE.")
+    if batch is None:
+        fields = [f for f in ("--prompt-field", "--target-field", "--id-field")
+                  if f in _given(ctx, set())]
+        if fields:
+            raise AttrilensError(f"{', '.join(fields)} name the fields of a --batch file. Drop them, or pass --batch.")
+        if generate == (target is not None):
+            raise AttrilensError("Pass exactly one of --target T or --generate.")
+        return iter([QueryRow("prompt", prompt, target, "--prompt")])
+    if target is not None:
+        raise AttrilensError("--target is one query's response; with --batch each row holds its own (--target-field "
+                             f"{target_field!r}). Drop --target.")
+    options = {"prompt_field": prompt_field, "target_field": target_field, "id_field": id_field, "generate": generate}
+    for _ in iter_query_rows(batch, **options):  # every row checked before any model loads (a read of the file)
+        pass
+    return iter_query_rows(batch, **options)
+
+
+def _emit_traces(queries, one, as_json: bool) -> None:
+    """Trace each query with `one` and print it: one query as before; a batch as one JSON result a line (with
+    its "query_id") under --json, else each table under its id and prompt, as each is traced."""
+    import json
+
+    from tqdm import tqdm
+
+    first = next(queries)
+    if first.where == "--prompt":
+        return _emit_trace(one(first), as_json)
+    bar = tqdm(desc="trace", unit="query", file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
+    for q in itertools.chain([first], queries):
+        result = one(q)
+        if as_json:
+            sys.stdout.write(json.dumps({"query_id": q.id, **result.to_dict()}, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        else:
+            print(f"## {q.id}: {q.prompt!r}")
+            _emit_trace(result, False)
+        bar.update(1)
+    bar.close()
+
+
+def _trace_ensemble(ctx: typer.Context, paths: list[Path], generate: bool, max_new_tokens: int, tokens: str | None,
+                    top_k: int, aggregate: str, chat_template: bool | None):
+    """`trace` over several runs' indexes: each scores with its own run's model, ranked by the aggregate; returns
+    the function that traces one query."""
     from attrilens.training.ensemble import IndexEnsemble
 
     bad = _given(ctx, {"index", "prompt", "target", "generate", "max_new_tokens", "tokens", "top_k", "aggregate",
-                       "chat_template", "as_json"})
+                       "chat_template", "as_json", "batch", "prompt_field", "target_field", "id_field"})
     if bad:
         raise AttrilensError(f"{', '.join(bad)} apply to one index, not to several --index. Drop them.")
     ensemble = IndexEnsemble.open(paths, aggregate, chat_template=chat_template)
-    if generate == (target is not None):
-        raise AttrilensError("Pass exactly one of --target T or --generate.")
-    answer = ensemble.indexes[0].answer(prompt, max_new_tokens, chat_template) if generate else None
-    if answer is not None:  # the first run's model answers; every run attributes that answer
-        target = answer.target
-    result = ensemble.trace(prompt, target, _parse_ints(tokens, "--tokens"), top_k)
-    if answer is not None:
-        result.generated_with, result.scored_as = answer.generated_with, answer.scored_as
-    _emit_trace(result, as_json)
+
+    def one(q):
+        answer = ensemble.indexes[0].answer(q.prompt, max_new_tokens, chat_template) if q.target is None else None
+        target = answer.target if answer is not None else q.target  # the first run's model answers; all attribute it
+        result = ensemble.trace(q.prompt, target, _parse_ints(tokens, "--tokens"), top_k)
+        if answer is not None:
+            result.generated_with, result.scored_as = answer.generated_with, answer.scored_as
+        return result
+
+    return one
 
 
 def _emit_trace(result, as_json: bool) -> None:
@@ -248,9 +298,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         index: Annotated[list[Path], typer.Option(help="Index directory written by `attrilens index build`; repeat it "
                                                        "with one index per training run (e.g. per data order) of "
                                                        "one corpus to rank by their aggregated scores.")],
-        prompt: Annotated[str, typer.Option(help="The prompt.")],
+        prompt: Annotated[str | None, typer.Option(help="The prompt (or --batch FILE).")] = None,
         target: Annotated[str | None, typer.Option(help="The response to attribute (teacher-forced).")] = None,
-        generate: Annotated[bool, typer.Option(help="Attribute the model's own greedy response instead.")] = False,
+        generate: Annotated[bool, typer.Option(help="Attribute the model's own greedy response instead (with "
+                                                    "--batch: for the rows without a target).")] = False,
+        batch: Annotated[Path | None, typer.Option(help="Trace every query of a file, one a row: JSONL, Parquet, a "
+                                                        "datasets folder or text files; --json prints one result "
+                                                        "a line.")] = None,
+        prompt_field: Annotated[str, typer.Option(help="--batch: the field holding the prompt.")] = "prompt",
+        target_field: Annotated[str, typer.Option(help="--batch: the field holding the response to attribute.")] = "target",
+        id_field: Annotated[str, typer.Option(help="--batch: the field holding the query id (default: positional "
+                                                   "ids line-N).")] = "id",
         max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate with --generate (at least 1).")] = 24,
         tokens: Annotated[str | None, typer.Option(help="Only these response token indices count, e.g. 0,1 (-1: the last token).")] = None,
         span: Annotated[str | None, typer.Option(help="Only response tokens overlapping this character span start,end.")] = None,
@@ -273,12 +331,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Top-k training examples that support (and oppose) a response, from an index (or several runs' indexes)."""
         from attrilens.training.index import TrainingIndex
+        from attrilens.training.query_files import QueryRow
         from attrilens.training.store import read_manifest
         from attrilens.training.traced import record_trace
 
+        queries = _trace_queries(ctx, prompt, target, generate, batch, prompt_field, target_field, id_field)
         if len(index) > 1:
-            return _trace_ensemble(ctx, index, prompt, target, generate, max_new_tokens, tokens, top_k, aggregate,
-                                   chat_template, as_json)
+            one = _trace_ensemble(ctx, index, generate, max_new_tokens, tokens, top_k, aggregate, chat_template)
+            return _emit_traces(queries, one, as_json)
         if "--aggregate" in _given(ctx, set()):
             raise AttrilensError("--aggregate combines several --index (one per training run); with one index drop it "
                                  "(DataInf's checkpoint aggregation is an `index build` option).")
@@ -305,18 +365,24 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             from attrilens.training.verbatim import VerbatimIndex
 
             vidx = VerbatimIndex.open(index, load_lm(str(model_dir), chat_template), verify=True if verify else None)
-            return emit(vidx.trace(prompt, target=target, generate=generate, min_len=8 if min_len is None else min_len,
-                                   top_k=top_k, max_new_tokens=max_new_tokens, chat_template=asked), as_json)
+            return _emit_traces(queries, lambda q: vidx.trace(
+                q.prompt, target=q.target, generate=q.target is None, min_len=8 if min_len is None else min_len,
+                top_k=top_k, max_new_tokens=max_new_tokens, chat_template=asked), as_json)
         if min_len is not None:
             raise AttrilensError(f"--min-len applies to verbatim indexes; {index} is a {manifest.get('method')} "
                                  "index. Drop it.")
         lm = load_lm(str(model_dir), chat_template)
         idx = TrainingIndex.open(index, lm, model_dir=model_dir, verify=True if verify else None)
-        result = idx.trace(prompt, target=target, generate=generate, tokens=_parse_ints(tokens, "--tokens"),
-                           span=tuple(span_t) if span_t else None, top_k=top_k, neighbours=neighbours,
-                           use_faiss=use_faiss, ray=ray, max_new_tokens=max_new_tokens, chat_template=asked)
-        record_trace(index, result)  # what `curate` re-asks when it is given no --questions
-        _emit_trace(result, as_json)
+
+        def one(q: QueryRow):
+            result = idx.trace(q.prompt, target=q.target, generate=q.target is None,
+                               tokens=_parse_ints(tokens, "--tokens"), span=tuple(span_t) if span_t else None,
+                               top_k=top_k, neighbours=neighbours, use_faiss=use_faiss, ray=ray,
+                               max_new_tokens=max_new_tokens, chat_template=asked)
+            record_trace(index, result)  # what `curate` re-asks when it is given no --questions
+            return result
+
+        _emit_traces(queries, one, as_json)
 
     @bench.command("capture")
     def bench_capture(
