@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -113,32 +112,23 @@ def test_an_empty_generation_names_end_of_turn_and_what_to_pass():
     assert "--target TEXT." in str(err.value) and "chat-template" not in str(err.value)
 
 
-def _cli(monkeypatch, capsys, *args):
-    from attrilens.cli.app import main
 
-    monkeypatch.setattr(sys, "argv", ["attrilens", *args])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    out = capsys.readouterr()
-    return stop.value.code, out.out, out.err
-
-
-def test_cli_trace_generate_states_the_forms_and_logs_the_prompt(chat_index, monkeypatch, capsys):
+def test_cli_trace_generate_states_the_forms_and_logs_the_prompt(chat_index, run_cli):
     idx = str(chat_index["index"].path)
     (chat_index["index"].path / TRACED).unlink(missing_ok=True)
-    code, out, err = _cli(monkeypatch, capsys, "trace", "--index", idx, "--prompt", QUESTION, "--generate",
+    code, out, err = run_cli("trace", "--index", idx, "--prompt", QUESTION, "--generate",
                           "--max-new-tokens", "6", "--json")
     assert code == 0, err[-2000:]
     d = json.loads(out)
     assert (d["generated_with"], d["scored_as"]) == ("chat template", "plain text")
-    code, out, _ = _cli(monkeypatch, capsys, "trace", "--index", idx, "--prompt", QUESTION, "--generate",
+    code, out, _ = run_cli("trace", "--index", idx, "--prompt", QUESTION, "--generate",
                         "--max-new-tokens", "6")
     assert code == 0 and out.splitlines()[0].startswith("response generated with: chat template; scored as: "
                                                         "plain text")
-    code, out, _ = _cli(monkeypatch, capsys, "trace", "--index", idx, "--prompt", QUESTION, "--generate",
+    code, out, _ = run_cli("trace", "--index", idx, "--prompt", QUESTION, "--generate",
                         "--max-new-tokens", "6", "--no-chat-template", "--json")
     assert code == 0 and json.loads(out)["generated_with"] == "plain text"
-    code, out, _ = _cli(monkeypatch, capsys, "trace", "--index", idx, "--prompt", COMPLETION, "--target",
+    code, out, _ = run_cli("trace", "--index", idx, "--prompt", COMPLETION, "--target",
                         " quenth", "--json")
     assert code == 0
     logged = read_traced(idx)  # each prompt once, the first trace's forms kept
@@ -146,12 +136,12 @@ def test_cli_trace_generate_states_the_forms_and_logs_the_prompt(chat_index, mon
     assert logged[1]["target"] == " quenth"
 
 
-def test_cli_empty_generation_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+def test_cli_empty_generation_is_one_line_and_exit_2(tmp_path, run_cli):
     silent = _chat_lm(silent=True)
     silent.save_pretrained(tmp_path / "model")
     lm = LM.from_pretrained(tmp_path / "model").with_chat_template(False)
     build_index(lm, DOCS, tmp_path / "index", method="bm25", model_dir=tmp_path / "model", progress=False)
-    code, _, err = _cli(monkeypatch, capsys, "trace", "--index", str(tmp_path / "index"), "--prompt", QUESTION,
+    code, _, err = run_cli("trace", "--index", str(tmp_path / "index"), "--prompt", QUESTION,
                         "--generate")
     lines = [x for x in err.splitlines() if x.startswith("error: ")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]

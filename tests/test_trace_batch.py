@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 
 import pytest
 
@@ -16,15 +15,6 @@ from attrilens.jsonl import write_jsonl
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 INDEX = str(ASSETS / "index")
 
-
-def _cli(monkeypatch, capsys, *args):
-    from attrilens.cli.app import main
-
-    monkeypatch.setattr(sys, "argv", ["attrilens", *args])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    out = capsys.readouterr()
-    return stop.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +27,8 @@ def queries():
     return [{"qid": f"q{k}", "question": f["prompt"], "answer": f["target"]} for k, f in enumerate(picked)]
 
 
-def _single(monkeypatch, capsys, q) -> dict:
-    code, out, err = _cli(monkeypatch, capsys, "trace", "--index", INDEX, "--prompt", q["question"], "--target",
+def _single(run_cli, q) -> dict:
+    code, out, err = run_cli("trace", "--index", INDEX, "--prompt", q["question"], "--target",
                           q["answer"], "--top-k", "4", "--json")
     assert code == 0, err
     return json.loads(out)
@@ -50,7 +40,7 @@ def _same(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_batch_equals_single_traces(fmt, queries, tmp_path, monkeypatch, capsys):
+def test_batch_equals_single_traces(fmt, queries, tmp_path, run_cli):
     path = tmp_path / f"queries.{fmt}"
     if fmt == "jsonl":
         write_jsonl(path, queries)
@@ -59,20 +49,20 @@ def test_batch_equals_single_traces(fmt, queries, tmp_path, monkeypatch, capsys)
         import pyarrow.parquet as pq
 
         pq.write_table(pa.Table.from_pylist(queries), path)
-    code, out, err = _cli(monkeypatch, capsys, "trace", "--index", INDEX, "--batch", str(path), "--prompt-field",
+    code, out, err = run_cli("trace", "--index", INDEX, "--batch", str(path), "--prompt-field",
                           "question", "--target-field", "answer", "--id-field", "qid", "--top-k", "4", "--json")
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert [r["query_id"] for r in lines] == [q["qid"] for q in queries]
     for q, r in zip(queries, lines, strict=True):
         assert r["prompt"] == q["question"] and r["target"] == q["answer"]
-        _same(r, _single(monkeypatch, capsys, q))
+        _same(r, _single(run_cli, q))
 
 
-def test_batch_text_file_generates_and_prints_tables(queries, tmp_path, monkeypatch, capsys):
+def test_batch_text_file_generates_and_prints_tables(queries, tmp_path, run_cli):
     path = tmp_path / "prompts.txt"
     path.write_text("\n\n".join(q["question"] for q in queries[:2]) + "\n")
-    code, out, err = _cli(monkeypatch, capsys, "trace", "--index", INDEX, "--batch", str(path), "--generate",
+    code, out, err = run_cli("trace", "--index", INDEX, "--batch", str(path), "--generate",
                           "--max-new-tokens", "2", "--top-k", "3")
     assert code == 0, err
     assert out.count("## prompts.txt:") == 2 and f"## prompts.txt:3: {queries[1]['question']!r}" in out
@@ -86,7 +76,7 @@ def test_batch_text_file_generates_and_prints_tables(queries, tmp_path, monkeypa
     ("target-with-batch", "Drop --target"),
     ("fields-without-batch", "--batch"),
 ])
-def test_bad_batches_are_one_line(case, fragment, queries, tmp_path, monkeypatch, capsys):
+def test_bad_batches_are_one_line(case, fragment, queries, tmp_path, run_cli):
     path = tmp_path / "q.jsonl"
     rows = [{"id": q["qid"], "prompt": q["question"], "target": q["answer"]} for q in queries]
     args = ["--batch", str(path)]
@@ -103,7 +93,7 @@ def test_bad_batches_are_one_line(case, fragment, queries, tmp_path, monkeypatch
     else:
         args = ["--prompt", rows[0]["prompt"], "--target", rows[0]["target"], "--prompt-field", "question"]
     write_jsonl(path, rows)
-    code, out, err = _cli(monkeypatch, capsys, "trace", "--index", INDEX, *args, "--json")
+    code, out, err = run_cli("trace", "--index", INDEX, *args, "--json")
     assert code == 2, (out, err)
     assert len(err.strip().splitlines()) == 1 and fragment in err, err
     if case == "no-target":
