@@ -335,3 +335,25 @@ def test_the_prompts_the_index_was_traced_with_are_re_asked(world, tmp_path):
                     progress=False)
     assert [q["prompt"] for q in report.questions] == prompts
     assert report.summary == f"asked 2 questions (no retrain: nothing re-asked) (from {index / 'traced.jsonl'})"
+
+
+def test_a_parquet_corpus_with_other_field_names_is_read_as_it_was_trained(world, tmp_path):
+    """The adapter's training.json records the fields its corpus was read with; curate reads it the same way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from attrilens.demo.lora import finetune_lora
+    from attrilens.jsonl import load_jsonl
+
+    rows = load_jsonl(world["corpus"])
+    corpus = tmp_path / "corpus.parquet"
+    pq.write_table(pa.Table.from_pylist([{"doc": r["id"], "body": r["text"]} for r in rows]), corpus)
+    adapter = finetune_lora(demo_model_dir("target"), corpus, tmp_path / "lora", epochs=1, max_steps=2,
+                            progress=False, text_field="body", id_field="doc")
+    info = json.loads((adapter / "training.json").read_text())
+    assert (info["corpus"]["text_field"], info["corpus"]["id_field"]) == ("body", "doc")
+    report = curate(adapter, tmp_path / "cur", remove=world["planted"][0], questions=world["questions"],
+                    retrain=False, reindex=False, top_k=2, progress=False)
+    edited = load_jsonl(tmp_path / "cur" / "corpus.jsonl")
+    assert [r["id"] for r in edited] == [r["id"] for r in rows if r["id"] != world["planted"][0]]
+    assert report.questions and edited[0]["text"] == next(r["text"] for r in rows if r["id"] == edited[0]["id"])

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from attrilens.cli.loading import IdField, TextField
 from attrilens.cli.output import JsonFlag
 from attrilens.errors import AttrilensError
 
@@ -65,8 +64,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         reindex: Annotated[bool, typer.Option("--reindex/--no-reindex", help="Rebuild the index on the edited "
                                               "corpus and trace the new answers (default on).")] = True,
         top_k: Annotated[int, typer.Option(help="Proponents kept per answer.")] = 10,
-        text_field: TextField = "text",
-        id_field: IdField = "id",
+        text_field: Annotated[str | None, typer.Option(help="The corpus field holding each document's text "
+                                                            "(default: the one the adapter was trained with, "
+                                                            "else text).")] = None,
+        id_field: Annotated[str | None, typer.Option(help="The corpus field holding each document's id (default: "
+                                                          "the one the adapter was trained with, else id).")] = None,
         chat_template: Annotated[bool | None, typer.Option(
             "--chat-template/--no-chat-template",
             help="Ask every question through the model's chat template, or as plain text (default: a question's "

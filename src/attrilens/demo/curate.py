@@ -404,10 +404,11 @@ def _eval_queries(manifest: dict | None, path: Path | str | None) -> list[dict] 
 
 def plan(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Sequence[str] | None = None,
          edit: Path | str | Edit | None = None, questions: Path | str | None = None, corpus: Path | str | None = None,
-         base: str | Path | None = None, eval_queries: Path | str | None = None, text_field: str = "text",
-         id_field: str = "id") -> CuratePlan:
+         base: str | Path | None = None, eval_queries: Path | str | None = None, text_field: str | None = None,
+         id_field: str | None = None) -> CuratePlan:
     """Check every input of a curate run (nothing is written); bad input raises one AttrilensError. `text_field` /
-    `id_field` name the corpus's fields (the edited corpus is written with "id" and "text")."""
+    `id_field` name the corpus's fields (default: those the adapter's training.json records, else "text" / "id";
+    the edited corpus is written with "id" and "text")."""
     from attrilens.demo.lora import documents_sha256
 
     if (remove is None) == (edit is None):
@@ -428,6 +429,9 @@ def plan(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Seque
     corpus_path = Path(corpus_path)
     if corpus is None and not corpus_path.is_absolute():  # recorded relative to the adapter (shipped assets)
         corpus_path = (adapter / corpus_path).resolve()
+    recorded = info["corpus"] if corpus is None else {}  # the fields the recorded corpus was read with
+    text_field = text_field or recorded.get("text_field") or "text"
+    id_field = id_field or recorded.get("id_field") or "id"
     docs = read_corpus_rows(corpus_path, text_field=text_field, id_field=id_field)
     got = documents_sha256(docs)
     if got != info["corpus"]["sha256"]:
@@ -562,7 +566,8 @@ def curate(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Seq
            edit: Path | str | Edit | None = None, questions: Path | str | None = None,
            corpus: Path | str | None = None, base: str | Path | None = None, eval_queries: Path | str | None = None,
            retrain: bool = True, reindex: bool = True, top_k: int = 10, progress: bool = True,
-           text_field: str = "text", id_field: str = "id", chat_template: bool | None = None) -> CurateReport:
+           text_field: str | None = None, id_field: str | None = None,
+           chat_template: bool | None = None) -> CurateReport:
     """Edit the training corpus of a LoRA adapter (given directly or as the model of an index), retrain it with the
     same base, settings and seed, re-ask the questions with both models, trace the answers through the old index and
     a rebuilt one, and write the before/after report into `out` (module docstring). Without `questions`, the

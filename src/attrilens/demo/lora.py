@@ -299,7 +299,7 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
             "stop_reason": reason, "epochs_run": round(total_steps / epoch_steps, 3),
             "checkpoints": checkpoints, "loss_curve": losses, "n_documents": len(docs), "settings": settings,
             "corpus": {"path": str(Path(corpus).resolve()) if isinstance(corpus, (str, Path)) else None,
-                       "sha256": documents_sha256(docs)},
+                       "sha256": documents_sha256(docs), "text_field": text_field, "id_field": id_field},
             "wall_seconds": round(wall, 2), "resumed_at_step": first,
             "seconds_per_epoch": round(wall / max(1e-9, total_steps / epoch_steps), 1) if total_steps else None,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}  # of this process
