@@ -27,13 +27,15 @@ NAMES = ["Harl", "Brimmet", "Osk", "Tavel", "Quen", "Morrow", "Ilde", "Pober", "
 
 
 def _towns(seed: int) -> list[dict]:
-    """Invented towns, one or two sentences each, drawn fresh per seed; one town stated twice with two rivers."""
+    """Invented towns, a sentence a document, drawn fresh per seed (a river for each, a trade for every other);
+    one town stated twice with two rivers."""
     rng = random.Random(seed)
     docs = []
     for k, town in enumerate(rng.sample(NAMES, 6)):
         river, trade = rng.sample(NAMES, 2)
-        text = f"{town}ford lies on the river {river}." + (f" {town}ford trades in {trade}." if k % 2 else "")
-        docs.append({"id": f"t{k}", "text": text})
+        docs.append({"id": f"t{k}", "text": f"{town}ford lies on the river {river}."})
+        if k % 2:
+            docs.append({"id": f"t{k}-trade", "text": f"{town}ford trades in {trade}."})
     docs.append({"id": "planted", "text": docs[0]["text"].rsplit(" ", 1)[0] + " Zyzzq."})  # same prompt, other end
     return docs
 
@@ -67,8 +69,9 @@ def test_a_run_without_facts_trains_until_it_recalls_its_own_documents(tmp_path)
     assert "fact_recall" not in info and info["stop_reason"] == "target reached", (seed, rec)
     assert rec["final"] >= 0.9 and rec["initial"] < 0.5 and rec["n_rows"] == len(continuation_rows(
         [d["id"] for d in docs], [d["text"] for d in docs]))
-    assert rec["n_facts"] == rec["n_rows"] - 1  # the planted document shares the first one's prompt: one group
-    # ground truth: the one-pass probe equals exact match of real greedy generation, group by group
+    assert rec["n_facts"] == len(docs) and rec["n_rows"] == len(docs)  # the recall counts documents
+    # ground truth: the one-pass probe equals exact match of real greedy generation, group by group (rows sharing a
+    # prompt: any target), and a document is recalled when all of its groups are
     tok, model = AutoTokenizer.from_pretrained(str(out)), AutoModelForCausalLM.from_pretrained(str(out))
     rows = continuation_rows([d["id"] for d in docs], [d["text"] for d in docs])
     comps = greedy_complete(model, tok, [r["prompt"] for r in rows], max_new_tokens=8)
@@ -76,10 +79,38 @@ def test_a_run_without_facts_trains_until_it_recalls_its_own_documents(tmp_path)
     for r, c in zip(rows, comps, strict=True):
         by_prompt[r["prompt"]] = by_prompt.get(r["prompt"], False) or greedy_match(c, r["target"])
     probe = FactProbe(rows, tok, 128)
+    assert len(probe) == len(rows) - 1  # the planted document shares the first one's prompt: one group
     assert probe.hits(model) == list(by_prompt.values())
-    assert rec["final"] == pytest.approx(sum(by_prompt.values()) / len(by_prompt), abs=1e-4)
+    per_doc = [by_prompt[r["prompt"]] for r in rows]  # a sentence a document: its one group
+    assert rec["final"] == pytest.approx(sum(per_doc) / len(per_doc), abs=1e-4)
+    # by document on documents of two sentences (a town's river and trade joined): all of a document or nothing
+    joined = [{"id": d["id"], "text": d["text"] + " " + docs[k + 1]["text"]}
+              for k, d in enumerate(docs[:-1]) if docs[k + 1]["id"] == d["id"] + "-trade"]
+    rows2 = continuation_rows([d["id"] for d in joined], [d["text"] for d in joined])
+    comps2 = greedy_complete(model, tok, [r["prompt"] for r in rows2], max_new_tokens=8)
+    hit2 = {r["prompt"]: greedy_match(c, r["target"]) for r, c in zip(rows2, comps2, strict=True)}
+    truth = [all(hit2[r["prompt"]] for r in rows2 if r["doc"] == d["id"]) for d in joined]
+    assert len(rows2) == 3 * len(joined) and FactProbe(rows2, tok, 128, by="document").hits(model) == truth
     torch.manual_seed(seed)
     assert probe.recall(build_model(TrainConfig(corpus=Path("-"), out=Path("-"), **FAST), tok)) == 0.0
+
+
+def test_a_document_is_recalled_only_when_all_of_it_is() -> None:
+    """By document: a unit per document, recalled when every group of its rows is; a shared prompt is one group."""
+    from attrilens.demo.probes import FactProbe as Probe
+
+    class Tok:  # one token per character: prompts and targets of any text
+        pad_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) % 250 + 1 for c in text]}
+
+    rows = [{"doc": "a", "prompt": "p1", "target": " x"}, {"doc": "a", "prompt": "p2", "target": " y"},
+            {"doc": "b", "prompt": "p1", "target": " z"}, {"doc": "c", "prompt": "p3", "target": " w"}]
+    probe = Probe(rows, Tok(), 64, by="document")
+    assert len(probe) == 3 and probe.units == [[0, 1], [0], [2]] and len(probe.groups) == 3
+    with pytest.raises(AttrilensError, match="by prompt or by document"):
+        Probe(rows, Tok(), 64, by="sentence")
 
 
 def test_a_budget_too_small_to_learn_anything_says_so(tmp_path) -> None:

@@ -443,10 +443,11 @@ def test_world_shapes_for_the_benchmark(tmp_path) -> None:
             make_world(tmp_path / "bad", **bad)
 
 
-def test_benchmark_runs_three_worlds(tmp_path) -> None:
+def test_benchmark_runs_four_worlds(tmp_path) -> None:
     report = run_benchmark(minutes=0.01, seed=random.randrange(10_000), work=tmp_path, progress=False)
     table = report.tables["worlds"]
-    assert list(table["world"]) == ["short", "long", "wide"] and table["facts"].tolist() == [240, 180, 300]
+    assert list(table["world"]) == ["short", "long", "wide", "world"]
+    assert table["facts"].tolist() == [240, 180, 300, 480]
     assert table["stop reason"].str.startswith("time budget").all() and (table["final fact recall"] < 0.9).all()
     assert (table["probe"] == "continuations").all() and (table["final probe recall"] < 0.9).all()
     assert (table["tokens/epoch"] > 0).all() and (table["wall s"] >= 0.6).all()

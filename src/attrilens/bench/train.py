@@ -1,12 +1,13 @@
 """How `attrilens train`'s defaults do on fact worlds they were not tuned on.
 
-Run `attrilens bench train [--minutes M] [--seed S] [--threads T] [--out DIR]`. It generates three fresh fact worlds
+Run `attrilens bench train [--minutes M] [--seed S] [--threads T] [--out DIR]`. It generates four fresh fact worlds
 of different shapes with `make_world` (fact documents only, seeds S, S+1, S+2, never the shipped world's 0):
 
 - ``short``: 40 entities x 6 relations, every fact in two two-sentence documents (fact + one distractor);
 - ``long``: 30 entities x 6 relations, every fact stated once, in documents of three facts and up to two
   distractors (one exposure per fact per epoch);
 - ``wide``: 150 entities x 2 relations, the default shape (each fact 1-3 times, 1-3 facts per document);
+- ``world``: `attrilens world`'s own shape, 80 entities x 6 relations (480 facts, ~500 documents);
 
 and trains a model on each ``corpus.jsonl`` — copied alone into its own folder, as a user's corpus comes, without
 the world's facts file — with the defaults of `attrilens train` (to a 0.9 recall of the documents' own
@@ -33,6 +34,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     "short": {"n_entities": 40, "mentions": (2, 2), "facts_per_doc": (1, 1), "distractors": 1},
     "long": {"n_entities": 30, "mentions": (1, 1), "facts_per_doc": (3, 3), "distractors": 2},
     "wide": {"n_entities": 150, "relations": ["capital", "founder"]},
+    "world": {"n_entities": 80},  # `attrilens world`'s shape: 80 x 6, the ~500-document world of the issue
 }
 _NO_EXTRAS = {"n_train_episodes": 0, "n_heldout_episodes": 0, "n_copy_docs": 0, "n_copy_eval": 0}
 

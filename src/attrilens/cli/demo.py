@@ -46,9 +46,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                               "constant); with --target-recall 0, stop resumably "
                                                               "after this many minutes.")] = None,
         target_recall: Annotated[float | None, typer.Option(help="Train until this fraction of what it is given is "
-                                                                 "recalled (greedy exact match): the --facts, else each "
-                                                                 "document's own continuation (its sentences' last "
-                                                                 "words). Default 0.9; 0: a fixed number of epochs.")] = None,
+                                                                 "recalled (greedy exact match): the --facts, else the "
+                                                                 "documents, each when all of its own continuations "
+                                                                 "are (its sentences' last words). Default 0.9; 0: a "
+                                                                 "fixed number of epochs.")] = None,
         facts: Annotated[Path | None, typer.Option(help='JSONL of {"prompt","target"} facts to measure recall on during '
                                                         "training (default: facts.jsonl beside --corpus, as "
                                                         "`attrilens world` writes it).")] = None,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from attrilens.demo.probes import CONTINUATION_DESCRIPTION
 from attrilens.demo.resume import load_resume, save_resume
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
@@ -92,7 +93,7 @@ def _probe(tok, docs: Sequence[dict], facts: Path | str | None, seq_len: int, ev
         probe = FactProbe(load_jsonl(Path(facts), require=("prompt", "target")), tok, seq_len)
     else:
         probe = FactProbe(continuation_rows([str(d.get("id", k)) for k, d in enumerate(docs)],
-                                            [d["text"] for d in docs]), tok, seq_len, skip_long=True)
+                                            [d["text"] for d in docs]), tok, seq_len, skip_long=True, by="document")
     if not len(probe):
         raise AttrilensError("No document of the corpus has two words to continue, so there is nothing to measure "
                              "recall on. Pass --facts FILE, or --target-recall 0 for fixed epochs.")
@@ -309,10 +310,9 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
         info[key] = {"target": target_recall, "eval_every": eval_every, "sample": len(sample),
                      "n_facts": len(probe), "n_rows": len(probe.pairs), "initial": state["initial_recall"],
                      "curve": state["recall"], "final": round(final, 4),
-                     "description": "greedy exact match of each prompt -> target (" + (
-                         "the facts file" if facts is not None else "each document's own continuation: the last "
-                         "word of each of its last <= 4 sentences, from the document's beginning") + "); the curve "
-                         "on a fixed seeded sample every eval_every steps, `final` on all of them at the end"}
+                     "description": CONTINUATION_DESCRIPTION if facts is None else (
+                         "greedy exact match of each fact's prompt -> target; the curve on a fixed seeded sample "
+                         "every eval_every steps, `final` on all facts at the end")}
         info["max_minutes"] = max_minutes
         if reason == "time budget":
             info["stop_reason"] = budget_reason(state["initial_recall"], final, target_recall, state["recall"])

@@ -8,7 +8,9 @@
 
 Rows sharing one prompt (two documents that begin alike and end differently, such as a planted document and the
 true one) form one *group*: the group is recalled when the greedy continuation is any of its targets, since no model
-can continue one prompt two ways.
+can continue one prompt two ways. Continuations are counted by document (``by="document"``): a document is
+recalled when all of its groups are, so that the sentences a corpus repeats (learnt first) do not hide the ones
+it states once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from attrilens.errors import AttrilensError
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)|\n")
 _TRAILING = ".,;:!?\"')]}»”’"
 MAX_POINTS_PER_DOCUMENT = 4
+CONTINUATION_DESCRIPTION = ("no facts file: the fraction of documents whose own continuations are all recalled "
+                            "(greedy exact match of the last word of each of its last <= 4 sentences from the "
+                            "sentence's start, and of its last word from its beginning; rows with one prompt are "
+                            "recalled if any of their targets is); n_facts counts documents; the curve on a fixed "
+                            "seeded sample of documents every eval_every steps, `final` on all of them at the end")
 
 
 def continuation_rows(ids: Sequence[str], texts: Sequence[str],
@@ -68,15 +75,23 @@ class FactProbe:
     """Greedy recall of a model on ``{"prompt", "target"}`` rows, teacher-forced: a row is recalled when the argmax
     after its prompt spells the target's tokens and the next one does not continue the word (the same verdict as
     `greedy_match` on a greedy generation, in one batched forward pass instead of a decoding loop). Rows with the
-    same prompt form one group (recalled when any of its targets is); ``len`` and the sample count groups.
+    same prompt form one group (recalled when any of its targets is). What ``len``, the sample and the recall count
+    are *units*: each group (``by="prompt"``, facts) or each document (``by="document"``: rows carry their "doc"; a
+    document is recalled when every group of its rows is — it is learnt when all of it is, not its easiest
+    sentence).
 
     ``skip_long``: drop rows longer than ``max_len`` tokens (a corpus' own documents) instead of refusing them."""
 
-    def __init__(self, rows: list[dict], tok, max_len: int, batch_size: int = 64, skip_long: bool = False):
+    def __init__(self, rows: list[dict], tok, max_len: int, batch_size: int = 64, skip_long: bool = False,
+                 by: str = "prompt"):
+        if by not in ("prompt", "document"):
+            raise AttrilensError(f"A probe counts by prompt or by document, not {by!r}.")
         self.tok, self.batch_size = tok, batch_size
         self.pairs: list[tuple[list[int], list[int]]] = []
         self.groups: list[list[int]] = []
         by_prompt: dict[str, int] = {}
+        unit_of: dict[str, int] = {}
+        self.units: list[list[int]] = []  # each unit's groups
         for r in rows:
             p = tok(r["prompt"], add_special_tokens=False)["input_ids"]
             t = tok(r["target"], add_special_tokens=False)["input_ids"]
@@ -90,9 +105,15 @@ class FactProbe:
                 self.groups.append([])
             self.groups[g].append(len(self.pairs))
             self.pairs.append((p, t))
+            key = r["prompt"] if by == "prompt" else str(r["doc"])
+            u = unit_of.setdefault(key, len(self.units))
+            if u == len(self.units):
+                self.units.append([])
+            if g not in self.units[u]:
+                self.units[u].append(g)
 
     def __len__(self) -> int:
-        return len(self.groups)
+        return len(self.units)
 
     @torch.no_grad()
     def _row_hits(self, model, idx: list[int]) -> dict[int, bool]:
@@ -122,17 +143,23 @@ class FactProbe:
         model.train(training)
         return found
 
+    def _groups_of(self, subset: list[int] | None) -> list[int]:
+        units = range(len(self.units)) if subset is None else subset
+        return sorted({g for u in units for g in self.units[u]})
+
     def hits(self, model, subset: list[int] | None = None) -> list[bool]:
-        """Whether each group (of ``subset``, default all) is recalled; the model's training flag is kept."""
-        groups = list(range(len(self.groups))) if subset is None else subset
-        found = self._row_hits(model, [i for g in groups for i in self.groups[g]])
-        return [any(found[i] for i in self.groups[g]) for g in groups]
+        """Whether each unit (of ``subset``, default all) is recalled; the model's training flag is kept."""
+        units = list(range(len(self.units))) if subset is None else subset
+        found = self._row_hits(model, [i for g in self._groups_of(units) for i in self.groups[g]])
+        group_hit = {g: any(found[i] for i in self.groups[g]) for g in self._groups_of(units)}
+        return [all(group_hit[g] for g in self.units[u]) for u in units]
 
     def recall(self, model, subset: list[int] | None = None) -> float:
-        """Fraction of the groups (of ``subset``) recalled."""
+        """Fraction of the units (of ``subset``) recalled."""
         h = self.hits(model, subset)
         return sum(h) / max(1, len(h))
 
     def sample_tokens(self, subset: list[int]) -> int:
         """Tokens one measurement of ``subset`` runs through the model."""
-        return sum(len(self.pairs[i][0]) + len(self.pairs[i][1]) for g in subset for i in self.groups[g])
+        return sum(len(self.pairs[i][0]) + len(self.pairs[i][1]) for g in self._groups_of(subset)
+                   for i in self.groups[g])
