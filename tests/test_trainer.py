@@ -288,10 +288,10 @@ def test_stops_at_the_time_budget_with_a_decayed_rate(corpus, unlearnable, tmp_p
     assert info["finished"] and info["stop_reason"].startswith("time budget: nothing learnt") and info["stopped"] is None, seed
     assert 3.0 <= info["wall_seconds"] < 3.0 + 2.0  # a 3 s budget; the last step may run over
     assert info["optimizer"]["final_lr"] < 1.2e-3  # decayed over the budget to lr * min_lr_ratio
-    assert info["config"]["epochs"] == 1000 and info["step"] < info["cap_steps"]  # the default cap, far away
+    assert info["config"]["epochs"] == 10_000 and info["step"] < info["cap_steps"]  # the default cap, far away
     every = info["fact_recall"]["eval_every"]
     assert info["fact_recall"]["final"] == 0.0 and len(info["fact_recall"]["curve"]) == info["step"] // every
-    assert every >= info["cap_steps"] // 1000  # at most once an epoch
+    assert every >= info["cap_steps"] // 10_000  # at most once an epoch
     assert not (out / "resume.safetensors").exists()
     before = (out / "model.safetensors").read_bytes()  # a finished run: the same call returns it as it is
     train(TrainConfig(corpus=corpus, out=tmp_path / "b", seed=seed, target_recall=0.5, facts=unlearnable,
@@ -360,7 +360,7 @@ def test_stopping_defaults_of_the_cli(tiny_world, corpus) -> None:
     # no facts: the documents' own continuations are the target
     assert stopping_defaults(corpus, max_minutes=4.0) == {"target_recall": 0.9, "facts": None, "max_minutes": 4.0}
     cfg = resolve_config(TrainConfig(corpus=c, out=Path("-"), target_recall=0.9))
-    assert cfg.epochs == 1000 and cfg.facts == facts
+    assert cfg.epochs == 10_000 and cfg.facts == facts
 
 
 def test_cli_trains_to_the_target_by_default(tiny_world, tmp_path) -> None:

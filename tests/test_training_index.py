@@ -346,7 +346,7 @@ def test_cli_index_build_and_trace(model_dir, tmp_path, monkeypatch, capsys):
     d = json.loads(out)
     assert d["schema"] == "attrilens/training/v1" and d["tokens"] == [0] and len(d["proponents"]) == 3
     code, out, err = run("trace", "--index", str(tmp_path / "i"), "--prompt", "who founded", "--top-k", "3")
-    assert code == 2 and "exactly one of a target" in err and out == ""
+    assert code == 2 and "exactly one of --target T or --generate" in err and out == ""
     code, out, err = run("trace", "--index", str(tmp_path / "i"), "--prompt", "who", "--target", " a", "--tokens", "x")
     assert code == 2 and "--tokens must be comma-separated integers" in err
 

@@ -115,7 +115,7 @@ def run_benchmark(minutes: float = 7.0, seed: int = 2026, threads: int = 1, work
             raise AttrilensError(f"Unknown world shape {unknown[0]!r}. Use some of {', '.join(SHAPES)}.")
         rows = [train_world(name, args, seed + i, base, minutes, threads, progress, with_facts)
                 for i, (name, args) in enumerate(SHAPES.items()) if not shapes or name in shapes]
-    from attrilens.demo.trainer import DEFAULT_TARGET_RECALL, TrainConfig
+    from attrilens.demo.trainer import DEFAULT_EPOCH_CAP, DEFAULT_TARGET_RECALL, TrainConfig
 
     d = TrainConfig(corpus=Path("-"), out=Path("-"))
     header = (f"# `attrilens train` defaults on fresh worlds\n\nEach world: `make_world(seed, **shape)` (fact documents "
@@ -123,7 +123,7 @@ def run_benchmark(minutes: float = 7.0, seed: int = 2026, threads: int = 1, work
               f"{d.layers} layers, width {d.width}, batch {d.batch_size} rows of <= {d.seq_len} tokens, lr {d.lr:g}, "
               f"warmup {d.warmup_steps} steps, cosine decay over the budget, target recall {DEFAULT_TARGET_RECALL} of "
               + ("facts.jsonl" if with_facts else "the documents' own continuations (corpus alone, no facts file)")
-              + f", epoch cap 1000), {threads} torch thread(s). Fact recall: greedy exact match of every fact's "
+              + f", epoch cap {DEFAULT_EPOCH_CAP}), {threads} torch thread(s). Fact recall: greedy exact match of every fact's "
               "statement prefix -> value (facts.jsonl, which the continuation runs never saw).")
     info = {"minutes_per_world": minutes, "seed": seed, "threads": threads, "shapes": SHAPES, "machine": machine(),
             "probe": "facts" if with_facts else "continuations"}

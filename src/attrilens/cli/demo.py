@@ -35,7 +35,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         layers: Annotated[int, typer.Option(help="Decoder blocks.")] = 4,
         width: Annotated[int, typer.Option(help="Residual width.")] = 128,
         epochs: Annotated[int | None, typer.Option(help="Most passes over the corpus when training to a recall target "
-                                                        "(default 1000); with --target-recall 0 exactly this many "
+                                                        "(default 10000; 1000 with --lora); with --target-recall 0 exactly this many "
                                                         "passes (default 100; 1 with --lora).")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Sequences per optimizer step (default 4; 8 with --lora).")] = None,
         lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate (default 1e-2; with --lora 2e-3, "
@@ -124,11 +124,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         facts: Annotated[bool, typer.Option(help="Scratch regime: train to the worlds' facts files instead of the "
                                                  "documents' own continuations.")] = False,
         shapes: Annotated[str | None, typer.Option(help="Comma-separated subset of the shapes (scratch: short,long,"
-                                                        "wide; --lora: towns,town-paragraphs,capitals).")] = None,
+                                                        "wide,world; --lora: towns,town-paragraphs,capitals).")] = None,
         out: Annotated[Path | None, typer.Option(help="Also write the report here (train-bench.md and .json).")] = None,
         as_json: JsonFlag = False,
     ) -> None:
-        """`attrilens train` defaults on fresh corpora of three shapes: epochs, stop reason, what was learnt."""
+        """`attrilens train` defaults on fresh corpora of several shapes: epochs, stop reason, what was learnt."""
         if out is not None:
             check_output_dir(out)
         chosen = [x.strip() for x in shapes.split(",") if x.strip()] if shapes else None
