@@ -84,22 +84,13 @@ def _check_targets(model, targets: Sequence[str] | None) -> None:
 
 def _probe(tok, docs: Sequence[dict], facts: Path | str | None, seq_len: int, eval_facts: int, seed: int):
     """The recall probe (facts file, or the documents' own continuations) and its fixed seeded sample."""
-    import random
+    from attrilens.demo.probes import make_probe
 
-    from attrilens.demo.probes import FactProbe, continuation_rows
-    from attrilens.jsonl import load_jsonl
-
-    if facts is not None:
-        probe = FactProbe(load_jsonl(Path(facts), require=("prompt", "target")), tok, seq_len)
-    else:
-        probe = FactProbe(continuation_rows([str(d.get("id", k)) for k, d in enumerate(docs)],
-                                            [d["text"] for d in docs]), tok, seq_len, skip_long=True, by="document")
+    probe, sample = make_probe(tok, [str(d.get("id", k)) for k, d in enumerate(docs)], [d["text"] for d in docs],
+                               facts, seq_len, eval_facts, f"attrilens-lora/{seed}")
     if not len(probe):
         raise AttrilensError("No document of the corpus has two words to continue, so there is nothing to measure "
                              "recall on. Pass --facts FILE, or --target-recall 0 for fixed epochs.")
-    sample = list(range(len(probe)))
-    if len(sample) > eval_facts:
-        sample = sorted(random.Random(f"attrilens-lora/{seed}").sample(sample, eval_facts))
     return probe, sample
 
 
@@ -197,8 +188,9 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
     order.has(0)
     epoch_steps = len(order.batches)
     if target_mode and eval_every is None:  # once an epoch, at most 50 steps; rarer if it would cost > ~5 %
-        step_tokens = sum(len(s) for s in seqs) / epoch_steps
-        eval_every = max(1, min(50, epoch_steps), math.ceil(probe.sample_tokens(sample) / (3 * 0.05 * step_tokens)))
+        from attrilens.demo.probes import default_eval_every
+
+        eval_every = default_eval_every(probe, sample, epoch_steps, sum(len(s) for s in seqs))
     ckpt_every = max(1, math.ceil(total / (keep_checkpoints + 1))) if keep_checkpoints and total else 0
     out.mkdir(parents=True, exist_ok=True)
     state = {"step": 0, "settings": settings, "checkpoints": [], "losses": [], "recall": [], "train_seconds": 0.0}

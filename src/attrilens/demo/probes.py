@@ -15,8 +15,11 @@ it states once.
 
 from __future__ import annotations
 
+import math
+import random
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -163,3 +166,27 @@ class FactProbe:
         """Tokens one measurement of ``subset`` runs through the model."""
         return sum(len(self.pairs[i][0]) + len(self.pairs[i][1]) for g in self._groups_of(subset)
                    for i in self.groups[g])
+
+
+def make_probe(tok, ids: Sequence[str], texts: Sequence[str], facts: Path | str | None, max_len: int,
+               eval_facts: int, sample_key: str) -> tuple[FactProbe, list[int]]:
+    """The recall probe of a training run — the facts file's, or without one the documents' own continuations
+    (counted by document) — and the fixed sample of at most ``eval_facts`` units measured during training, drawn
+    from ``sample_key`` (the trainer's seed)."""
+    from attrilens.jsonl import load_jsonl
+
+    if facts is not None:
+        probe = FactProbe(load_jsonl(Path(facts), require=("prompt", "target")), tok, max_len)
+    else:
+        probe = FactProbe(continuation_rows(ids, texts), tok, max_len, skip_long=True, by="document")
+    sample = list(range(len(probe)))
+    if len(sample) > eval_facts:
+        sample = sorted(random.Random(sample_key).sample(sample, eval_facts))
+    return probe, sample
+
+
+def default_eval_every(probe: FactProbe, sample: list[int], epoch_steps: int, epoch_tokens: int) -> int:
+    """Steps between recall measurements: once an epoch (at most 50 steps), but rarer when the measurement would
+    cost over ~5 % of the training (its forward pass over the sample ~ 1/3 of a training step's work per token)."""
+    step_tokens = epoch_tokens / max(1, epoch_steps)
+    return max(1, min(50, epoch_steps), math.ceil(probe.sample_tokens(sample) / (3 * 0.05 * step_tokens)))

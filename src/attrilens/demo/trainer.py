@@ -60,7 +60,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
 from bisect import bisect_right
@@ -70,7 +69,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from attrilens.demo.probes import CONTINUATION_DESCRIPTION, FactProbe, continuation_rows
+from attrilens.demo.probes import CONTINUATION_DESCRIPTION, FactProbe, default_eval_every, make_probe
 from attrilens.demo.resume import load_resume, save_resume
 from attrilens.demo.stopping import (
     budget_reason,
@@ -80,7 +79,6 @@ from attrilens.demo.stopping import (
     thin_checkpoints,
 )
 from attrilens.errors import AttrilensError
-from attrilens.jsonl import load_jsonl
 
 if TYPE_CHECKING:
     from attrilens.training.capture import GradientCapture
@@ -434,26 +432,6 @@ def _model_for(config: TrainConfig, tok):
     return model
 
 
-def _probe_for(config: TrainConfig, tok, ids: list[str], texts: list[str]) -> tuple[FactProbe, list[int]]:
-    """The recall probe — the facts file's, or without one the documents' own continuations — and the fixed seeded
-    sample of it measured during training."""
-    if config.facts is not None:
-        probe = FactProbe(load_jsonl(Path(config.facts), require=("prompt", "target")), tok, config.seq_len)
-    else:
-        probe = FactProbe(continuation_rows(ids, texts), tok, config.seq_len, skip_long=True, by="document")
-    sample = list(range(len(probe)))
-    if len(sample) > config.eval_facts:
-        sample = sorted(random.Random(f"attrilens-train/{config.seed}").sample(sample, config.eval_facts))
-    return probe, sample
-
-
-def _default_eval_every(probe: FactProbe, sample: list[int], epoch_steps: int, epoch_tokens: int) -> int:
-    """Steps between recall measurements: once an epoch (at most 50 steps), but rarer when the measurement would
-    cost over ~5 % of the training (its forward pass over the sample ~ 1/3 of a training step's work per token)."""
-    step_tokens = epoch_tokens / max(1, epoch_steps)
-    return max(1, min(50, epoch_steps), math.ceil(probe.sample_tokens(sample) / (3 * 0.05 * step_tokens)))
-
-
 def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
     """Train (or resume, or return an already finished run) and return the output directory; with `capture`, also
     write index features of every training row of every step from the training's own backward pass
@@ -477,7 +455,8 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
         torch.set_num_threads(config.threads)
 
     tok = _tokenizer_for(config, out, texts)
-    probe, sample = _probe_for(config, tok, ids, texts)
+    probe, sample = make_probe(tok, ids, texts, config.facts, config.seq_len, config.eval_facts,
+                               f"attrilens-train/{config.seed}")
     if not len(probe) and config.target_recall is not None:
         raise AttrilensError(f"No document of {config.corpus} has two words to continue, so there is nothing to "
                              "measure recall on. Pass --facts FILE, or --target-recall 0 for fixed epochs.")
@@ -512,7 +491,7 @@ def train(config: TrainConfig, capture: GradientCapture | None = None) -> Path:
     plan.has(0)
     if target_mode and "initial_recall" not in state and len(probe):
         state["initial_recall"] = round(probe.recall(model, sample), 4)  # what the model knew before: the baseline
-    eval_every = config.eval_every or _default_eval_every(probe, sample, len(plan.batches), sum(lengths))
+    eval_every = config.eval_every or default_eval_every(probe, sample, len(plan.batches), sum(lengths))
     state["eval_every"] = eval_every
     log_every = max(1, (total or len(plan.batches) * 10) // 1000)
     # target mode: the schedule's length in steps, estimated from the first epoch (epochs pack almost alike)
