@@ -17,7 +17,7 @@ demo: install
 	attrilens demo --out demo-out
 
 lint:
-	ruff check .
+	ruff check --no-cache .
 
 test: install-dev lint
 	$(PY) -m pytest -q

@@ -9,14 +9,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import ARGS, CHROMIUM, fixture, report_documents  # noqa: E402
-from live import LiveServer  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
-from test_browser_app import FakeLenses  # noqa: E402
-from test_browser_verbatim import generation_docs  # noqa: E402
 
 from attrilens.server import create_app  # noqa: E402
 from attrilens.view import render_page  # noqa: E402
+from live import LiveServer  # noqa: E402
+from pages import ARGS, CHROMIUM, fixture, report_documents  # noqa: E402
+from test_browser_app import FakeLenses  # noqa: E402
+from test_browser_verbatim import generation_docs  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

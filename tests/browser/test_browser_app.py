@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import fixture, report_documents
-from live import LiveServer
 
 from attrilens.server import create_app
+from live import LiveServer
+from pages import fixture, report_documents
 
 
 class FakeLenses:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import fixture, open_report
-from live import LiveServer
-from test_browser_app import FakeLenses
-
 from attrilens.server import create_app
+from live import LiveServer
+from pages import fixture, open_report
+from test_browser_app import FakeLenses
 
 XSS_ID = "<img src=x onerror=alert(1)>"
 XSS_TEXT = "</script><script>alert(2)</script>"

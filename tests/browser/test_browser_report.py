@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import fixture, open_report, report_documents
+from pages import fixture, open_report, report_documents
 
 
 def test_report_renders_context_training_and_inspect(watched, tmp_path):

@@ -7,13 +7,13 @@ import json
 import re
 
 import pytest
-from conftest import fixture
-from conftest import open_report as open_any_report
-from live import LiveServer
-from test_browser_app import FakeLenses
 
 from attrilens.server import create_app
 from attrilens.view import render_page
+from live import LiveServer
+from pages import fixture
+from pages import open_report as open_any_report
+from test_browser_app import FakeLenses
 
 BEFORE = "(el) => { const r = document.createRange(); r.setStart(el.closest('.al-selectable, .al-vdoc-text'), 0);" \
          " r.setEndBefore(el); return r.toString(); }"

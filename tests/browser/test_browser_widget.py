@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import nbformat
-from conftest import FIXTURES
 from nbclient import NotebookClient
+
+from pages import FIXTURES
 
 MODEL_SHIM = """
 async ({ state }) => {

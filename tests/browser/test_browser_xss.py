@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-from conftest import fixture
-from live import LiveServer
-from test_browser_app import FakeLenses
-
 from attrilens.server import create_app
 from attrilens.view import render_page
+from live import LiveServer
+from pages import fixture
+from test_browser_app import FakeLenses
 
 XSS_IMG = "<img src=x onerror=alert(1)>"
 XSS_SCRIPT = "</script><script>alert(2)</script>"
