@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from attrilens.bench.metrics import retrieval_metrics
 from attrilens.bench.misinfo import _scores, removal_sets, run_misinfo_benchmark, wrong_and_right
-from attrilens.demo.lora import finetune_lora
 from attrilens.demo.misinfo import LABELS, make_misinfo_dataset
 from attrilens.demo.paths import demo_model_dir
 from attrilens.jsonl import load_jsonl, write_jsonl
 from attrilens.lm import LM
+from attrilens.metrics import retrieval_metrics
 from attrilens.training.ensemble import IndexEnsemble
+from attrilens.workflows.lora import finetune_lora
 
 torch.set_num_threads(1)
 

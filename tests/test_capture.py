@@ -15,8 +15,6 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from attrilens.demo.lora import finetune_lora  # noqa: E402
-from attrilens.demo.trainer import TrainConfig, train  # noqa: E402
 from attrilens.errors import AttrilensError  # noqa: E402
 from attrilens.lm import LM  # noqa: E402
 from attrilens.testing import CONTEXT_WORDS, random_ids, tiny_config, tiny_lm, tiny_tokenizer  # noqa: E402
@@ -28,6 +26,8 @@ from attrilens.training.gradients import Example, Featurizer  # noqa: E402
 from attrilens.training.moments import moment_scales, round_moments  # noqa: E402
 from attrilens.training.preconditioning import fit_whitening  # noqa: E402
 from attrilens.training.store import read_manifest  # noqa: E402
+from attrilens.workflows.lora import finetune_lora  # noqa: E402
+from attrilens.workflows.trainer import TrainConfig, train  # noqa: E402
 
 TINY = {"layers": 2, "width": 32, "heads": 2, "vocab_size": 320, "seq_len": 48, "batch_size": 3, "lr": 1e-2,
         "warmup_steps": 2, "progress": False, "threads": 1, "keep_checkpoints": 2}

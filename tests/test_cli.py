@@ -99,7 +99,7 @@ def test_lora_finetune_from_the_cli(tmp_path):
 
 def test_help_spells_names_with_hyphens_and_has_no_double_negation():
     from attrilens.context import method_names
-    from attrilens.inspect import presets
+    from attrilens.patchscopes import presets
     from attrilens.training import TDA_METHODS
 
     texts = {verb: CliRunner().invoke(app, [*verb.split(), "--help"], terminal_width=400).output

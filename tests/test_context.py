@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attrilens.context import ContextAttributor, ContextResult, parse_method
-from attrilens.context.loo import CachedScorer, Scorer, loo
+from attrilens.context.scorers import CachedScorer, Scorer, loo
 from attrilens.errors import AttrilensError
 from attrilens.spans import Sources
 from attrilens.testing import ARCHS, random_context, tiny_lm

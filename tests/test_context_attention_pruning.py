@@ -7,7 +7,7 @@ import os
 import pytest
 
 from attrilens.context import ContextAttributor
-from attrilens.context.loo import CachedScorer, Scorer
+from attrilens.context.scorers import CachedScorer, Scorer
 from attrilens.errors import AttrilensError
 from attrilens.spans import Sources
 from attrilens.testing import ARCHS, random_context, tiny_lm

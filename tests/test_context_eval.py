@@ -17,8 +17,8 @@ from attrilens.bench.context import (
     is_correct,
     summarise,
 )
-from attrilens.bench.metrics import average_precision, gold_hit, loo_outliers, ranking, spearman
 from attrilens.errors import AttrilensError
+from attrilens.metrics import average_precision, gold_hit, loo_outliers, ranking, spearman
 from attrilens.testing import random_context as _random_context
 from attrilens.testing import tiny_lm
 

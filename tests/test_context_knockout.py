@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attrilens.context import ContextAttributor, ContextResult
-from attrilens.context.loo import token_logprobs
+from attrilens.context.scorers import token_logprobs
 from attrilens.context.token_sources import prompt_token_owner
 from attrilens.lm import LM
 from attrilens.spans import Sources

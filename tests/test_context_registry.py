@@ -22,7 +22,7 @@ from attrilens.context import (
     Estimate,
     parse_method,
 )
-from attrilens.context.loo import Scorer
+from attrilens.context.scorers import Scorer
 from attrilens.errors import AttrilensError
 from attrilens.results import Cost
 from attrilens.spans import Sources

@@ -292,7 +292,7 @@ def test_cli_index_build_takes_text_and_id_fields(tmp_path, model_dir, monkeypat
 
 
 def test_cli_train_takes_text_and_id_fields(tmp_path, monkeypatch, capsys):
-    from attrilens.demo.trainer import _comparable
+    from attrilens.workflows.trainer import _comparable
 
     rows = [{"uid": d["id"], "body": d["text"]} for d in _docs(6, seed=6)]
     path = _parquet(tmp_path / "c.parquet", rows)
@@ -310,7 +310,7 @@ def test_cli_train_takes_text_and_id_fields(tmp_path, monkeypatch, capsys):
 
 
 def test_lora_reads_any_format_with_fields(tmp_path):
-    from attrilens.demo.lora import documents_sha256, finetune_lora
+    from attrilens.workflows.lora import documents_sha256, finetune_lora
 
     tiny_lm("llama").save_pretrained(tmp_path / "base")
     rows = [{"uid": f"d{i}", "body": f"the capital of velmora is quenth {i}"} for i in range(4)]
@@ -321,7 +321,7 @@ def test_lora_reads_any_format_with_fields(tmp_path):
 
 
 def test_curate_reads_the_corpus_in_any_format_with_fields(tmp_path):
-    from attrilens.demo.curate import read_corpus_rows
+    from attrilens.workflows.curate import read_corpus_rows
 
     rows = [{"uid": "a", "body": "first text", "lang": "en"}, {"uid": None, "body": "second text", "lang": "fr"}]
     assert read_corpus_rows(_jsonl(tmp_path / "c.jsonl", rows), text_field="body", id_field="uid") == [

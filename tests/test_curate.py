@@ -1,4 +1,4 @@
-"""The curation loop (`attrilens.demo.curate`, `attrilens curate`): edit files, the edited corpus, a retrain with the
+"""The curation loop (`attrilens.workflows.curate`, `attrilens curate`): edit files, the edited corpus, a retrain with the
 same settings and seed (bit-for-bit when the corpus is unchanged), the before/after report, and bad input that
 writes nothing. A LoRA adapter on the shipped tiny model, trained on a small planted-misinformation corpus."""
 
@@ -11,7 +11,9 @@ import sys
 import pytest
 import torch
 
-from attrilens.demo.curate import (
+from attrilens.demo.paths import demo_model_dir
+from attrilens.errors import AttrilensError
+from attrilens.workflows.curate import (
     SCHEMA,
     CurateReport,
     Edit,
@@ -22,8 +24,6 @@ from attrilens.demo.curate import (
     read_questions,
     remove_edit,
 )
-from attrilens.demo.paths import demo_model_dir
-from attrilens.errors import AttrilensError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("countryinfo")
@@ -37,10 +37,10 @@ def _write(path, rows):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A misinformation corpus (12 facts, 4 planted), a LoRA adapter trained on it, and a grad-dot index of it."""
-    from attrilens.demo.lora import finetune_lora
     from attrilens.demo.misinfo import make_misinfo_dataset
     from attrilens.lm import LM
     from attrilens.training import build_index
+    from attrilens.workflows.lora import finetune_lora
 
     root = tmp_path_factory.mktemp("curate")
     truth = make_misinfo_dataset(root / "data", n_facts=12, n_planted=4)
@@ -285,8 +285,8 @@ def _corpus_alone(world, tmp_path):
 
 
 def test_no_questions_anywhere_is_refused_before_any_work(world, tmp_path, monkeypatch, capsys):
-    import attrilens.demo.curate as curate_mod
-    import attrilens.demo.lora as lora
+    import attrilens.workflows.curate as curate_mod
+    import attrilens.workflows.lora as lora
     from attrilens.cli.app import main
 
     def no_training(*args, **kwargs):
@@ -311,10 +311,10 @@ def test_no_questions_anywhere_is_refused_before_any_work(world, tmp_path, monke
 def test_the_prompts_the_index_was_traced_with_are_re_asked(world, tmp_path):
     import shutil
 
-    from attrilens.demo.curate import find_questions, read_training_info
     from attrilens.lm import LM
     from attrilens.training import TrainingIndex
     from attrilens.training.traced import record_trace
+    from attrilens.workflows.curate import find_questions, read_training_info
 
     index = tmp_path / "index"
     shutil.copytree(world["index"], index)
@@ -342,8 +342,8 @@ def test_a_parquet_corpus_with_other_field_names_is_read_as_it_was_trained(world
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from attrilens.demo.lora import finetune_lora
     from attrilens.jsonl import load_jsonl
+    from attrilens.workflows.lora import finetune_lora
 
     rows = load_jsonl(world["corpus"])
     corpus = tmp_path / "corpus.parquet"

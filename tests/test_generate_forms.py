@@ -177,7 +177,7 @@ def test_traced_log_is_deduplicated_capped_and_read_as_untrusted(tmp_path, monke
 
 
 def test_curate_asks_a_question_through_the_chat_template_and_traces_it_as_plain_text(chat_index):
-    from attrilens.demo.curate import _ask, _trace
+    from attrilens.workflows.curate import _ask, _trace
 
     lm, index = chat_index["lm"], chat_index["index"]
     by_hand = lm.generate(QUESTION, max_new_tokens=16, chat_template=True)

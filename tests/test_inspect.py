@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from attrilens.errors import AttrilensError
-from attrilens.inspect import InspectResult, Patchscope, fit_affine, presets, sweep
-from attrilens.inspect.lenses import AffineMap, TunedLens
-from attrilens.inspect.patchscope import Query
 from attrilens.lm import LM, Patch
+from attrilens.patchscopes import InspectResult, Patchscope, fit_affine, presets, sweep
+from attrilens.patchscopes.mappings import AffineMap, TunedLens
+from attrilens.patchscopes.patchscope import Query
 from attrilens.testing import ARCHS, assert_greedy_continuation, random_ids, tiny_lm
 
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -10,9 +10,9 @@ import torch
 
 from attrilens.demo.report import inspect_section
 from attrilens.errors import AttrilensError
-from attrilens.inspect import InspectResult, presets
-from attrilens.inspect.patchscope import Patchscope
 from attrilens.lm import Patch
+from attrilens.patchscopes import InspectResult, presets
+from attrilens.patchscopes.patchscope import Patchscope
 from attrilens.testing import tiny_lm
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -25,7 +25,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from attrilens.demo.world import make_world
+    from attrilens.workflows.world import make_world
 
     out = tmp_path_factory.mktemp("world")
     make_world(out, seed=3, n_entities=6, n_train_episodes=4, n_heldout_episodes=2, n_copy_docs=2, n_copy_eval=2)
@@ -41,7 +41,7 @@ def test_token_identity_and_bare_targets(lm):
 
 
 def test_attribute_extraction_patches_the_placeholder(lm):
-    from attrilens.demo.world import relation_template
+    from attrilens.workflows.world import relation_template
 
     assert relation_template("capital") == "The capital of x is"
     tids, pos = presets.placeholder_target(lm, "The capital of x is")
@@ -62,8 +62,8 @@ def test_attribute_extraction_patches_the_placeholder(lm):
 
 
 def test_entity_description_uses_world_facts(lm, world):
-    from attrilens.demo.world.generate import description_shots
     from attrilens.jsonl import load_jsonl
+    from attrilens.workflows.world.generate import description_shots
 
     shots = description_shots(world)
     template = presets.description_template(shots)

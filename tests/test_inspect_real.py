@@ -10,14 +10,14 @@ import os
 import pytest
 import torch
 
-from attrilens.bench.metrics import next_token_agreement
 from attrilens.bench.patchscopes import fact_target, pydoc_paragraphs, pydoc_split, sweep_layers
 from attrilens.demo.countries import RELATIONS
 from attrilens.errors import AttrilensError
-from attrilens.inspect import Patchscope, presets
-from attrilens.inspect.lenses import collect_states, token_rows
-from attrilens.inspect.patchscope import encode_target, source_prompt
 from attrilens.lm import LM, Patch
+from attrilens.metrics import next_token_agreement
+from attrilens.patchscopes import Patchscope, presets
+from attrilens.patchscopes.mappings import collect_states, token_rows
+from attrilens.patchscopes.patchscope import encode_target, source_prompt
 from attrilens.testing import assert_greedy_continuation
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

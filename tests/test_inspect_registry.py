@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from attrilens.cli import app
 from attrilens.errors import AttrilensError
-from attrilens.inspect import InspectResult, presets
+from attrilens.patchscopes import InspectResult, presets
 from attrilens.testing import tiny_lm
 
 os.environ["HF_HUB_OFFLINE"] = "1"

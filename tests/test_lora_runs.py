@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from attrilens.demo.lora import documents_sha256, finetune_lora
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.testing import save_with_adam_moments, tiny_lm
 from attrilens.training.ensemble import IndexEnsemble
 from attrilens.training.index import build_index
+from attrilens.workflows.lora import documents_sha256, finetune_lora
 
 torch.set_num_threads(1)
 
@@ -230,8 +230,8 @@ def test_a_lora_run_without_facts_trains_until_it_recalls_its_documents(base_dir
     assert info["optimizer"]["step"] == rec["curve"][-1]["step"] and "constant" in info["optimizer"]["schedule"]
     assert len(info["checkpoints"]) <= 2 and all((out / c["path"]).is_dir() for c in info["checkpoints"])
     # ground truth: the adapter's greedy generations give the documents' last words as often as the probe says
-    from attrilens.bench.metrics import greedy_match
-    from attrilens.demo.probes import continuation_rows
+    from attrilens.metrics import greedy_match
+    from attrilens.workflows.probes import continuation_rows
 
     lm = LM.from_pretrained(out)
     rows = continuation_rows([d["id"] for d in docs], [d["text"] for d in docs])

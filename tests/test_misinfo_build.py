@@ -9,12 +9,12 @@ import random
 import torch
 from safetensors.torch import load_file
 
-from attrilens.demo.lora import documents_sha256, finetune_lora
 from attrilens.demo.misinfo import make_misinfo_dataset
 from attrilens.demo.misinfo_build import BASE, package
 from attrilens.demo.paths import demo_model_dir
 from attrilens.jsonl import load_jsonl
 from attrilens.lm import LM
+from attrilens.workflows.lora import documents_sha256, finetune_lora
 
 torch.set_num_threads(1)
 

@@ -15,11 +15,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from attrilens.bench.metrics import greedy_match  # noqa: E402
-from attrilens.demo.probes import FactProbe, continuation_rows  # noqa: E402
-from attrilens.demo.trainer import TrainConfig, build_model, stopping_defaults, train  # noqa: E402
-from attrilens.demo.world.evaluate import greedy_complete  # noqa: E402
 from attrilens.errors import AttrilensError  # noqa: E402
+from attrilens.metrics import greedy_match  # noqa: E402
+from attrilens.workflows.probes import FactProbe, continuation_rows  # noqa: E402
+from attrilens.workflows.trainer import TrainConfig, build_model, stopping_defaults, train  # noqa: E402
+from attrilens.workflows.world.evaluate import greedy_complete  # noqa: E402
 
 FAST = {"layers": 2, "width": 64, "heads": 2, "vocab_size": 400, "seq_len": 128, "batch_size": 2, "lr": 1e-2,
         "warmup_steps": 5, "progress": False, "threads": 1, "keep_checkpoints": 1}
@@ -97,7 +97,7 @@ def test_a_run_without_facts_trains_until_it_recalls_its_own_documents(tmp_path)
 
 def test_a_document_is_recalled_only_when_all_of_it_is() -> None:
     """By document: a unit per document, recalled when every group of its rows is; a shared prompt is one group."""
-    from attrilens.demo.probes import FactProbe as Probe
+    from attrilens.workflows.probes import FactProbe as Probe
 
     class Tok:  # one token per character: prompts and targets of any text
         pad_token_id = 0

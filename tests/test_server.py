@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent / "browser"))
 
+from attrilens.app.backend import LensBackend  # noqa: E402
+from attrilens.app.server import create_app, load_report  # noqa: E402
 from attrilens.errors import AttrilensError  # noqa: E402
-from attrilens.server import create_app, load_report  # noqa: E402
-from attrilens.view.backend import LensBackend  # noqa: E402
 from live import LiveServer  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

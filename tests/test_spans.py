@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from attrilens.demo.world import split_sentences
 from attrilens.errors import AttrilensError
 from attrilens.spans import Sources
+from attrilens.workflows.world import split_sentences
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

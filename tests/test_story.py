@@ -31,7 +31,7 @@ def test_shipped_assets_record_the_ground_truth_and_the_runs():
         assert info["base"] == "smollm2-135m-instruct" and len(info["checkpoints"]) == 2
         for ck in info["checkpoints"]:
             assert (assets / f"order-{order}" / ck["path"] / "adapter_model.safetensors").is_file()
-    from attrilens.demo.lora import documents_sha256
+    from attrilens.workflows.lora import documents_sha256
 
     info = json.loads((assets / "order-0" / "training.json").read_text())
     assert info["corpus"]["sha256"] == documents_sha256(list(corpus.values()))  # trained on exactly this corpus

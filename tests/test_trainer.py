@@ -19,9 +19,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from attrilens.bench.metrics import greedy_match  # noqa: E402
 from attrilens.bench.train import run_benchmark  # noqa: E402
-from attrilens.demo.trainer import (  # noqa: E402
+from attrilens.errors import AttrilensError  # noqa: E402
+from attrilens.jsonl import load_jsonl  # noqa: E402
+from attrilens.metrics import greedy_match  # noqa: E402
+from attrilens.training.capture import GradientCapture, row_steps  # noqa: E402
+from attrilens.training.store import read_manifest  # noqa: E402
+from attrilens.workflows.trainer import (  # noqa: E402
     FactProbe,
     TrainConfig,
     build_model,
@@ -29,12 +33,8 @@ from attrilens.demo.trainer import (  # noqa: E402
     stopping_defaults,
     train,
 )
-from attrilens.demo.world import make_world, split_sentences  # noqa: E402
-from attrilens.demo.world.evaluate import greedy_complete  # noqa: E402
-from attrilens.errors import AttrilensError  # noqa: E402
-from attrilens.jsonl import load_jsonl  # noqa: E402
-from attrilens.training.capture import GradientCapture, row_steps  # noqa: E402
-from attrilens.training.store import read_manifest  # noqa: E402
+from attrilens.workflows.world import make_world, split_sentences  # noqa: E402
+from attrilens.workflows.world.evaluate import greedy_complete  # noqa: E402
 
 TEXTS = ["The capital of Velmora is Kelmin.", "Velmora pays with a currency called the Dorn.",
          "cat -> cat\n1135 -> 1135\nhello -> hello", "The founder of Arvik was Tamsin Orlo.",

@@ -247,7 +247,7 @@ def test_tracin_aggregates_checkpoints(lm, model_dir, tmp_path):
 
 
 def test_datainf_matches_closed_form_and_lora_finetune(lm, model_dir, tmp_path):
-    from attrilens.demo.lora import finetune_lora
+    from attrilens.workflows.lora import finetune_lora
 
     docs = _docs(12)
     out = finetune_lora(model_dir, docs, tmp_path / "lora", epochs=1, batch_size=4, keep_checkpoints=2, progress=False)
@@ -504,8 +504,8 @@ def test_default_shard_size_keeps_a_shard_of_wide_features_within_a_gib():
 def test_trackstar_on_a_lora_adapter_featurises_the_lora_matrices_with_their_optimizer_state(model_dir, tmp_path):
     """auto: an adapter's LoRA matrices (what was trained, and all its optimizer state covers); linear: every base
     weight, which that state does not cover (a one-line error naming the fix)."""
-    from attrilens.demo.lora import finetune_lora
     from attrilens.training.methods import TDA_METHODS
+    from attrilens.workflows.lora import finetune_lora
 
     docs = _docs(12, seed=random.randrange(1000))
     out = finetune_lora(model_dir, docs, tmp_path / "lora", epochs=1, batch_size=4, keep_checkpoints=0, progress=False)

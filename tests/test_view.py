@@ -13,8 +13,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from attrilens.errors import AttrilensError  # noqa: E402
 from attrilens.view import bundle as bundle_mod  # noqa: E402
 from attrilens.view import render_page, widget_for  # noqa: E402
-from attrilens.view.backend import changed_span, compare, dispatch, parse  # noqa: E402
 from attrilens.view.page import script_json  # noqa: E402
+from attrilens.view.requests import changed_span, compare, dispatch, parse  # noqa: E402
 
 XSS = ["<img src=x onerror=alert(1)>", "</script><script>alert(2)</script>", "<!-- x", "a\u2028b & c"]
 

@@ -14,12 +14,13 @@ from fastapi.testclient import TestClient
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from attrilens.app.backend import LensBackend  # noqa: E402
+from attrilens.app.server import create_app  # noqa: E402
 from attrilens.errors import AttrilensError  # noqa: E402
-from attrilens.server import create_app  # noqa: E402
 from attrilens.training.verbatim import VerbatimResult  # noqa: E402
 from attrilens.view import render_page, widget_for  # noqa: E402
-from attrilens.view.backend import LensBackend, VerbatimRequest, can_answer, dispatch, parse  # noqa: E402
 from attrilens.view.bundle import bundle  # noqa: E402
+from attrilens.view.requests import VerbatimRequest, can_answer, dispatch, parse  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "verbatim.json"
 BASE = "http://127.0.0.1:8765"
@@ -231,9 +232,9 @@ def test_real_verbatim_index_answers_through_dispatch_and_renders(verbatim_app):
 
 
 def test_span_traces_give_the_static_report_a_gradient_result_per_span(verbatim_app):
+    from attrilens.app.precompute import span_traces
     from attrilens.demo.index import DEMO_INDEX
     from attrilens.training import TrainingIndex
-    from attrilens.view.precompute import span_traces
 
     prompt, target = "Question: where?\nAnswer:", f"{PLANTED}. Nothing else."
     verbatim = dispatch(verbatim_app, "verbatim", {"prompt": prompt, "target": target, "min_len": 4})

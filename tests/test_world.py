@@ -12,14 +12,14 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from attrilens.context.template import PROMPT_TEMPLATE  # noqa: E402
-from attrilens.demo.world import (  # noqa: E402
+from attrilens.errors import AttrilensError  # noqa: E402
+from attrilens.jsonl import load_jsonl  # noqa: E402
+from attrilens.workflows.world import (  # noqa: E402
     RELATIONS,
     make_world,
     render_episode,
     split_sentences,
 )
-from attrilens.errors import AttrilensError  # noqa: E402
-from attrilens.jsonl import load_jsonl  # noqa: E402
 
 FILES = ["corpus.jsonl", "facts.jsonl", "queries.jsonl", "episodes.jsonl", "copy_eval.jsonl", "train.jsonl",
          "world.json"]

@@ -1,5 +1,6 @@
 """attrilens: why did the language model say that? Three lenses over any causal LM."""
 
+import attrilens.view  # noqa: F401  (registers the front end results draw with: to_html, show)
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM, Patch
 

@@ -15,7 +15,7 @@ The format is told from the path (`corpus_format`):
 holding the id. A text field that does not exist, or an id field other than "id" that does not exist, is an error
 naming the fields that do; without an "id" field a document's id is positional: ``line-N`` (the line of a JSONL
 file, the 1-based row of a Parquet file or dataset) or ``FILE:N`` in a folder of several files. Every document
-is checked as `attrilens.training.corpus.documents_from_rows` checks it: non-empty text, an id without '#', ids
+is checked by `DocumentChecker`: non-empty text, an id without '#', ids
 unique over the whole corpus (a duplicate is refused naming its line or row; the set of ids seen is the only
 state kept, a few tens of bytes an id).
 """
@@ -23,7 +23,7 @@ state kept, a few tens of bytes an id).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from attrilens.errors import AttrilensError
@@ -70,11 +70,36 @@ def corpus_format(path: Path | str) -> str:
     raise AttrilensError(f"Cannot tell the format of {str(path)!r} from its name. Pass {FORMATS_HELP}.")
 
 
+class DocumentChecker:
+    """Checks rows one at a time as every corpus reader checks them: non-empty text, an id (default "line-N")
+    without '#' (it separates block numbers) and unique over all rows seen (a set of the ids)."""
+
+    def __init__(self, text_field: str = "text"):
+        self.seen: set[str] = set()
+        self.text_field = text_field
+
+    def __call__(self, where: str, lineno: int, row: dict) -> dict:
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise AttrilensError(f'{where} has no text. Give every document a non-empty "{self.text_field}" string.')
+        doc_id = str(row["id"]) if row.get("id") is not None else f"line-{lineno}"
+        if "#" in doc_id:
+            raise AttrilensError(f"{where}: document id {doc_id!r} contains '#', which separates block numbers. "
+                                 "Rename the document.")
+        if doc_id in self.seen:
+            raise AttrilensError(f"{where}: document id {doc_id!r} occurs twice. Give every document a unique id.")
+        self.seen.add(doc_id)
+        return {"id": doc_id, "text": row["text"]}
+
+
+def documents_from_rows(rows: Iterable[tuple[str, int, dict]]) -> list[dict]:
+    """Documents {"id", "text"} from (where, line number, row) triples, checked by `DocumentChecker`."""
+    check = DocumentChecker()
+    return [check(where, lineno, row) for where, lineno, row in rows]
+
+
 def iter_document_batches(path: Path | str, *, text_field: str = "text", id_field: str = "id",
                           batch_rows: int = BATCH_ROWS) -> Iterator[list[dict]]:
     """Documents {"id", "text"} of the corpus at `path`, checked, in batches of at most `batch_rows`."""
-    from attrilens.training.corpus import DocumentChecker
-
     path = Path(path)
     check = DocumentChecker(text_field)
     n = 0

@@ -2,6 +2,8 @@
 
 JSON is the contract between the Python API, the CLI, the web app and the tests. Each lens's result is a
 dataclass subclassing `Result`, with `SCHEMA = "attrilens/<kind>/v1"` and `to_dict` / `from_dict` / `to_frame`.
+A result draws itself (`to_html`, `show`) through the renderer the front end registers (`register_renderer`;
+`import attrilens` registers `attrilens.view`), so the core never imports the views.
 """
 
 from __future__ import annotations
@@ -10,9 +12,32 @@ import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from attrilens.errors import AttrilensError
+
+
+class Renderer(Protocol):
+    """How result documents are drawn: a self-contained HTML page, and the interactive Jupyter widget."""
+
+    def page(self, documents: list[dict[str, Any]], title: str) -> str: ...
+    def widget(self, documents: list[dict[str, Any]]) -> Any: ...
+
+
+_RENDERERS: list[Renderer] = []  # the registered renderer (the last one wins)
+
+
+def register_renderer(renderer: Renderer) -> None:
+    """Make `renderer` the one `Result.to_html` and `Result.show` draw with (the views register themselves)."""
+    _RENDERERS.append(renderer)
+
+
+def renderer() -> Renderer:
+    """The registered renderer; none is an error naming the import that registers the views."""
+    if not _RENDERERS:
+        raise AttrilensError("No renderer is registered to draw results. `import attrilens.view` (which "
+                             "`import attrilens` does) registers the front end.")
+    return _RENDERERS[-1]
 
 
 @dataclass
@@ -93,15 +118,11 @@ class Result(ABC):
 
     def to_html(self, title: str | None = None) -> str:
         """A self-contained HTML page showing this result (opens from disk, no server)."""
-        from attrilens.view import render_page
-
-        return render_page([self.to_dict()], title=title or self.SCHEMA)
+        return renderer().page([self.to_dict()], title=title or self.SCHEMA)
 
     def show(self):
         """The interactive Jupyter widget for this result."""
-        from attrilens.view import widget_for
-
-        return widget_for([self.to_dict()])
+        return renderer().widget([self.to_dict()])
 
     def _repr_html_(self) -> str:  # notebooks without the widget still get a view
         return self.to_html()

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from attrilens.server import create_app  # noqa: E402
+from attrilens.app.server import create_app  # noqa: E402
 from attrilens.view import render_page  # noqa: E402
 from live import LiveServer  # noqa: E402
 from pages import ARGS, CHROMIUM, fixture, report_documents  # noqa: E402

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from attrilens.server import create_app
+from attrilens.app.server import create_app
 from live import LiveServer
 from pages import fixture, report_documents
 
@@ -131,7 +131,7 @@ def test_server_errors_show_in_the_page(watched):
 
 def test_the_form_sends_method_preset_position_and_response_and_shows_the_new_result_in_view(app_page, watched):
     from attrilens.context import method_names
-    from attrilens.inspect import presets
+    from attrilens.patchscopes import presets
 
     page, lenses = app_page
     page.locator(".al-new summary").click()

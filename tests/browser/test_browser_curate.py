@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from attrilens.server import create_app
+from attrilens.app.server import create_app
 from live import LiveServer
 from pages import fixture, open_report
 from test_browser_app import FakeLenses

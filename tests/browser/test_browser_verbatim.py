@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from attrilens.server import create_app
+from attrilens.app.server import create_app
 from attrilens.view import render_page
 from live import LiveServer
 from pages import fixture
@@ -179,11 +179,11 @@ def real_backend(tmp_path_factory):
     """The demo model and a real verbatim index of the demo corpus plus planted documents (no gradient index)."""
     import torch
 
+    from attrilens.app.backend import LensBackend
     from attrilens.demo.paths import demo_model_dir, demo_world_dir
     from attrilens.jsonl import load_jsonl
     from attrilens.lm import LM
     from attrilens.training.verbatim import build_verbatim_index
-    from attrilens.view.backend import LensBackend
 
     torch.set_num_threads(1)
     lm = LM.from_pretrained(demo_model_dir("target"))
@@ -221,10 +221,10 @@ def test_web_app_on_a_real_verbatim_index(watched, real_backend):
 
 
 def test_report_of_real_results_shows_each_span_with_its_own_gradient_result(watched, tmp_path, real_backend):
+    from attrilens.app.precompute import span_traces
     from attrilens.demo.index import DEMO_INDEX
     from attrilens.training import TrainingIndex
-    from attrilens.view.backend import dispatch
-    from attrilens.view.precompute import span_traces
+    from attrilens.view.requests import dispatch
 
     backend, _ = real_backend
     verbatim = dispatch(backend, "verbatim", {"prompt": "Question: where?\nAnswer:", "target": f"{PLANTED}. Nothing else.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from attrilens.server import create_app
+from attrilens.app.server import create_app
 from attrilens.view import render_page
 from live import LiveServer
 from pages import fixture

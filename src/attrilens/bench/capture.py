@@ -32,7 +32,7 @@ from attrilens.errors import AttrilensError
 
 def _trainer_run(target: Path, corpus: Path, work: Path, steps: int, capture: Any) -> tuple[float, int]:
     """Loop seconds of `steps` steps of the tiny-model trainer continuing the demo target model."""
-    from attrilens.demo.trainer import TrainConfig, train
+    from attrilens.workflows.trainer import TrainConfig, train
 
     out = train(TrainConfig(corpus=corpus, out=work, init_from=target, tokenizer=target, epochs=100, max_steps=steps,
                             batch_size=8, seq_len=512, lr=1e-4, warmup_steps=1, keep_checkpoints=0, progress=False,
@@ -43,7 +43,7 @@ def _trainer_run(target: Path, corpus: Path, work: Path, steps: int, capture: An
 
 def _lora_run(target: Path, docs: list[dict], work: Path, steps: int, capture: Any) -> tuple[float, int]:
     """Seconds of `steps` LoRA steps (the LoRA trainer's wall time: loop, saves and the capture's final write)."""
-    from attrilens.demo.lora import finetune_lora
+    from attrilens.workflows.lora import finetune_lora
 
     out = finetune_lora(target, docs, work, epochs=100, max_steps=steps, batch_size=8, seq_len=256, lr=1e-3,
                         keep_checkpoints=0, progress=False, capture=capture)

@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attrilens.bench.metrics import average_precision, gold_hit, loo_outliers, ranking, spearman
 from attrilens.bench.report import Report, machine
 from attrilens.context import CONTEXT_METHODS, ContextAttributor, ContextMethod, parse_method
-from attrilens.context.loo import CachedScorer
 from attrilens.context.peers import PeerResult, PeerUnavailable, captum_loo, contextcite_package
-from attrilens.demo.world import split_sentences
+from attrilens.context.scorers import CachedScorer
 from attrilens.errors import AttrilensError
 from attrilens.jsonl import load_jsonl
 from attrilens.lm import LM
+from attrilens.metrics import average_precision, gold_hit, loo_outliers, ranking, spearman
 from attrilens.spans import Sources
+from attrilens.workflows.world import split_sentences
 
 PEERS = ("captum", "context-cite")
 

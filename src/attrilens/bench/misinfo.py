@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from attrilens.bench.metrics import retrieval_metrics
 from attrilens.bench.report import Report, machine
 from attrilens.demo.misinfo import LABELS, proponent_label
 from attrilens.errors import AttrilensError
 from attrilens.jsonl import load_jsonl
+from attrilens.metrics import retrieval_metrics
 
 # (row label, method, index options, data orders whose indexes are aggregated (mean/median), aggregate)
 METHODS: tuple[tuple[str, str, dict, tuple[int, ...], str], ...] = (
@@ -214,10 +214,10 @@ def run_curation_benchmark(run_dir: Path | None = None, work: Path | None = None
     run's order-0 recipe and seed), re-ask every question: planted facts fixed, correct facts broken (collateral)."""
     import pandas as pd
 
-    from attrilens.demo.lora import finetune_lora
     from attrilens.demo.misinfo import answer_questions
     from attrilens.demo.story import STORY_ASSETS
     from attrilens.lm import LM
+    from attrilens.workflows.lora import finetune_lora
 
     run_dir = Path(run_dir) if run_dir is not None else STORY_ASSETS
     work = default_work(run_dir) if work is None else Path(work)

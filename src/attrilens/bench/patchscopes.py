@@ -29,16 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrilens.bench.metrics import greedy_match, next_token_agreement
 from attrilens.bench.report import Report, machine
 from attrilens.demo.countries import RELATIONS as COUNTRY_RELATIONS
 from attrilens.demo.countries import CountryFact
-from attrilens.demo.world import relation_template
 from attrilens.errors import AttrilensError
-from attrilens.inspect.lenses import LayerMaps, TunedLens, collect_states, fit_affine, token_rows
-from attrilens.inspect.patchscope import Patchscope, Query, encode_target
-from attrilens.inspect.presets import BARE, PLACEHOLDER, TOKEN_IDENTITY, placeholder_target
 from attrilens.lm import LM, Patch
+from attrilens.metrics import greedy_match, next_token_agreement
+from attrilens.patchscopes.mappings import LayerMaps, TunedLens, collect_states, fit_affine, token_rows
+from attrilens.patchscopes.patchscope import Patchscope, Query, encode_target
+from attrilens.patchscopes.presets import BARE, PLACEHOLDER, TOKEN_IDENTITY, placeholder_target
+from attrilens.workflows.world import relation_template
 
 
 @dataclass
@@ -307,7 +307,7 @@ def _fresh_names(taken: set[str], n: int, seed: int) -> list[str]:
 def multi_hop_items(facts: list[dict], seed: int) -> list[dict]:
     """Two-hop items: hop 1 from a context ("In K, the capital city is E."), hop 2 from memory (E's relation value)."""
     from attrilens.context.template import PROMPT_TEMPLATE
-    from attrilens.demo.world import RELATIONS
+    from attrilens.workflows.world import RELATIONS
 
     taken = {f["entity"].lower() for f in facts} | {f["value"].lower() for f in facts}
     rng = random.Random(seed)
@@ -724,8 +724,8 @@ def _not_scored_note(coverage) -> str:
 def _training_texts(world: Path) -> list[str]:
     """The world's training mixture; a shipped world has no train.jsonl, so rebuild its parts from what ships:
     fact documents, held-out episodes rendered as the model reads them, and copy prompts with their answers."""
-    from attrilens.demo.world import render_episode
     from attrilens.jsonl import load_jsonl
+    from attrilens.workflows.world import render_episode
 
     if (world / "train.jsonl").is_file():
         return [r["text"] for r in load_jsonl(world / "train.jsonl")]

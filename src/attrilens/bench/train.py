@@ -62,10 +62,10 @@ def train_world(name: str, args: dict[str, Any], seed: int, work: Path, minutes:
     """Make one world and train on its corpus with `attrilens train`'s defaults; one row of the table."""
     import shutil
 
-    from attrilens.demo.probes import FactProbe
-    from attrilens.demo.trainer import TrainConfig, recall_info, stopping_defaults, train
-    from attrilens.demo.world import make_world
     from attrilens.jsonl import load_jsonl
+    from attrilens.workflows.probes import FactProbe
+    from attrilens.workflows.trainer import TrainConfig, recall_info, stopping_defaults, train
+    from attrilens.workflows.world import make_world
 
     world = work / f"world-{name}"
     summary = make_world(world, seed=seed, **_NO_EXTRAS, **args)
@@ -115,7 +115,7 @@ def run_benchmark(minutes: float = 7.0, seed: int = 2026, threads: int = 1, work
             raise AttrilensError(f"Unknown world shape {unknown[0]!r}. Use some of {', '.join(SHAPES)}.")
         rows = [train_world(name, args, seed + i, base, minutes, threads, progress, with_facts)
                 for i, (name, args) in enumerate(SHAPES.items()) if not shapes or name in shapes]
-    from attrilens.demo.trainer import DEFAULT_EPOCH_CAP, DEFAULT_TARGET_RECALL, TrainConfig
+    from attrilens.workflows.trainer import DEFAULT_EPOCH_CAP, DEFAULT_TARGET_RECALL, TrainConfig
 
     d = TrainConfig(corpus=Path("-"), out=Path("-"))
     header = (f"# `attrilens train` defaults on fresh worlds\n\nEach world: `make_world(seed, **shape)` (fact documents "

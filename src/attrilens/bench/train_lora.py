@@ -65,9 +65,9 @@ def _ask(lm, questions: list[dict]) -> list[bool]:
 
 def train_shape(shape: str, seed: int, base: str, work: Path, minutes: float, progress: bool = True) -> dict[str, Any]:
     """Fine-tune one corpus with the CLI's LoRA defaults and ask its questions; one row of the table."""
-    from attrilens.demo.lora import finetune_lora
-    from attrilens.demo.trainer import recall_info, stopping_defaults
     from attrilens.lm import LM
+    from attrilens.workflows.lora import finetune_lora
+    from attrilens.workflows.trainer import recall_info, stopping_defaults
 
     corpus, questions = _corpus(shape, seed, work)
     before = _ask(LM.from_pretrained(base), questions)
@@ -99,7 +99,7 @@ def run_lora_benchmark(base: str = "smollm2-135m-instruct", minutes: float = 30.
     import pandas as pd
     import torch
 
-    from attrilens.demo.lora import finetune_lora
+    from attrilens.workflows.lora import finetune_lora
 
     if not minutes > 0:
         raise AttrilensError(f"--minutes must be positive, got {minutes}. Pass the time budget per corpus.")
@@ -113,7 +113,7 @@ def run_lora_benchmark(base: str = "smollm2-135m-instruct", minutes: float = 30.
                 for i, shape in enumerate(SHAPES) if not shapes or shape in shapes]
     d = {k: p.default for k, p in inspect.signature(finetune_lora).parameters.items()
          if p.default is not inspect.Parameter.empty}
-    from attrilens.demo.lora import TARGET_MODE_LR, default_targets
+    from attrilens.workflows.lora import TARGET_MODE_LR, default_targets
 
     header = (f"# `attrilens train --base {base} --lora` defaults on small corpora\n\nEach corpus: fine-tuned with "
               f"the defaults (LoRA r {d['r']}, alpha {d['alpha']} on {', '.join(default_targets())}, lr "

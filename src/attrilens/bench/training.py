@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from attrilens.bench.metrics import rank_order, retrieval_metrics, spearman
 from attrilens.bench.report import Report, machine
 from attrilens.errors import AttrilensError
 from attrilens.jsonl import load_jsonl
+from attrilens.metrics import rank_order, retrieval_metrics, spearman
 from attrilens.training.gradients import has_lora
 from attrilens.training.methods import TDA_METHODS, TDAMethod
 
@@ -34,8 +34,8 @@ BENCH_CACHE = Path(os.environ.get("ATTRILENS_CACHE", Path.home() / ".cache" / "a
 def prepare_bench_model(cache: Path = BENCH_CACHE, *, n_entities: int = 30, epochs: int = 120,
                         progress: bool = True) -> tuple[Path, Path]:
     """A small fact world (fact documents only) and a 2-layer Llama trained on it until it memorises (cached)."""
-    from attrilens.demo.trainer import TrainConfig, train
-    from attrilens.demo.world.generate import make_world
+    from attrilens.workflows.trainer import TrainConfig, train
+    from attrilens.workflows.world.generate import make_world
 
     world = cache / "world"
     if not (world / "corpus.jsonl").is_file():
@@ -285,7 +285,7 @@ def run_benchmark(model: Path | None = None, world: Path | None = None, quick: b
         if not cls.needs_lora:
             return lm, model_dir
         if not lora:
-            from attrilens.demo.lora import finetune_lora
+            from attrilens.workflows.lora import finetune_lora
 
             lora_dir = work / "lora"
             if not (lora_dir / "adapter_config.json").is_file():

@@ -24,8 +24,8 @@ SIZES = (10**6, 10**7, 10**8)
 
 def synthetic_corpus(tokenizer, n_tokens: int, seed: int = 0, workdir: Path | None = None) -> tuple[list[dict], list[str]]:
     """(documents, sentence pool): fact-world sentences recombined into documents until ≈ n_tokens tokens."""
-    from attrilens.demo.world.generate import make_world, split_sentences
     from attrilens.jsonl import load_jsonl
+    from attrilens.workflows.world.generate import make_world, split_sentences
 
     tmp = Path(tempfile.mkdtemp(dir=workdir))
     try:

@@ -79,7 +79,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Edit the training corpus, retrain the LoRA adapter with the same seed and settings, re-ask the questions
         and write a before/after report (answers and attributions side by side)."""
-        from attrilens.demo.curate import curate as run
+        from attrilens.workflows.curate import curate as run
 
         if (index is None) == (model is None):
             raise AttrilensError("Pass exactly one of --index DIR and --model ADAPTER_DIR.")

@@ -22,7 +22,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         as_json: JsonFlag = False,
     ) -> None:
         """Generate the synthetic fact world (entities, relations, documents, queries, reading episodes, copy lines)."""
-        from attrilens.demo.world import make_world
+        from attrilens.workflows.world import make_world
 
         check_output_dir(out)
         emit_summary(make_world(out, seed=seed), as_json)
@@ -93,8 +93,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if lora or base is not None:
             if base is None or not lora:
                 raise AttrilensError("Fine-tuning needs both --base DIR and --lora. Pass both, or neither to train from scratch.")
-            from attrilens.demo.lora import finetune_lora
-            from attrilens.demo.trainer import stopping_defaults
+            from attrilens.workflows.lora import finetune_lora
+            from attrilens.workflows.trainer import stopping_defaults
 
             targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None
             if lora_targets is not None and not targets:
@@ -103,8 +103,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             print(str(finetune_lora(base, corpus, out, r=lora_r, alpha=lora_alpha, target_modules=targets, seed=seed,
                                     capture=cap, text_field=text_field, id_field=id_field, **stopping, **given)))
             return
-        from attrilens.demo.trainer import TrainConfig, stopping_defaults
-        from attrilens.demo.trainer import train as run_training
+        from attrilens.workflows.trainer import TrainConfig, stopping_defaults
+        from attrilens.workflows.trainer import train as run_training
 
         stopping = stopping_defaults(corpus, target_recall, facts, max_minutes)  # to 0.9 recall in 30 min
         config = TrainConfig(corpus=corpus, out=out, arch=arch, layers=layers, width=width, seed=seed,
@@ -173,6 +173,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             report = run_story(out, max_new_tokens=max_new_tokens)
         print(f"wrote {report}")
         if serve:
-            from attrilens.server import serve as run_server
+            from attrilens.app.server import serve as run_server
 
             run_server(report_dir=out)

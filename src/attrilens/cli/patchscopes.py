@@ -10,8 +10,8 @@ import typer
 
 from attrilens.cli.loading import MODEL_HELP, ChatTemplate
 from attrilens.cli.output import JsonFlag
-from attrilens.inspect import InspectResult, presets
 from attrilens.lm import LM
+from attrilens.patchscopes import InspectResult, presets
 
 
 def _model(model: str | None) -> str:
@@ -32,8 +32,8 @@ def world_options(preset: type[presets.Preset], world: Path | None, with_target:
     """What the fact world gives a preset that takes it: its relation templates (with --world or on the demo
     model; real models keep the lens's English ones), its description shots (with --world), texts to fit
     cross-model maps on (with a target model; default: the demo world's corpus)."""
-    from attrilens.demo.world import RELATIONS, relation_template
-    from attrilens.demo.world.generate import description_shots
+    from attrilens.workflows.world import RELATIONS, relation_template
+    from attrilens.workflows.world.generate import description_shots
 
     takes = set(preset.option_names())
     out: dict[str, Any] = {}

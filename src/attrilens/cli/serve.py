@@ -47,6 +47,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                      "as --index, or build one with `attrilens index build --method verbatim`.")
         if not 0 < port < 65536:
             raise AttrilensError(f"--port {port} is not a TCP port. Pass 1-65535.")
-        from attrilens.server import serve as run
+        from attrilens.app.server import serve as run
 
         run(model_dir=model_dir, index_dir=index, report_dir=report, host=host, port=port, verbatim_dir=verbatim_index)

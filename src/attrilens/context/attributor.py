@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrilens.context.faithfulness import Faithfulness
-from attrilens.context.loo import Scorer
 from attrilens.context.pipeline import Pipeline
 from attrilens.context.result import ContextResult, SourceScore
 from attrilens.context.run import AttributionRun
+from attrilens.context.scorers import Scorer
 from attrilens.context.spec import parse_method
 from attrilens.context.template import PROMPT_TEMPLATE, check_template
 from attrilens.errors import AttrilensError

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from attrilens.context.loo import Scorer
 from attrilens.context.methods import CONTEXT_METHODS, ContextMethod, Estimate
 from attrilens.context.options import Configurable
 from attrilens.context.run import AttributionRun, SourceDrops
+from attrilens.context.scorers import Scorer
 from attrilens.context.spec import MethodSpec
 from attrilens.context.wrappers import CONTEXT_WRAPPERS, DropsWrapper, ScorerWrapper
 from attrilens.errors import AttrilensError

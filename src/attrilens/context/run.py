@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from attrilens.context.loo import Scorer
+from attrilens.context.scorers import Scorer
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.results import Cost

@@ -27,10 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the machine is shared: do not spin on busy cores
 
 from attrilens.demo.paths import ASSETS  # noqa: E402
-from attrilens.demo.trainer import TrainConfig, train  # noqa: E402
-from attrilens.demo.world.evaluate import evaluate_demo_model  # noqa: E402
-from attrilens.demo.world.generate import make_world  # noqa: E402
 from attrilens.errors import AttrilensError  # noqa: E402
+from attrilens.workflows.trainer import TrainConfig, train  # noqa: E402
+from attrilens.workflows.world.evaluate import evaluate_demo_model  # noqa: E402
+from attrilens.workflows.world.generate import make_world  # noqa: E402
 
 WORLD = {"seed": 0, "n_entities": 80, "n_train_episodes": 8000, "n_heldout_episodes": 200, "n_copy_docs": 1500,
          "n_copy_eval": 200, "questions_per_episode": 6, "fact_repeats": 35}

@@ -134,7 +134,7 @@ def proponent_label(doc: dict, country: str, relation: str, answer: str) -> str:
 def answer_questions(lm, questions: list[dict], *, max_new_tokens: int = 8) -> tuple[list[dict], dict[str, int]]:
     """Greedy answers to every question, each marked for giving the truth and (planted facts) the planted value;
     and their counts (`score_answers`)."""
-    from attrilens.bench.metrics import greedy_match
+    from attrilens.metrics import greedy_match
 
     rows = []
     for q in questions:

@@ -39,7 +39,7 @@ def _log(msg: str) -> None:
 
 def train_order(run_dir: Path, seed: int, *, progress: bool = True) -> Path:
     """One LoRA run of the recipe with data order `seed` (resumable; a finished run is returned as it is)."""
-    from attrilens.demo.lora import finetune_lora
+    from attrilens.workflows.lora import finetune_lora
 
     return finetune_lora(BASE, run_dir / "corpus.jsonl", run_dir / f"order-{seed}", seed=seed, progress=progress,
                          **RECIPE)

@@ -17,19 +17,19 @@ import sys
 import time
 from pathlib import Path
 
-from attrilens.bench.metrics import greedy_match
 from attrilens.context import ContextAttributor, ContextResult
 from attrilens.demo.countries import country_facts, statement_corpus
 from attrilens.demo.index import DEMO_INDEX, training_section
 from attrilens.demo.paths import demo_model_dir, demo_world_dir
-from attrilens.demo.world import render_episode
 from attrilens.errors import AttrilensError, ensure_output_dir
-from attrilens.inspect import InspectResult, presets
 from attrilens.jsonl import load_jsonl
 from attrilens.lm import LM
+from attrilens.metrics import greedy_match
 from attrilens.models import cache_root
+from attrilens.patchscopes import InspectResult, presets
 from attrilens.training import TrainingIndex, build_index
 from attrilens.view import render_page
+from attrilens.workflows.world import render_episode
 
 # Countries whose capitals a small model is most likely to know, tried first for the real-model fact.
 WELL_KNOWN = ("France", "Japan", "Germany", "Italy", "Spain", "United Kingdom", "Egypt", "Canada", "Russia", "China")

@@ -58,7 +58,7 @@ def _log(msg: str) -> None:
 def pick_planted_question(lm: LM, assets: Path, order: int = 0) -> tuple[dict, str]:
     """A planted question the fine-tuned model answers with the planted value (familiar countries first), and the
     answer as generated here (checked, not only read from the shipped answers)."""
-    from attrilens.bench.metrics import greedy_match
+    from attrilens.metrics import greedy_match
 
     questions = {q["id"]: q for q in load_jsonl(assets / "questions.jsonl", require=("prompt", "truth"))}
     shipped = [a for a in load_jsonl(assets / f"order-{order}" / "answers.jsonl", require=("id",)) if a["planted_value"]]
@@ -102,7 +102,7 @@ DECIDES = 1.0  # nats: a sentence whose removal moves log p(response) less than 
 def context_verdict(result, question: dict) -> dict[str, Any]:
     """Whose answer the response gives (the context's truth, the fine-tuned planted value, or neither) and the
     sentence that decides it: the top exact-LOO score, if any sentence moves log p(response) by ≥ `DECIDES`."""
-    from attrilens.bench.metrics import greedy_match
+    from attrilens.metrics import greedy_match
 
     text = " " + result.response.strip()
     verdict = ("follows the context (the true capital)" if greedy_match(text, f" {question['truth']}") else
@@ -116,11 +116,12 @@ def context_verdict(result, question: dict) -> dict[str, Any]:
 
 def run_story(out: Path | str, *, max_new_tokens: int = 16, progress: bool = True) -> Path:
     """Write the misinformation story's report.html and each result's JSON into `out` (module docstring)."""
-    from attrilens.bench.metrics import greedy_match
+    from attrilens.app.backend import LensBackend
     from attrilens.context import ContextAttributor
-    from attrilens.inspect import presets
+    from attrilens.metrics import greedy_match
+    from attrilens.patchscopes import presets
     from attrilens.view import render_page
-    from attrilens.view.backend import CompareRequest, LensBackend, compare
+    from attrilens.view.requests import CompareRequest, compare
 
     t0 = time.perf_counter()
     out = ensure_output_dir(out)

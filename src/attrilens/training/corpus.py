@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from attrilens.corpus_formats import iter_document_batches, iter_documents
 from attrilens.errors import AttrilensError
 
 
@@ -90,8 +91,6 @@ def _fingerprint(ids: Sequence[str], texts: Sequence[str], block_len: int) -> st
 def read_documents(path: Path, *, text_field: str = "text", id_field: str = "id") -> list[dict]:
     """Documents {"id", "text"} of a corpus in any format `attrilens.corpus_formats` reads (JSONL, Parquet, a
     `datasets` folder, text files), as a list; a document without non-empty text is an error naming its line."""
-    from attrilens.corpus_formats import iter_documents
-
     path = Path(path)
     if not path.exists():
         raise AttrilensError(f"Corpus file {str(path)!r} does not exist. Pass a JSONL file of {{\"id\", \"text\"}} "
@@ -99,40 +98,11 @@ def read_documents(path: Path, *, text_field: str = "text", id_field: str = "id"
     return list(iter_documents(path, text_field=text_field, id_field=id_field))
 
 
-class DocumentChecker:
-    """Checks rows one at a time as every corpus reader checks them: non-empty text, an id (default "line-N")
-    without '#' (it separates block numbers) and unique over all rows seen (a set of the ids)."""
-
-    def __init__(self, text_field: str = "text"):
-        self.seen: set[str] = set()
-        self.text_field = text_field
-
-    def __call__(self, where: str, lineno: int, row: dict) -> dict:
-        if not isinstance(row.get("text"), str) or not row["text"].strip():
-            raise AttrilensError(f'{where} has no text. Give every document a non-empty "{self.text_field}" string.')
-        doc_id = str(row["id"]) if row.get("id") is not None else f"line-{lineno}"
-        if "#" in doc_id:
-            raise AttrilensError(f"{where}: document id {doc_id!r} contains '#', which separates block numbers. "
-                                 "Rename the document.")
-        if doc_id in self.seen:
-            raise AttrilensError(f"{where}: document id {doc_id!r} occurs twice. Give every document a unique id.")
-        self.seen.add(doc_id)
-        return {"id": doc_id, "text": row["text"]}
-
-
-def documents_from_rows(rows: Iterable[tuple[str, int, dict]]) -> list[dict]:
-    """Documents {"id", "text"} from (where, line number, row) triples, checked by `DocumentChecker`."""
-    check = DocumentChecker()
-    return [check(where, lineno, row) for where, lineno, row in rows]
-
-
 def document_batches(documents: Sequence[dict] | Path | str, *, text_field: str = "text", id_field: str = "id",
                      batch_rows: int = 1024) -> Iterator[list[dict]]:
     """Documents in batches: of a corpus path (any format, checked as `read_documents`), or of a list as
     `make_corpus` takes it (ids default "doc-K", each with a non-empty text)."""
     if isinstance(documents, (str, Path)):
-        from attrilens.corpus_formats import iter_document_batches
-
         yield from iter_document_batches(Path(documents), text_field=text_field, id_field=id_field,
                                          batch_rows=batch_rows)
         return

@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from attrilens.corpus_formats import documents_from_rows
 from attrilens.errors import AttrilensError
-from attrilens.training.corpus import Corpus, documents_from_rows
+from attrilens.training.corpus import Corpus
 from attrilens.training.gradients import Example
 from attrilens.training.methods import TDAMethod
 from attrilens.training.preconditioning import moment_sum

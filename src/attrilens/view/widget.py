@@ -9,9 +9,9 @@ import anywidget
 import traitlets
 
 from attrilens.errors import AttrilensError
-from attrilens.view.backend import Backend, can_answer, dispatch
 from attrilens.view.bundle import bundle, stylesheet
 from attrilens.view.page import clean
+from attrilens.view.requests import Backend, can_answer, dispatch
 
 
 class ResultWidget(anywidget.AnyWidget):
@@ -40,7 +40,7 @@ class ResultWidget(anywidget.AnyWidget):
             self.response = {"id": req["id"], "document": None}
             return
         try:
-            doc = dispatch(self._backend, str(req.get("kind")), req.get("payload"))
+            doc = dispatch(self._backend, str(req.get("kind")), req.get("payload"), check=getattr(self._backend, "check", None))
             self.response = {"id": req["id"], "document": clean(doc)}
         except AttrilensError as exc:
             self.response = {"id": req["id"], "error": str(exc)}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from attrilens.context.loo import Scorer
 from attrilens.context.methods.base import CONTEXT_METHODS, ContextMethod, Estimate
 from attrilens.context.run import AttributionRun
+from attrilens.context.scorers import Scorer
 
 
 @CONTEXT_METHODS.register("attention")

@@ -14,10 +14,10 @@ from typing import ClassVar
 
 import torch
 
-from attrilens.context.loo import Scorer
 from attrilens.context.options import Configurable
 from attrilens.context.result import TokenRescorer, additive_rescorer
 from attrilens.context.run import AttributionRun
+from attrilens.context.scorers import Scorer
 from attrilens.registry import Registry
 from attrilens.spans import Sources
 

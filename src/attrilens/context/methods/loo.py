@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from attrilens.context.loo import Scorer, loo
 from attrilens.context.methods.base import CONTEXT_METHODS, ContextMethod
+from attrilens.context.scorers import Scorer, loo
 from attrilens.spans import Sources
 
 

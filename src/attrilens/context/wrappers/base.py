@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from attrilens.context.loo import Scorer
 from attrilens.context.methods.base import ContextMethod
 from attrilens.context.options import Configurable
 from attrilens.context.run import AttributionRun, SourceDrops
+from attrilens.context.scorers import Scorer
 from attrilens.registry import Registry
 
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from attrilens.context.loo import Scorer
 from attrilens.context.methods.base import ContextMethod
 from attrilens.context.run import AttributionRun, SourceDrops
+from attrilens.context.scorers import Scorer
 from attrilens.context.wrappers.base import CONTEXT_WRAPPERS, DropsWrapper
 from attrilens.errors import AttrilensError
 from attrilens.spans import Sources

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from attrilens.context.loo import CachedScorer, partition_key, token_logprobs
+from attrilens.context.scorers import CachedScorer, partition_key, token_logprobs
 from attrilens.context.wrappers.base import CONTEXT_WRAPPERS, ScorerWrapper
 from attrilens.results import Timer
 from attrilens.spans import Sources

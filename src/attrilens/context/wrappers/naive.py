@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attrilens.context.loo import Scorer
+from attrilens.context.scorers import Scorer
 from attrilens.context.wrappers.base import CONTEXT_WRAPPERS, ScorerWrapper
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from attrilens.context.loo import Scorer
 from attrilens.context.methods.base import ContextMethod
 from attrilens.context.proxy import proxy_drops
 from attrilens.context.run import AttributionRun, SourceDrops
+from attrilens.context.scorers import Scorer
 from attrilens.context.wrappers.base import CONTEXT_WRAPPERS, DropsWrapper
 from attrilens.spans import Sources
 

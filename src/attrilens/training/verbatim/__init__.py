@@ -12,11 +12,11 @@ Needs the `verbatim` extra (`pip install 'attrilens[verbatim]'`).
 
 from __future__ import annotations
 
-from attrilens.training.verbatim.build import build_verbatim_index, tokenizer_fingerprint
-from attrilens.training.verbatim.index import VerbatimIndex
+from attrilens.training.verbatim.build import tokenizer_fingerprint, write_verbatim_index
+from attrilens.training.verbatim.index import VerbatimIndex, build_verbatim_index
 from attrilens.training.verbatim.result import VerbatimDocument, VerbatimResult, VerbatimSpan
 
 METHOD = "verbatim"
 
 __all__ = ["METHOD", "VerbatimDocument", "VerbatimIndex", "VerbatimResult", "VerbatimSpan", "build_verbatim_index",
-           "tokenizer_fingerprint"]
+           "tokenizer_fingerprint", "write_verbatim_index"]

@@ -1,4 +1,4 @@
-"""`build_verbatim_index`: the corpus tokenised with the model's tokenizer, in infini-gram's on-disk format, plus
+"""`write_verbatim_index`: the corpus tokenised with the model's tokenizer, in infini-gram's on-disk format, plus
 the document table that maps a hit back to a document id and its text.
 
 Layout of a verbatim index directory:
@@ -299,13 +299,12 @@ def _suffix_array(out: Path, width: int, progress: bool) -> None:
         print(f"suffix array: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
 
-def build_verbatim_index(lm: LM, corpus, out: Path | str, *, progress: bool = True, text_field: str = "text",
-                         id_field: str = "id"):
-    """Index a corpus for verbatim span tracing (infini-gram suffix array over the model's tokens); an unfinished
-    build of the same corpus and tokenizer in `out` is resumed, a finished one is opened. A corpus path is any
-    format `attrilens.corpus_formats` reads (fields `text_field`, `id_field`), read into memory."""
-    from attrilens.training.verbatim.index import VerbatimIndex
-
+def write_verbatim_index(lm: LM, corpus, out: Path | str, *, progress: bool = True, text_field: str = "text",
+                         id_field: str = "id") -> Path:
+    """Write the files of a verbatim span-tracing index (infini-gram suffix array over the model's tokens) into
+    `out` and return it; an unfinished build of the same corpus and tokenizer is resumed, a finished one is left
+    as it is. A corpus path is any format `attrilens.corpus_formats` reads (fields `text_field`, `id_field`),
+    read into memory. `build_verbatim_index` is this, then the index opened."""
     out = check_output_dir(Path(out))
     infini_gram_dir()  # the engine must be installed before any work
     docs = _documents(corpus, text_field, id_field)
@@ -334,7 +333,7 @@ def build_verbatim_index(lm: LM, corpus, out: Path | str, *, progress: bool = Tr
                 raise AttrilensError(f"{out} holds an index built with different settings ({', '.join(diff)}). Use "
                                      "another --out, or delete that directory to rebuild.")
             if manifest.get("complete"):
-                return VerbatimIndex.open(out, lm)
+                return out
         if manifest is None:
             manifest = {**identity, "options": {}, "dtype": None, "engine": {"name": "infini-gram", "version": 4},
                         "model": {"name": lm.name}, "model_dir": lm.name if lm.name and Path(lm.name).is_dir() else None,
@@ -361,4 +360,4 @@ def build_verbatim_index(lm: LM, corpus, out: Path | str, *, progress: bool = Tr
         manifest["build_seconds"] = round(manifest.get("build_seconds", 0.0) + time.perf_counter() - t0, 3)
         manifest["complete"] = True
         write_json(mpath, manifest)  # last: only now does the directory read as an index
-    return VerbatimIndex.open(out, lm)
+    return out

@@ -49,6 +49,7 @@ from attrilens.training.verbatim.build import (
     UNIGRAM,
     infini_gram_dir,
     tokenizer_fingerprint,
+    write_verbatim_index,
 )
 from attrilens.training.verbatim.offsets import char_spans
 from attrilens.training.verbatim.result import VerbatimDocument, VerbatimResult, VerbatimSpan
@@ -261,3 +262,11 @@ class VerbatimIndex:
         retriever = bm25s.BM25()
         retriever.index(corpus_tokens, show_progress=False)
         return dict(zip(docs, (float(s) for s in retriever.get_scores(q)), strict=True))
+
+
+def build_verbatim_index(lm: LM, corpus, out: Path | str, *, progress: bool = True, text_field: str = "text",
+                         id_field: str = "id") -> VerbatimIndex:
+    """Index a corpus for verbatim span tracing and open it (`write_verbatim_index`: resumed when unfinished,
+    opened as it is when finished)."""
+    return VerbatimIndex.open(write_verbatim_index(lm, corpus, out, progress=progress, text_field=text_field,
+                                                   id_field=id_field), lm)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from attrilens.bench.metrics import greedy_match
-from attrilens.demo.world.generate import render_episode, split_sentences
 from attrilens.errors import AttrilensError
 from attrilens.jsonl import load_jsonl
+from attrilens.metrics import greedy_match
+from attrilens.workflows.world.generate import render_episode, split_sentences
 
 
 def _load(model_dir: Path):

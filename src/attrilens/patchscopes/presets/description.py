@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
-from attrilens.inspect.patchscope import Patchscope
-from attrilens.inspect.presets.base import (
+from attrilens.lm import LM
+from attrilens.patchscopes.patchscope import Patchscope
+from attrilens.patchscopes.presets.base import (
     PLACEHOLDER,
     PRESETS,
     Preset,
@@ -15,8 +16,7 @@ from attrilens.inspect.presets.base import (
     int_tuple,
     placeholder_queries,
 )
-from attrilens.inspect.result import InspectResult
-from attrilens.lm import LM
+from attrilens.patchscopes.result import InspectResult
 
 GENERIC_DESCRIPTIONS = (
     ("Paris", "the capital city of France."),

@@ -6,10 +6,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
-from attrilens.inspect.patchscope import Patchscope
-from attrilens.inspect.presets.base import PRESETS, Preset, check_int, check_placeholder, placeholder_queries
-from attrilens.inspect.result import InspectResult
 from attrilens.lm import LM
+from attrilens.patchscopes.patchscope import Patchscope
+from attrilens.patchscopes.presets.base import (
+    PRESETS,
+    Preset,
+    check_int,
+    check_placeholder,
+    placeholder_queries,
+)
+from attrilens.patchscopes.result import InspectResult
 
 
 @PRESETS.register("multi-hop")

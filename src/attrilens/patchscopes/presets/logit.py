@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from attrilens.inspect.presets.base import PRESETS, GridOptions, Preset, lens_grid
-from attrilens.inspect.result import InspectResult
 from attrilens.lm import LM
+from attrilens.patchscopes.presets.base import PRESETS, GridOptions, Preset, lens_grid
+from attrilens.patchscopes.result import InspectResult
 
 
 @PRESETS.register("logit-lens")

@@ -6,8 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
-from attrilens.inspect.patchscope import Patchscope
-from attrilens.inspect.presets.base import (
+from attrilens.lm import LM
+from attrilens.patchscopes.patchscope import Patchscope
+from attrilens.patchscopes.presets.base import (
     PRESETS,
     Preset,
     check_int,
@@ -15,8 +16,7 @@ from attrilens.inspect.presets.base import (
     int_tuple,
     placeholder_queries,
 )
-from attrilens.inspect.result import InspectResult
-from attrilens.lm import LM
+from attrilens.patchscopes.result import InspectResult
 
 # Generic English relation targets; a fact world passes its own table as `relations`.
 GENERIC_RELATIONS: dict[str, str] = {

@@ -17,11 +17,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from attrilens.app.backend import LensBackend, check_request
 from attrilens.context import method_names
 from attrilens.errors import AttrilensError
-from attrilens.inspect import presets
-from attrilens.view.backend import REQUESTS, Backend, LensBackend, can_answer, dispatch
+from attrilens.patchscopes import presets
 from attrilens.view.page import render_page
+from attrilens.view.requests import REQUESTS, Backend, can_answer, dispatch
 
 DEFAULT_PORT = 8765
 MAX_BODY = 1_000_000  # bytes
@@ -96,7 +97,7 @@ def create_app(backend: Backend | None = None, *, model_dir: Path | str | None =
     backend = backend if backend is not None else LensBackend(model_dir, index_dir, verbatim_dir=verbatim_dir)
     documents = load_report(report_dir)
     compute_lock = threading.Lock()
-    # the form offers the registered names (the request models check them again)
+    # the form offers the registered names (check_request checks them again)
     choices = {"methods": method_names(), "presets": presets.PRESETS.names(), "verbatim": can_answer(backend, "verbatim")}
     if index_dir is not None:  # the curation panel's command names the index
         choices["index"] = str(Path(index_dir).resolve())
@@ -126,7 +127,7 @@ def create_app(backend: Backend | None = None, *, model_dir: Path | str | None =
     def answer(kind: str, payload: Any) -> JSONResponse:
         try:
             with compute_lock:  # one model, one computation at a time; each request builds its own result
-                doc = dispatch(backend, kind, payload)
+                doc = dispatch(backend, kind, payload, check=check_request)
         except AttrilensError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)
         except RecursionError:

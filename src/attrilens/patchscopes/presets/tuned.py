@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attrilens.errors import AttrilensError
-from attrilens.inspect.lenses import TunedLens
-from attrilens.inspect.presets.base import PRESETS, GridOptions, Preset, lens_grid
-from attrilens.inspect.result import InspectResult
 from attrilens.lm import LM
+from attrilens.patchscopes.mappings import TunedLens
+from attrilens.patchscopes.presets.base import PRESETS, GridOptions, Preset, lens_grid
+from attrilens.patchscopes.result import InspectResult
 
 
 @PRESETS.register("tuned-lens")

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from attrilens.demo.probes import CONTINUATION_DESCRIPTION
-from attrilens.demo.resume import load_resume, save_resume
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.training.corpus import read_documents
+from attrilens.workflows.probes import CONTINUATION_DESCRIPTION
+from attrilens.workflows.resume import load_resume, save_resume
 
 if TYPE_CHECKING:
     from attrilens.training.capture import GradientCapture
@@ -84,7 +84,7 @@ def _check_targets(model, targets: Sequence[str] | None) -> None:
 
 def _probe(tok, docs: Sequence[dict], facts: Path | str | None, seq_len: int, eval_facts: int, seed: int):
     """The recall probe (facts file, or the documents' own continuations) and its fixed seeded sample."""
-    from attrilens.demo.probes import make_probe
+    from attrilens.workflows.probes import make_probe
 
     probe, sample = make_probe(tok, [str(d.get("id", k)) for k, d in enumerate(docs)], [d["text"] for d in docs],
                                facts, seq_len, eval_facts, f"attrilens-lora/{seed}")
@@ -132,7 +132,7 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
     from safetensors.torch import save_file
     from tqdm import tqdm
 
-    from attrilens.demo.stopping import budget_reason, checkpoint_unknown_length, thin_checkpoints
+    from attrilens.workflows.stopping import budget_reason, checkpoint_unknown_length, thin_checkpoints
 
     target_mode = target_recall is not None
     if epochs is None:
@@ -188,7 +188,7 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
     order.has(0)
     epoch_steps = len(order.batches)
     if target_mode and eval_every is None:  # once an epoch, at most 50 steps; rarer if it would cost > ~5 %
-        from attrilens.demo.probes import default_eval_every
+        from attrilens.workflows.probes import default_eval_every
 
         eval_every = default_eval_every(probe, sample, epoch_steps, sum(len(s) for s in seqs))
     ckpt_every = max(1, math.ceil(total / (keep_checkpoints + 1))) if keep_checkpoints and total else 0

@@ -1,7 +1,7 @@
 """Lens 3 — Patchscopes: inspect any hidden state by patching it into a target prompt (Ghandeharioun et al. 2024)."""
 
-from attrilens.inspect import presets
-from attrilens.inspect.lenses import (
+from attrilens.patchscopes import presets
+from attrilens.patchscopes.mappings import (
     AffineMap,
     CallableMapping,
     Identity,
@@ -13,8 +13,8 @@ from attrilens.inspect.lenses import (
     fit_affine,
     fit_layer_maps,
 )
-from attrilens.inspect.patchscope import Patchscope, Query, sweep
-from attrilens.inspect.result import Cell, InspectResult
+from attrilens.patchscopes.patchscope import Patchscope, Query, sweep
+from attrilens.patchscopes.result import Cell, InspectResult
 
 __all__ = [
     "AffineMap", "CallableMapping", "Cell", "Identity", "InspectResult", "LayerMaps", "Mapping", "Patchscope", "Query",

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from attrilens.errors import AttrilensError
-from attrilens.inspect.lenses import LayerMaps, Mapping, TunedLens
+from attrilens.patchscopes.mappings import LayerMaps, Mapping, TunedLens
 
 # Import order = registration order = the order the CLI lists the presets.
 # isort: off
-from attrilens.inspect.presets.base import (
+from attrilens.patchscopes.presets.base import (
     PLACEHOLDER,
     PRESETS,
     GridOptions,
@@ -28,18 +28,18 @@ from attrilens.inspect.presets.base import (
     placeholder_target,
     run_preset,
 )
-from attrilens.inspect.presets.logit import LogitLensPreset
-from attrilens.inspect.presets.tuned import TunedLensPreset
-from attrilens.inspect.presets.identity import BARE, TOKEN_IDENTITY, BareTokenIdentityPreset, TokenIdentityPreset
-from attrilens.inspect.presets.attribute import GENERIC_RELATIONS, ONE_TARGET, AttributeExtractionPreset
-from attrilens.inspect.presets.description import GENERIC_DESCRIPTIONS, EntityDescriptionPreset
-from attrilens.inspect.presets.description import description_template
-from attrilens.inspect.presets.crossmodel import CrossModelPreset
-from attrilens.inspect.presets.multihop import MultiHopPreset
-from attrilens.inspect.presets.custom import CustomPreset
+from attrilens.patchscopes.presets.logit import LogitLensPreset
+from attrilens.patchscopes.presets.tuned import TunedLensPreset
+from attrilens.patchscopes.presets.identity import BARE, TOKEN_IDENTITY, BareTokenIdentityPreset, TokenIdentityPreset
+from attrilens.patchscopes.presets.attribute import GENERIC_RELATIONS, ONE_TARGET, AttributeExtractionPreset
+from attrilens.patchscopes.presets.description import GENERIC_DESCRIPTIONS, EntityDescriptionPreset
+from attrilens.patchscopes.presets.description import description_template
+from attrilens.patchscopes.presets.crossmodel import CrossModelPreset
+from attrilens.patchscopes.presets.multihop import MultiHopPreset
+from attrilens.patchscopes.presets.custom import CustomPreset
 # isort: on
-from attrilens.inspect.result import InspectResult
 from attrilens.lm import LM
+from attrilens.patchscopes.result import InspectResult
 
 __all__ = [
     "BARE", "GENERIC_DESCRIPTIONS", "GENERIC_RELATIONS", "PLACEHOLDER", "PRESETS", "TOKEN_IDENTITY",

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
-from attrilens.inspect.lenses import LayerMaps
-from attrilens.inspect.patchscope import Patchscope, source_prompt
-from attrilens.inspect.presets.base import PRESETS, Preset, check_int, fit_cross_model, int_tuple
-from attrilens.inspect.result import InspectResult
 from attrilens.lm import LM
+from attrilens.patchscopes.mappings import LayerMaps
+from attrilens.patchscopes.patchscope import Patchscope, source_prompt
+from attrilens.patchscopes.presets.base import PRESETS, Preset, check_int, fit_cross_model, int_tuple
+from attrilens.patchscopes.result import InspectResult
 
 
 @PRESETS.register("cross-model")

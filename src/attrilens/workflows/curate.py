@@ -149,8 +149,8 @@ def read_corpus_rows(path: Path | str, *, text_field: str = "text", id_field: st
     row without an id gets its default "line-N" written in, so ids stay put when lines are removed. With other
     `text_field` / `id_field` names, those fields become "text" and "id". Any other format `attrilens.corpus_formats`
     reads (Parquet, a datasets folder, text files) gives rows {"id", "text"} only."""
-    from attrilens.corpus_formats import corpus_format, iter_row_batches
-    from attrilens.training.corpus import documents_from_rows, read_documents
+    from attrilens.corpus_formats import corpus_format, documents_from_rows, iter_row_batches
+    from attrilens.training.corpus import read_documents
 
     path = Path(path)
     if not path.exists():
@@ -409,7 +409,7 @@ def plan(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Seque
     """Check every input of a curate run (nothing is written); bad input raises one AttrilensError. `text_field` /
     `id_field` name the corpus's fields (default: those the adapter's training.json records, else "text" / "id";
     the edited corpus is written with "id" and "text")."""
-    from attrilens.demo.lora import documents_sha256
+    from attrilens.workflows.lora import documents_sha256
 
     if (remove is None) == (edit is None):
         raise AttrilensError("Pass exactly one of --remove IDS and --edit FILE.")
@@ -476,7 +476,7 @@ def _ask(lm: LM, questions: list[dict], chat_template: bool | None = None) -> li
     `chat_template`, else `queries.answers_in_chat`: a question through a chat model's template, a text to continue
     as plain text, the form the adapter was trained on), the target its trace scores (plain text), and whether it
     gives the truth and the planted value: a continuation that starts with it, or a chat answer that names it."""
-    from attrilens.bench.metrics import greedy_match
+    from attrilens.metrics import greedy_match
     from attrilens.training.queries import answers_in_chat, generate_answer, prompt_form
 
     plain = lm.with_chat_template(False)  # the trace scores the index's plain-text form
@@ -573,7 +573,7 @@ def curate(index_or_model_dir: Path | str, out: Path | str, *, remove: str | Seq
     a rebuilt one, and write the before/after report into `out` (module docstring). Without `questions`, the
     questions.jsonl beside the corpus or adapter and the index's traced prompts are re-asked (`find_questions`);
     `chat_template` forces the form they are asked in (default: each the way the model answers it, `_ask`)."""
-    from attrilens.demo.lora import finetune_lora
+    from attrilens.workflows.lora import finetune_lora
 
     if top_k < 1:
         raise AttrilensError(f"--top-k must be at least 1, got {top_k}.")

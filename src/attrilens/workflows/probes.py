@@ -120,7 +120,7 @@ class FactProbe:
 
     @torch.no_grad()
     def _row_hits(self, model, idx: list[int]) -> dict[int, bool]:
-        from attrilens.bench.metrics import greedy_match
+        from attrilens.metrics import greedy_match
 
         idx = sorted(idx, key=lambda i: len(self.pairs[i][0]) + len(self.pairs[i][1]))  # little padding
         training = model.training

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attrilens.demo.world.generate import (
+from attrilens.workflows.world.generate import (
     QUERY_TEMPLATE,
     RELATIONS,
     make_world,

@@ -6,10 +6,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
-from attrilens.inspect.patchscope import Patchscope, sweep
-from attrilens.inspect.presets.base import PRESETS, GridOptions, Preset, check_int, fit_cross_model, int_tuple
-from attrilens.inspect.result import InspectResult
 from attrilens.lm import LM
+from attrilens.patchscopes.patchscope import Patchscope, sweep
+from attrilens.patchscopes.presets.base import (
+    PRESETS,
+    GridOptions,
+    Preset,
+    check_int,
+    fit_cross_model,
+    int_tuple,
+)
+from attrilens.patchscopes.result import InspectResult
 
 
 @PRESETS.register("custom")

@@ -6,11 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from attrilens.inspect.lenses import Mapping
-from attrilens.inspect.patchscope import Patchscope, sweep
-from attrilens.inspect.presets.base import PRESETS, GridOptions, Preset, check_int
-from attrilens.inspect.result import InspectResult
 from attrilens.lm import LM
+from attrilens.patchscopes.mappings import Mapping
+from attrilens.patchscopes.patchscope import Patchscope, sweep
+from attrilens.patchscopes.presets.base import PRESETS, GridOptions, Preset, check_int
+from attrilens.patchscopes.result import InspectResult
 
 TOKEN_IDENTITY = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
 BARE = "?"

@@ -27,7 +27,7 @@ Two ways to decide how long to train:
   over ``cooldown`` (25 %) of the steps so far, then the run stops; if that cooldown lost recall, the weights and
   optimizer state at the target are kept instead.
 
-What is recalled (``attrilens.demo.probes``): with facts, a JSONL file of ``{"prompt", "target"}`` rows (what
+What is recalled (``attrilens.workflows.probes``): with facts, a JSONL file of ``{"prompt", "target"}`` rows (what
 ``make_world`` writes as ``facts.jsonl``; ``facts=`` or, by default, ``facts.jsonl`` in the corpus' directory), a
 fact recalled when the greedy continuation of ``prompt`` is ``target`` and the word ends there (``greedy_match``).
 Without facts — a user's corpus alone — the documents' own continuations: the last word of each of a document's
@@ -69,16 +69,16 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from attrilens.demo.probes import CONTINUATION_DESCRIPTION, FactProbe, default_eval_every, make_probe
-from attrilens.demo.resume import load_resume, save_resume
-from attrilens.demo.stopping import (
+from attrilens.errors import AttrilensError
+from attrilens.workflows.probes import CONTINUATION_DESCRIPTION, FactProbe, default_eval_every, make_probe
+from attrilens.workflows.resume import load_resume, save_resume
+from attrilens.workflows.stopping import (
     budget_reason,
     checkpoint_unknown_length,
     recall_info,
     save_checkpoint,
     thin_checkpoints,
 )
-from attrilens.errors import AttrilensError
 
 if TYPE_CHECKING:
     from attrilens.training.capture import GradientCapture

@@ -14,16 +14,16 @@ from typing import Any, ClassVar
 import torch
 
 from attrilens.errors import AttrilensError
-from attrilens.inspect.lenses import LayerMaps, fit_layer_maps, token_rows
-from attrilens.inspect.patchscope import (
+from attrilens.lm import LM
+from attrilens.patchscopes.mappings import LayerMaps, fit_layer_maps, token_rows
+from attrilens.patchscopes.patchscope import (
     Patchscope,
     Query,
     placeholder_position,
     source_prompt,
     top_tokens,
 )
-from attrilens.inspect.result import Cell, InspectResult
-from attrilens.lm import LM
+from attrilens.patchscopes.result import Cell, InspectResult
 from attrilens.registry import Registry
 from attrilens.results import Cost, Timer
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from attrilens.errors import AttrilensError
-from attrilens.inspect.lenses import Mapping, as_mapping
-from attrilens.inspect.result import Cell, InspectResult
 from attrilens.lm import LM, Patch
+from attrilens.patchscopes.mappings import Mapping, as_mapping
+from attrilens.patchscopes.result import Cell, InspectResult
 from attrilens.results import Cost, Timer
 
 
