@@ -24,20 +24,21 @@ class Renderer(Protocol):
     def widget(self, documents: list[dict[str, Any]]) -> Any: ...
 
 
-_RENDERERS: list[Renderer] = []  # the registered renderer (the last one wins)
+_renderer: Renderer | None = None  # the one registered renderer
 
 
 def register_renderer(renderer: Renderer) -> None:
     """Make `renderer` the one `Result.to_html` and `Result.show` draw with (the views register themselves)."""
-    _RENDERERS.append(renderer)
+    global _renderer
+    _renderer = renderer
 
 
 def renderer() -> Renderer:
     """The registered renderer; none is an error naming the import that registers the views."""
-    if not _RENDERERS:
+    if _renderer is None:
         raise AttrilensError("No renderer is registered to draw results. `import attrilens.view` (which "
                              "`import attrilens` does) registers the front end.")
-    return _RENDERERS[-1]
+    return _renderer
 
 
 @dataclass
