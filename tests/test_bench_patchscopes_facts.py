@@ -7,6 +7,7 @@ import random
 from collections import Counter
 
 from attrilens.bench import patchscopes as bench
+from attrilens.bench.patchscopes import country_attributes
 from attrilens.demo.countries import CountryFact
 from attrilens.testing import tiny_lm
 
@@ -17,7 +18,8 @@ def test_majority_class_column_is_the_share_of_the_dev_countries_commonest_value
     rng = random.Random(7)
     regions = ["Europe", "Asia", "Africa"]
     facts = [CountryFact(f"Land{k}", "region", rng.choice(regions)) for k in range(16)]
-    monkeypatch.setattr(bench, "complete_facts", lambda lm, fs, batch_size=64: [f.target for f in fs])  # all known
+    # every fact known: its completion is its target
+    monkeypatch.setattr(country_attributes, "complete_facts", lambda lm, fs, batch_size=64: [f.target for f in fs])
     cfg = bench.BenchConfig(layer_step=2, chunk_size=16)
     _, pooled, by_relation, info = bench.fact_attribute_tables(tiny_lm("llama", seed=9), facts, cfg)
     countries = sorted({f.country for f in facts})

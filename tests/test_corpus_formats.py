@@ -16,6 +16,7 @@ from attrilens.corpus_formats import corpus_format, iter_document_batches, iter_
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
 from attrilens.testing import tiny_lm
+from attrilens.training import build as build_mod
 from attrilens.training import corpus as corpus_mod
 from attrilens.training import index as index_mod
 from attrilens.training.corpus import Corpus, CorpusFile, make_corpus, read_documents
@@ -209,17 +210,17 @@ def test_a_resumed_build_reuses_its_corpus_file_and_refuses_another_corpus(tmp_p
 
     monkeypatch.setattr(index_mod, "write_corpus", counted)
     boom = {"n": 0}
-    real_save = index_mod.write_shards
+    real_save = build_mod.write_shards
 
-    def dies_after_one(out, manifest, key, folder, n_rows, shard_size, make, **k):
+    def dies_after_one(out, records, folder, n_rows, shard_size, make, **k):
         def make_once(rows, advance):
             boom["n"] += 1
             if boom["n"] == 2:
                 raise KeyboardInterrupt
             return make(rows, advance)
-        return real_save(out, manifest, key, folder, n_rows, shard_size, make_once, **k)
+        return real_save(out, records, folder, n_rows, shard_size, make_once, **k)
 
-    monkeypatch.setattr(index_mod, "write_shards", dies_after_one)
+    monkeypatch.setattr(build_mod, "write_shards", dies_after_one)
     with pytest.raises(KeyboardInterrupt):
         build_index(lm, path, tmp_path / "o", **kw)
     idx = build_index(lm, path, tmp_path / "o", **kw)

@@ -285,7 +285,7 @@ def _corpus_alone(world, tmp_path):
 
 
 def test_no_questions_anywhere_is_refused_before_any_work(world, tmp_path, monkeypatch, capsys):
-    import attrilens.workflows.curate as curate_mod
+    import attrilens.workflows.curate.run as curate_run
     import attrilens.workflows.lora as lora
     from attrilens.cli.app import main
 
@@ -293,7 +293,7 @@ def test_no_questions_anywhere_is_refused_before_any_work(world, tmp_path, monke
         raise AssertionError("curate retrained although it had nothing to re-ask")
 
     monkeypatch.setattr(lora, "finetune_lora", no_training)
-    monkeypatch.setattr(curate_mod, "_load_old", no_training)  # not even the model is loaded
+    monkeypatch.setattr(curate_run, "_load_old", no_training)  # not even the model is loaded
     corpus = _corpus_alone(world, tmp_path)
     out = tmp_path / "out"
     with pytest.raises(AttrilensError) as err:

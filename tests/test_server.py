@@ -113,6 +113,33 @@ def test_bad_requests_say_what_is_wrong(client):
     assert client.get("/api/trace").status_code == 405
 
 
+def test_options_go_through_the_methods_options_protocol(client):
+    r = client.post("/api/context", json={"context": "c", "query": "q", "method": "hierarchical",
+                                          "options": {"colour": "red"}})
+    assert r.status_code == 400 and r.json()["detail"].startswith("Bad context request: options: Unknown option(s) "
+                                                                  "colour for method 'cached+hierarchical'. Valid "
+                                                                  "options: top_k, paragraph_k.")
+    r = client.post("/api/context", json={"context": "c", "query": "q", "method": "hierarchical",
+                                          "options": {"paragraph_k": "many"}})
+    assert r.status_code == 400 and "paragraph_k takes int | None" in r.json()["detail"]
+    ok = client.post("/api/context", json={"context": "c", "query": "q", "method": "hierarchical",
+                                           "options": {"paragraph_k": 1, "top_k": "2"}})
+    assert ok.status_code == 200, ok.text
+    r = client.post("/api/inspect", json={"prompt": "p", "preset": "logit-lens", "options": {"relation": "capital"}})
+    assert r.status_code == 400 and "Valid options: layers, positions, top_k" in r.json()["detail"]
+    r = client.post("/api/inspect", json={"prompt": "p", "options": {"top_k": {"nested": 1}}})
+    assert r.status_code == 400 and "options.top_k" in r.json()["detail"]
+
+
+def test_the_page_carries_the_option_descriptions_the_form_is_built_from(client):
+    from attrilens.app.methods import form_options
+
+    page = client.get("/").text
+    config = json.loads(re.search(r'id="attrilens-config">(.*?)</script>', page, re.S).group(1))
+    assert config["choices"]["options"] == json.loads(json.dumps(form_options()))
+    assert [o["name"] for o in config["choices"]["options"]["context"]["contextcite"]] == ["n_ablations", "alpha", "seed"]
+
+
 def test_without_a_model_compute_endpoints_explain_how_to_start():
     client = TestClient(create_app(LensBackend(None)), base_url=BASE)
     r = client.post("/api/context", json={"context": "A b. C d.", "query": "q?", "response": " x"})
@@ -161,6 +188,15 @@ def test_context_through_the_real_lens_and_span_rescoring():
     part = client.post("/api/context", json={**body, "span": [1, 6]}).json()
     assert part["response"].strip() == "Alpha" and part["cost"]["forward_passes"] == 0
     assert [s["score"] for s in part["sources"]] != [s["score"] for s in doc["sources"]]
+    # a method's option from the form reaches the lens: 4 random masks instead of 64, as the Python API gives
+    from attrilens.context import ContextAttributor
+
+    cc = client.post("/api/context", json={**body, "method": "contextcite", "options": {"n_ablations": "4"}}).json()
+    want = ContextAttributor(lm, method="contextcite", n_ablations=4).attribute(body["context"], body["query"],
+                                                                                body["response"]).to_dict()
+    default = ContextAttributor(lm, method="contextcite").attribute(body["context"], body["query"], body["response"])
+    assert cc["cost"]["forward_passes"] == want["cost"]["forward_passes"] < default.cost.forward_passes
+    assert [s["score"] for s in cc["sources"]] == pytest.approx([s["score"] for s in want["sources"]])
 
 
 def test_serve_verb_checks_its_directories_before_starting(tmp_path):

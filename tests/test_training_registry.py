@@ -93,7 +93,8 @@ def test_toy_method_through_the_python_api(toy_method, model_dir, tmp_path):
     assert d["method"] == "toy-length"
     top, bottom = _expected(lm, "who founded the bank ?", " ada", 2.0, 5)
     assert _hits(d["proponents"]) == top and _hits(d["opponents"]) == bottom
-    with pytest.raises(AttrilensError, match=r"Unknown option\(s\) damping for toy-length. Valid options: block_len, scale"):
+    with pytest.raises(AttrilensError, match=r"Unknown option\(s\) damping for the toy-length method. Valid "
+                                             r"options: block_len, scale"):
         build_index(lm, DOCS, tmp_path / "bad", method="toy-length", damping=0.1, progress=False)
     with pytest.raises(AttrilensError, match="scale must be positive"):
         build_index(lm, DOCS, tmp_path / "bad", method="toy-length", scale=0.0, progress=False)

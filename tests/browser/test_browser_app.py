@@ -158,3 +158,70 @@ def test_the_form_sends_method_preset_position_and_response_and_shows_the_new_re
     req = lenses.contexts[-1]
     assert (req.response, req.method, req.query) == (" Alpha", "loo", "What is red?")
     assert watched.errors == []
+
+
+def test_the_forms_option_fields_are_built_from_the_options_description(app_page, watched):
+    """Each method's option fields come from `attrilens methods`' description; what is typed reaches the request."""
+    from attrilens.app.methods import form_options
+
+    described = form_options()
+    page, lenses = app_page
+    page.locator(".al-new summary").click()
+    context_box = page.locator(".al-box", has=page.locator('input[aria-label="query"]'))
+    inspect_box = page.locator(".al-box", has=page.locator('input[aria-label="prompt to inspect"]'))
+    fields = lambda box: box.locator(".al-option").evaluate_all("els => els.map(e => e.dataset.option)")  # noqa: E731
+    assert fields(context_box) == [] and described["context"]["cached"] == []  # the default method takes none
+    assert fields(inspect_box) == [o["name"] for o in described["presets"]["logit-lens"]]  # the default preset's
+    page.locator('input[aria-label="method (default cached)"]').fill("cached+hierarchical")
+    hierarchical = described["context"]["hierarchical"]
+    assert fields(context_box) == [o["name"] for o in hierarchical] == ["top_k", "paragraph_k"]
+    field = page.locator('input[aria-label="option paragraph_k"]')
+    assert field.get_attribute("title") == hierarchical[1]["help"] and "int | None" in field.get_attribute("placeholder")
+    assert hierarchical[1]["help"] in page.locator('.al-option[data-option="paragraph_k"]').inner_text()
+    page.locator('textarea[aria-label="context"]').fill("Alpha is red. Beta is blue.")
+    page.locator('input[aria-label="query"]').fill("What is red?")
+    field.fill("1")
+    page.locator(".al-new button", has_text="attribute").click()
+    page.wait_for_selector(".al-view-context.al-fresh")
+    assert (lenses.contexts[-1].method, lenses.contexts[-1].options) == ("cached+hierarchical", {"paragraph_k": "1"})
+    # a preset's fields: those text can give (a target model cannot)
+    page.locator('input[aria-label="preset (default logit-lens)"]').fill("custom")
+    custom = [o["name"] for o in described["presets"]["custom"]]
+    assert fields(inspect_box) == custom and "target_layers" in custom and "target_model" not in custom
+    page.locator('input[aria-label="prompt to inspect"]').fill("The capital of France is")
+    page.locator('input[aria-label="option target_layers"]').fill("0,1")
+    page.locator(".al-new button", has_text="inspect").click()
+    page.wait_for_selector(".al-view-inspect.al-fresh")
+    assert lenses.inspects[-1].options == {"target_layers": "0,1"}
+    assert watched.errors == []
+
+
+def test_option_help_with_markup_stays_text(watched):
+    """Descriptions are text: a registered method whose help holds markup draws it as characters, runs nothing."""
+    from dataclasses import dataclass
+
+    from attrilens.context import CONTEXT_METHODS, ContextMethod
+    from attrilens.options import option
+
+    @dataclass(frozen=True)
+    class Loud:
+        volume: int = option(1, help="<img src=x onerror=alert(1)> loud")
+
+    @CONTEXT_METHODS.register("loud-toy")
+    class LoudToy(ContextMethod):
+        """Toy."""
+
+        Options = Loud
+
+    try:
+        with LiveServer(create_app(FakeLenses())) as url:
+            page = watched.page
+            page.goto(url + "/")
+            page.locator(".al-new summary").click()
+            page.locator('input[aria-label="method (default cached)"]').fill("loud-toy")
+            help_text = page.locator('.al-option[data-option="volume"] .al-option-help')
+            assert help_text.inner_text() == "<img src=x onerror=alert(1)> loud"
+            assert page.locator(".al-options img").count() == 0
+    finally:
+        CONTEXT_METHODS.unregister("loud-toy")
+    assert watched.dialogs == [] and watched.errors == []

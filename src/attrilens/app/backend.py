@@ -1,6 +1,7 @@
 """The lenses behind the views: `LensBackend` answers the requests of `attrilens.view.requests` with the three
 lenses' Python APIs, on the model (and indexes) the app was started with; `check_request` checks a request's
-method and preset names against the lenses' registries before any work (the web app runs it for every backend).
+method and preset names, and its method options (names and types, through `attrilens.options`), against the
+lenses' registries before any work (the web app runs it for every backend).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from attrilens.context import ContextAttributor, parse_method
+from attrilens.context.pipeline import option_values
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import parse_texts
 from attrilens.patchscopes import presets
 from attrilens.training import TrainingIndex
 from attrilens.training.verbatim import VerbatimIndex
@@ -26,15 +29,27 @@ from attrilens.view.requests import (
 
 
 def check_request(kind: str, req: Any) -> None:
-    """Refuse a context method or a preset the registries do not know, naming the ones they do."""
-    if kind == "context" and req.method is not None:
+    """Refuse a context method or a preset the registries do not know, naming the ones they do, and options the
+    method or preset does not take (or of the wrong type), naming the ones it does."""
+    if kind == "context" and (req.method is not None or req.options):
         try:
-            parse_method(req.method)
+            spec = parse_method(req.method or "cached")
         except AttrilensError as exc:
             raise AttrilensError(f"Bad context request: method: {exc}") from None
+        try:
+            option_values(spec, req.option_texts())
+        except AttrilensError as exc:
+            raise AttrilensError(f"Bad context request: options: {exc}") from None
     if kind == "inspect" and req.preset is not None and req.preset not in presets.PRESETS:
         raise AttrilensError(f"Bad inspect request: preset: unknown preset {req.preset!r}; choose one of "
                              f"{', '.join(presets.PRESETS.names())}.")
+    if kind == "inspect" and req.options:
+        texts = req.option_texts()
+        cls = presets.preset_for(req.preset, target_prompt=req.target_prompt or texts.get("target_prompt"))
+        try:
+            parse_texts(cls.Options, texts, cls.option_owner())
+        except AttrilensError as exc:
+            raise AttrilensError(f"Bad inspect request: options: {exc}") from None
 
 
 class LensBackend:
@@ -71,12 +86,14 @@ class LensBackend:
     def context(self, req: ContextRequest) -> dict[str, Any]:
         """Context attribution of the (given or generated) response; a span re-scores the cached full result."""
         method = req.method or "cached"
+        options = option_values(parse_method(method), req.option_texts())
         with self._lock:
-            key = (req.context, req.query, req.response, method)
+            key = (req.context, req.query, req.response, method, repr(sorted(options.items())))
             result = self._context_cache.get(key)
             if result is None:
-                result = ContextAttributor(self.lm(), method=method).attribute(req.context, req.query, req.response)
-                for k in (key, (req.context, req.query, result.response, method)):
+                result = ContextAttributor(self.lm(), method=method, **options).attribute(req.context, req.query,
+                                                                                          req.response)
+                for k in (key, (req.context, req.query, result.response, method, key[-1])):
                     self._context_cache[k] = result
                 while len(self._context_cache) > 16:
                     self._context_cache.popitem(last=False)
@@ -88,7 +105,7 @@ class LensBackend:
         """A Patchscope run (the same document as `attrilens inspect --json`)."""
         with self._lock:
             return presets.run(req.preset, self.lm(), req.prompt, layer=req.layer, position=req.position,
-                               target_prompt=req.target_prompt).to_dict()
+                               target_prompt=req.target_prompt, option_texts=req.option_texts()).to_dict()
 
     def _index(self):
         if self.index_dir is None:

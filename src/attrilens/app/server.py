@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from attrilens.app.backend import LensBackend, check_request
+from attrilens.app.methods import form_options
 from attrilens.context import method_names
 from attrilens.errors import AttrilensError
 from attrilens.patchscopes import presets
@@ -97,8 +98,10 @@ def create_app(backend: Backend | None = None, *, model_dir: Path | str | None =
     backend = backend if backend is not None else LensBackend(model_dir, index_dir, verbatim_dir=verbatim_dir)
     documents = load_report(report_dir)
     compute_lock = threading.Lock()
-    # the form offers the registered names (check_request checks them again)
-    choices = {"methods": method_names(), "presets": presets.PRESETS.names(), "verbatim": can_answer(backend, "verbatim")}
+    # the form offers the registered names, and builds each method's option fields from their description
+    # (check_request checks them again)
+    choices = {"methods": method_names(), "presets": presets.PRESETS.names(), "verbatim": can_answer(backend, "verbatim"),
+               "options": form_options()}
     if index_dir is not None:  # the curation panel's command names the index
         choices["index"] = str(Path(index_dir).resolve())
     app = FastAPI(title="attrilens", docs_url=None, redoc_url=None, openapi_url=None)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch
 
+from attrilens.bench.measure import stderr_log
 from attrilens.bench.report import Report, machine
 from attrilens.errors import AttrilensError
 
@@ -101,7 +101,7 @@ def alternating_steps(steps: int, method: str, proj_dim: int | None) -> dict[str
     p, c = statistics.median(w for w, _ in plain), statistics.median(w for w, _ in captured)
     pc, cc = statistics.median(u for _, u in plain), statistics.median(u for _, u in captured)
     return {"setting": "alternating steps, one process (demo target, 8 × 512 tokens)", "steps": steps,
-            "rows captured": cap.manifest["corpus"]["n_blocks"],
+            "rows captured": cap.manifest.corpus["n_blocks"],
             "dim": cap.method.dim, "plain s (median)": round(p, 3), "captured s (median)": round(c, 3),
             "ratio": round(c / p, 3), "overhead %": round(100 * (c / p - 1), 1),
             "plain cpu s": round(pc, 3), "captured cpu s": round(cc, 3), "cpu ratio": round(cc / pc, 3),
@@ -123,10 +123,10 @@ def run_benchmark(steps: int = 20, repeats: int = 2, lora: bool = True, proj_dim
 
     if steps < 1:
         raise AttrilensError(f"--steps must be at least 1, got {steps}.")
-    from attrilens.training.capture import CAPTURE_METHODS
+    from attrilens.training.capture import capture_methods
 
-    if method.replace("_", "-") not in CAPTURE_METHODS:
-        raise AttrilensError(f"--method {method!r} cannot be captured. Use one of {', '.join(CAPTURE_METHODS)}.")
+    if method.replace("_", "-") not in capture_methods():
+        raise AttrilensError(f"--method {method!r} cannot be captured. Use one of {', '.join(capture_methods())}.")
     if proj_dim is not None and proj_dim < 1:
         raise AttrilensError(f"--proj-dim must be at least 1, got {proj_dim}.")
     if lora_steps < 1:
@@ -136,7 +136,7 @@ def run_benchmark(steps: int = 20, repeats: int = 2, lora: bool = True, proj_dim
     torch.set_num_threads(1)  # the project's benchmark convention on its busy 2-core machine
     target, world = demo_model_dir("target"), demo_world_dir()
     docs = read_documents(world / "corpus.jsonl")
-    log = (lambda *a: print(*a, file=sys.stderr)) if progress else (lambda *a: None)
+    log = stderr_log(progress)
     work = Path(tempfile.mkdtemp(prefix="attrilens-bench-capture-"))
     settings = [("tiny-model trainer (demo target, full fine-tune)",
                  lambda d, c: _trainer_run(target, world / "corpus.jsonl", d, steps, c))]
@@ -154,7 +154,7 @@ def run_benchmark(steps: int = 20, repeats: int = 2, lora: bool = True, proj_dim
                     if captured else None
                 t0, c0 = time.perf_counter(), time.process_time()
                 seconds, tokens = run(d / "model", cap)
-                if cap is not None and not cap.manifest.get("complete"):  # the trainer stopped at max_steps
+                if cap is not None and not cap.manifest.complete:  # the trainer stopped at max_steps
                     t1 = time.perf_counter()
                     cap.close(model_dir=d / "model")
                     seconds += time.perf_counter() - t1

@@ -14,7 +14,6 @@ LLM Attributor's aggregation).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from attrilens.bench.measure import stderr_log
 from attrilens.bench.report import Report, machine
 from attrilens.demo.misinfo import LABELS, proponent_label
 from attrilens.errors import AttrilensError
@@ -42,8 +42,7 @@ METHODS: tuple[tuple[str, str, dict, tuple[int, ...], str], ...] = (
 )
 
 
-def _log(msg: str) -> None:
-    print(f"[bench misinfo] {msg}", file=sys.stderr, flush=True)
+_log = stderr_log(prefix="[bench misinfo]")
 
 
 def default_work(run_dir: Path) -> Path:
@@ -108,7 +107,7 @@ def run_misinfo_benchmark(run_dir: Path | None = None, work: Path | None = None,
     indexes are built into `work` (default: `default_work`; reused when rerun)."""
     import pandas as pd
 
-    from attrilens.bench.training import TailPatcher
+    from attrilens.bench.training.tail_patch import TailPatcher
     from attrilens.demo.story import STORY_ASSETS
     from attrilens.training.ensemble import IndexEnsemble
 

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from attrilens.cli import context, curate, demo, models, patchscopes, serve, training
+from attrilens.cli import context, curate, demo, index, methods, models, patchscopes, serve, trace, training
 from attrilens.errors import AttrilensError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,7 +28,7 @@ bench_app = typer.Typer(help="Benchmarks: faithfulness/quality against ground tr
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-for module in (demo, models, context, training, curate, patchscopes, serve):
+for module in (demo, models, methods, context, index, trace, training, curate, patchscopes, serve):
     module.register(app, bench_app)
 
 

@@ -9,15 +9,29 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from attrilens.cli.loading import MODEL_HELP, ChatTemplate, MaxNewTokens, load_lm, load_proxy
+from attrilens.cli.options import given_values, option_flag
 from attrilens.cli.output import JsonFlag, choices_help, emit
 from attrilens.context.spec import method_names
 from attrilens.errors import AttrilensError
+from attrilens.options import merge_values, parse_assignments
 
 if TYPE_CHECKING:
     from attrilens.context.result import ContextResult
 
 METHOD_HELP = ("An estimator, alone or with wrappers joined by '+' (e.g. cached+hierarchical+proxy-pruning; "
                "'loo' alone = naive exact LOO; default cached).")
+ContextOption = option_flag("paragraph_k=1", "context")
+
+
+def method_options(ctx: typer.Context, method: str, flags: dict[str, object], texts: list[str] | None) -> dict:
+    """The attributor's option values: the verb's own flags (`flags`, name → value) and `--option` text typed by
+    the fields of the method's components; a name none of them takes names the ones they do, and a value given
+    both as a flag and as --option that disagrees is an error."""
+    from attrilens.context.pipeline import option_values
+    from attrilens.context.spec import parse_method
+
+    typed = option_values(parse_method(method), parse_assignments(texts))
+    return {**flags, **merge_values(given_values(ctx, flags), typed)}
 
 
 def _read_context(path: Path) -> str:
@@ -57,6 +71,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @app.command("context")
     def context(
+        ctx: typer.Context,
         model: Annotated[str, typer.Option(help=f"Target model: {MODEL_HELP}")],
         context_file: Annotated[Path, typer.Option(help="UTF-8 text file with the context.")],
         query: Annotated[str, typer.Option(help="The question the response answers.")],
@@ -70,18 +85,19 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         n_ablations: Annotated[int, typer.Option(help="Random ablations for contextcite.")] = 64,
         seed: Annotated[int, typer.Option(help="Seed for generation sampling and contextcite masks.")] = 0,
         max_new_tokens: MaxNewTokens = 32,
+        option: ContextOption = None,
         chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
     ) -> None:
         """Attribute a response to the sources of its context (exact LOO made fast, and baselines)."""
         from attrilens.context import ContextAttributor
 
+        options = method_options(ctx, method, {"top_k": top_k, "n_ablations": n_ablations, "seed": seed}, option)
         text = _read_context(context_file)
         target = load_lm(model, chat_template)
         proxy_lm = load_proxy(proxy, target)
-        attributor = ContextAttributor(target, proxy_lm, method=method, level=level, top_k=top_k,
-                                       batch_size=batch_size, n_ablations=n_ablations, seed=seed,
-                                       max_new_tokens=max_new_tokens)
+        attributor = ContextAttributor(target, proxy_lm, method=method, level=level, batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens, **options)
         result = attributor.attribute(text, query, response)
         emit(result, as_json)
         report_faithfulness(result, as_json)

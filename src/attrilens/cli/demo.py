@@ -8,8 +8,30 @@ from typing import Annotated
 import typer
 
 from attrilens.cli.loading import CORPUS_HELP, IdField, MaxNewTokens, TextField
+from attrilens.cli.options import given_values, option_flag
 from attrilens.cli.output import JsonFlag, emit_summary
 from attrilens.errors import AttrilensError, check_output_dir
+from attrilens.options import merge_values, parse_assignments, parse_texts
+
+CaptureOption = option_flag("damping=0.1 (an option of the --capture-method)", "training")
+# options of the captured method that are GradientCapture's own arguments
+CAPTURE_ARGUMENTS = ("proj_dim", "seed", "allocation")
+
+
+def capture_options(ctx: typer.Context, method: str, proj_dim: int | None, texts: list[str] | None) -> dict:
+    """GradientCapture's keywords for `train --capture`: --capture-proj-dim and `--option` text typed by the fields
+    of the captured method (its projection's proj_dim, seed, allocation are the capture's own arguments; the rest
+    go in its `options`, which the capture checks)."""
+    from attrilens.training.methods import TDA_METHODS
+
+    typed = {}
+    if texts:  # (without --option, the capture names an unknown or uncapturable method itself)
+        cls = TDA_METHODS.get(method)
+        typed = parse_texts(cls.Options, parse_assignments(texts), cls.option_owner())
+    named = {"proj_dim": proj_dim or None} if given_values(ctx, {"capture_proj_dim": proj_dim}) else {}
+    values = merge_values(named, typed)
+    out: dict = {"proj_dim": "auto", **{k: values.pop(k) for k in CAPTURE_ARGUMENTS if k in values}}
+    return {**out, "options": values} if values else out
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -29,6 +51,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @app.command()
     def train(
+        ctx: typer.Context,
         corpus: Annotated[Path, typer.Option(help=CORPUS_HELP)],
         out: Annotated[Path, typer.Option(help="Output model directory (Hugging Face format + tokenizer + optimizer state).")],
         arch: Annotated[str, typer.Option(help="gpt2 or llama.")] = "llama",
@@ -73,6 +96,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                                   "as `attrilens index build`).")] = None,
         capture_eval_queries: Annotated[Path | None, typer.Option(help="JSONL queries {prompt,target} for a --capture "
                                                                        "trackstar index's R_eval.")] = None,
+        option: CaptureOption = None,
         text_field: TextField = "text",
         id_field: IdField = "id",
     ) -> None:
@@ -83,13 +107,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
         check_output_dir(out)
         cap = None
+        if option and capture is None:
+            raise AttrilensError("--option sets options of the captured index's method. Pass --capture DIR too, or "
+                                 "drop --option.")
         if capture is not None:
             from attrilens.training.capture import GradientCapture
 
             check_output_dir(capture, "--capture")
-            cap = GradientCapture(capture, method=capture_method,
-                                  proj_dim="auto" if capture_proj_dim is None else capture_proj_dim or None,
-                                  eval_queries=capture_eval_queries)
+            cap = GradientCapture(capture, method=capture_method, eval_queries=capture_eval_queries,
+                                  **capture_options(ctx, capture_method, capture_proj_dim, option))
         if lora or base is not None:
             if base is None or not lora:
                 raise AttrilensError("Fine-tuning needs both --base DIR and --lora. Pass both, or neither to train from scratch.")

@@ -9,9 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from attrilens.cli.loading import MODEL_HELP, ChatTemplate
+from attrilens.cli.options import option_flag
 from attrilens.cli.output import JsonFlag
 from attrilens.lm import LM
+from attrilens.options import parse_assignments, parse_texts
 from attrilens.patchscopes import InspectResult, presets
+
+InspectOption = option_flag("layers=1,2", "inspect")
 
 
 def _model(model: str | None) -> str:
@@ -47,14 +51,20 @@ def world_options(preset: type[presets.Preset], world: Path | None, with_target:
 
 
 def run_inspect(model: str | Path | LM | None, prompt: str, preset: str | None = None, *,
-                target_model: str | Path | None = None, world: Path | None = None, **options: Any) -> InspectResult:
+                target_model: str | Path | None = None, world: Path | None = None,
+                option_texts: dict[str, str] | None = None, **options: Any) -> InspectResult:
     """The `inspect` verb as a function: load the model(s) (`model` may be a loaded LM), add what the fact world
-    gives the preset, and call `presets.run` with the other options (None = not given)."""
-    cls = presets.preset_for(preset, target_prompt=options.get("target_prompt"), target_model=target_model)
+    gives the preset (unless `option_texts`, the `--option` text, sets it), and call `presets.run` with the other
+    options (None = not given); `option_texts` names and types are checked before any model loads."""
+    texts = dict(option_texts or {})
+    target_prompt = options.get("target_prompt") or texts.get("target_prompt")
+    cls = presets.preset_for(preset, target_prompt=target_prompt, target_model=target_model)
+    parse_texts(cls.Options, texts, cls.option_owner())
     lm = model if isinstance(model, LM) else LM.from_pretrained(_model(None if model is None else str(model)))
     target = None if target_model is None else LM.from_pretrained(str(target_model))
-    given = {**world_options(cls, world, target is not None, demo=model is None), **options}
-    return presets.run(cls.name, lm, prompt, target_model=target, **given)
+    world_given = world_options(cls, world, target is not None, demo=model is None)
+    given = {**{k: v for k, v in world_given.items() if k not in texts}, **options}
+    return presets.run(cls.name, lm, prompt, target_model=target, option_texts=texts, **given)
 
 
 def preset_help() -> str:
@@ -82,6 +92,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         top_k: Annotated[int | None, typer.Option(help="Top tokens per cell (default: 5).")] = None,
         max_new_tokens: Annotated[int | None, typer.Option(
             help="Also generate this many tokens from each patched target (default: the preset's).")] = None,
+        option: InspectOption = None,
         chat_template: ChatTemplate = None,
         as_json: JsonFlag = False,
     ) -> None:
@@ -91,7 +102,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         emit(run_inspect(model, prompt, preset, target_model=target_model, world=world, layer=layer, position=position,
                          target_prompt=target_prompt, target_layer=target_layer, target_position=target_position,
                          relation=relation, lens=lens, top_k=top_k, max_new_tokens=max_new_tokens,
-                         chat_template=chat_template), as_json)
+                         chat_template=chat_template, option_texts=parse_assignments(option)), as_json)
 
     @bench.command("inspect")
     def bench_inspect(

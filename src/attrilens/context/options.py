@@ -2,39 +2,27 @@
 
 `ContextAttributor(top_k=..., n_ablations=..., ...)` hands every component the values whose names its `Options`
 dataclass has; the dataclass validates them in `__post_init__`. Every field needs a default, so a component
-can be built from any subset of the values.
+can be built from any subset of the values. The protocol itself (`option`, `describe`, `build_options`) is the
+one every lens shares: `attrilens.options`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any
+
+from attrilens.options import HasOptions, NoOptions
+
+__all__ = ["Configurable", "NoOptions"]
 
 
-@dataclass(frozen=True)
-class NoOptions:
-    """The options of a component that takes none."""
-
-
-class Configurable:
+class Configurable(HasOptions):
     """A component with an `Options` dataclass, built from the shared option values it takes."""
 
-    Options: ClassVar[type] = NoOptions
+    option_kind = "context component"
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
-
-    @classmethod
-    def option_names(cls) -> set[str]:
-        """The names of the options this component takes."""
-        return {f.name for f in fields(cls.Options)}
-
-    @classmethod
-    def option_default(cls, name: str) -> Any:
-        """The default of one of this component's options."""
-        f = next(f for f in fields(cls.Options) if f.name == name)
-        return f.default_factory() if f.default is MISSING else f.default
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Configurable:

@@ -3,6 +3,8 @@
 Options: the attributor's shared values (top_k, n_ablations, ...) go to every component whose `Options` has a
 field of that name. A value no component of this method takes is refused, unless it is the default of every
 registered component that takes it (then nothing was asked for); a name no registered component takes is refused.
+`option_values` turns `NAME=VALUE` text (`--option`, the web form) into those values, typed by the fields of the
+method's own components.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from attrilens.context.scorers import Scorer
 from attrilens.context.spec import MethodSpec
 from attrilens.context.wrappers import CONTEXT_WRAPPERS, DropsWrapper, ScorerWrapper
 from attrilens.errors import AttrilensError
+from attrilens.options import OptionInfo, parse_texts, refuse_unknown
 
 
 def registered_components() -> list[tuple[str, type[Configurable]]]:
@@ -24,9 +27,35 @@ def registered_components() -> list[tuple[str, type[Configurable]]]:
     return [*CONTEXT_METHODS.items(), *CONTEXT_WRAPPERS.items()]
 
 
+def components(spec: MethodSpec) -> list[type[Configurable]]:
+    """The estimator and the wrappers (inner first) of a parsed method."""
+    return [spec.method_class(), *spec.wrapper_classes()]
+
+
+def describe_method(spec: MethodSpec) -> list[OptionInfo]:
+    """The options a method takes, each once (the first component taking a name describes it)."""
+    seen: dict[str, OptionInfo] = {}
+    for c in components(spec):
+        for info in c.describe_options():
+            seen.setdefault(info.name, info)
+    return list(seen.values())
+
+
+def option_values(spec: MethodSpec, texts: Mapping[str, str] | None) -> dict[str, Any]:
+    """{name: text} → values typed by the field of the method's component that takes each name; a name none of
+    its components takes is refused, listing the ones they do."""
+    texts = dict(texts or {})
+    refuse_unknown(texts, [o.name for o in describe_method(spec)], f"method {spec.name!r}")
+    out: dict[str, Any] = {}
+    for name, text in texts.items():
+        owner = next(c for c in components(spec) if name in c.option_names())
+        out.update(parse_texts(owner.Options, {name: text}, owner.option_owner()))
+    return out
+
+
 def refuse_unused_options(spec: MethodSpec, options: Mapping[str, Any]) -> None:
     """AttrilensError for an option this method does not take (a default value is let through: nothing asked)."""
-    taken = set().union(*(c.option_names() for c in [spec.method_class(), *spec.wrapper_classes()]))
+    taken = set().union(*(c.option_names() for c in components(spec)))
     for key, value in options.items():
         if key in taken:
             continue

@@ -38,22 +38,12 @@ import torch
 
 from attrilens.corpus_formats import documents_from_rows
 from attrilens.errors import AttrilensError
-from attrilens.training.corpus import Corpus
+from attrilens.training.build import IndexBuild
 from attrilens.training.gradients import Example
 from attrilens.training.methods import TDAMethod
 from attrilens.training.preconditioning import moment_sum
 from attrilens.training.search import dot_stream, finite_scores, merge_topk, topk_merge
-from attrilens.training.store import (
-    MANIFEST,
-    PRECONDITIONER,
-    atomic_save,
-    load_tensors,
-    remove_folder,
-    save_tensors,
-    sha256_file,
-    to_dtype,
-    write_json,
-)
+from attrilens.training.store import atomic_save, remove_folder, sha256_file, to_dtype
 
 RAY_INSTALL = 'pip install "attrilens[ray]"'
 KILL_ONCE_AT_SHARD: int | None = None  # fault injection for the tests: a worker dies once, on this shard
@@ -330,85 +320,102 @@ def _get(ray, ref, job: tuple) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- build
-def write_features_ray(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_examples: list[Example],
-                       shard_size: int, dtype: str, progress: bool, *, address: str, workers: int | None = None,
-                       batch_size: int = 16, threads: int = 1, reduce: str = "auto") -> None:
-    """`index._write_features` on Ray: the same shard files, written by an actor pool; the driver commits them and
-    fits R from the reduced second moments (never every feature on one node; `reduce`: see the module's doc)."""
-    reduce = resolve_reduce(reduce, m.dim)
-    if m.needs_fit and not getattr(m, "fits_moments", False):
-        raise AttrilensError(f"{m.name} fits its state from every raw feature at once, which a Ray build does not "
-                             "gather on one node. Build it without --ray.")
-    for key in ("raw_shards", "shards"):
-        for s in manifest[key]:
+class RayRunner:
+    """`build.LocalRunner` on Ray: the same shard files, written by an actor pool; the driver commits them and fits
+    R from the reduced second moments (never every feature on one node; `reduce`: see the module's doc)."""
+
+    def __init__(self, *, address: str, workers: int | None = None, batch_size: int = 16, threads: int = 1,
+                 reduce: str = "auto"):
+        self.address, self.workers, self.batch_size, self.threads, self.reduce = (address, workers, batch_size,
+                                                                                  threads, reduce)
+        self.pool: _Pool | None = None
+        self._moments: _OrderedSum | None = None
+
+    @contextmanager
+    def session(self, build: IndexBuild) -> Iterator[None]:
+        """The cluster and the actor pool, held while the build's phases run; the raw folder goes afterwards."""
+        m, out, man = build.method, build.out, build.manifest
+        self.reduce = resolve_reduce(self.reduce, m.dim)
+        if m.needs_fit and not getattr(m, "fits_moments", False):
+            raise AttrilensError(f"{m.name} fits its state from every raw feature at once, which a Ray build does not "
+                                 "gather on one node. Build it without --ray.")
+        for s in man.raw_shards + man.shards:
             p = out / s["file"]
             if not p.is_file() or sha256_file(p) != s["sha256"]:
                 raise AttrilensError(f"Shard {p} is missing or changed since it was written. Delete {out} and rebuild.")
-    with ray_cluster(address) as ray:
-        pool = _Pool(ray, _spec(m, out, dtype, batch_size, threads, False, reduce), workers)  # may refuse the size
-        for folder in ("raw", "shards"):
-            (out / folder).mkdir(exist_ok=True)
-        try:
-            _run_stages(m, out, manifest, blocks, eval_examples, shard_size, progress, pool, reduce)
-        finally:
-            pool.close()
-    remove_folder(out / "raw")
+        with ray_cluster(self.address) as ray:
+            spec = _spec(m, out, man.dtype, self.batch_size, self.threads, False, self.reduce)
+            self.pool = _Pool(ray, spec, self.workers)  # may refuse the size
+            for folder in ("raw", "shards"):
+                (out / folder).mkdir(exist_ok=True)
+            try:
+                yield
+            finally:
+                self.pool.close()
+                self.pool = None
+        remove_folder(out / "raw")
 
+    def _shards(self, build: IndexBuild) -> list[tuple[int, int, range]]:
+        n, size = len(build.blocks), build.manifest.shard_size
+        return [(i, start, range(start, min(start + size, n))) for i, start in enumerate(range(0, n, size))]
 
-def _run_stages(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, eval_examples: list[Example],
-                shard_size: int, progress: bool, pool: _Pool, reduce: str = "shard") -> None:
-    """The build's stages on the pool: stored features, or raw features → R from the reduced moments → finished."""
-    n = len(blocks)
-    names = [blocks.block_id(r) for r in range(n)]
-    all_shards = [(i, start, range(start, min(start + shard_size, n))) for i, start in enumerate(range(0, n, shard_size))]
-    state = m.state()  # second moments estimated by `prepare` on the driver, if any
-    if state:
-        pool.broadcast(state)
+    def _jobs(self, build: IndexBuild, stage: str, key: str) -> tuple[list[tuple], int]:
+        """(stage, shard, start, tokens, names) of the shards `key` does not list yet, and the rows it does."""
+        blocks, done = build.blocks, {s["start"] for s in build.manifest.shard_list(key)}
+        todo = [(stage, i, st, [blocks.tokens[r] for r in rows], [blocks.block_id(r) for r in rows])
+                for i, st, rows in self._shards(build) if st not in done]
+        return todo, sum(len(rows) for _, st, rows in self._shards(build) if st in done)
 
-    def jobs(stage: str, key: str) -> tuple[list[tuple], int]:
-        done = {s["start"] for s in manifest[key]}
-        todo = [(stage, i, st, [blocks.tokens[r] for r in rows], [names[r] for r in rows])
-                for i, st, rows in all_shards if st not in done]
-        return todo, sum(len(rows) for _, st, rows in all_shards if st in done)
+    def _commit(self, build: IndexBuild, key: str, job: tuple, res: dict) -> None:
+        """The driver alone lists a shard, once it is on disk."""
+        records = build.manifest.shard_list(key)
+        records.append({"file": res["file"], "start": job[2], "rows": len(job[4]), "sha256": res["sha256"]})
+        records.sort(key=lambda s: s["start"])
+        build.save()
 
-    def commit(key: str, job: tuple, res: dict) -> None:  # the driver alone lists a shard, once it is on disk
-        manifest[key].append({"file": res["file"], "start": job[2], "rows": len(job[4]), "sha256": res["sha256"]})
-        manifest[key].sort(key=lambda s: s["start"])
-        write_json(out / MANIFEST, manifest)
+    def _desc(self, build: IndexBuild) -> str:
+        return f"featurise {build.method.name} on Ray ({self.pool.size} workers)"
 
-    desc = f"featurise {m.name} on Ray ({pool.size} workers)"
-    if not m.needs_fit:
-        todo, done = jobs("stored", "shards")
-        for job, res in pool.map(todo, desc, progress, n, done):
-            commit("shards", job, res)
-        return
-    if manifest["stage"] == "features":
-        todo, done = jobs("raw", "raw_shards")
-        ordered = _OrderedSum([st for _, st, _ in all_shards])
-        pending = {j[2] for j in todo}  # raw shards of an earlier run: their ΣΦᵀΦ is recomputed by a worker
-        again = [("moments", i, st, [], []) for i, st, _ in all_shards if st not in pending]
-        for job, res in pool.map(again + todo, desc, progress, n, done):
+    def _broadcast_prepared(self, build: IndexBuild) -> None:
+        state = build.method.state()  # second moments estimated by `prepare` on the driver, if any
+        if state:
+            self.pool.broadcast(state)
+
+    def stored(self, build: IndexBuild) -> None:
+        self._broadcast_prepared(build)
+        todo, done = self._jobs(build, "stored", "shards")
+        for job, res in self.pool.map(todo, self._desc(build), build.progress, len(build.blocks), done):
+            self._commit(build, "shards", job, res)
+
+    def raw(self, build: IndexBuild) -> None:
+        """Raw shards, and every raw shard's ΣΦᵀΦ (those of an earlier run recomputed by a worker)."""
+        self._broadcast_prepared(build)
+        shards = self._shards(build)
+        todo, done = self._jobs(build, "raw", "raw_shards")
+        self._moments = _OrderedSum([st for _, st, _ in shards])
+        pending = {j[2] for j in todo}
+        again = [("moments", i, st, [], []) for i, st, _ in shards if st not in pending]
+        for job, res in self.pool.map(again + todo, self._desc(build), build.progress, len(build.blocks), done):
             if job[0] == "raw":
-                commit("raw_shards", job, res)
-            if reduce == "shard":
-                ordered.add(job[2], torch.from_numpy(np.array(res.pop("moments"))))
-        total = ordered.total() if reduce == "shard" else _reduce_over_workers(pool, all_shards)
-        eval_raw = m.featurize(eval_examples) if eval_examples else None
-        facts = m.fit_moments(total, n, eval_raw)  # the one reduction: eigendecomposition on the driver
-        save_tensors(out / PRECONDITIONER, m.state())
-        manifest["stage"] = "finish"
-        manifest.update(facts, moments_reduce=reduce)
-        write_json(out / MANIFEST, manifest)
-    else:  # resumed after the fit: the R^(-1/2) it saved
-        m.load(load_tensors(out / PRECONDITIONER), blocks)
-    pool.broadcast(m.state())  # R^(-1/2) to every worker
-    if manifest["stage"] == "finish":
-        todo, done = jobs("finish", "shards")
-        for job, res in pool.map([(j[0], j[1], j[2], [], j[4]) for j in todo], "apply the fitted state on Ray",
-                                 progress, n, done):
-            commit("shards", job, res)
-        manifest["stage"], manifest["raw_shards"] = "finished", []
-        write_json(out / MANIFEST, manifest)
+                self._commit(build, "raw_shards", job, res)
+            if self.reduce == "shard":
+                self._moments.add(job[2], torch.from_numpy(np.array(res.pop("moments"))))
+
+    def fit(self, build: IndexBuild, eval_raw: torch.Tensor | None) -> dict[str, Any]:
+        """The one reduction: Σ ΦᵀΦ (in shard order, or over the workers' sums), eigendecomposed on the driver."""
+        total = (self._moments.total() if self.reduce == "shard"
+                 else _reduce_over_workers(self.pool, self._shards(build)))
+        return {**build.method.fit_moments(total, len(build.blocks), eval_raw), "moments_reduce": self.reduce}
+
+    def finish(self, build: IndexBuild) -> None:
+        self.pool.broadcast(build.method.state())  # R^(-1/2) to every worker
+        todo, done = self._jobs(build, "finish", "shards")
+        for job, res in self.pool.map([(j[0], j[1], j[2], [], j[4]) for j in todo], "apply the fitted state on Ray",
+                                      build.progress, len(build.blocks), done):
+            self._commit(build, "shards", job, res)
+
+    def cleanup(self, build: IndexBuild) -> None:
+        """The raw folder goes when the session ends (a worker may still hold a file in it until then)."""
 
 
 def _reduce_over_workers(pool: _Pool, all_shards: list[tuple], rounds: int = 3) -> torch.Tensor:

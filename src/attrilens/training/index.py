@@ -8,15 +8,16 @@ Layout of an index directory:
     raw/                       features before a fit (TrackStar's R), only while building
     faiss.index                optional FAISS index (single dot-product methods): flat (exact), ivf-pq or hnsw (ann.py)
 
-Every method-specific step is a hook of the method's class (`attrilens.training.methods`); this module only
-orders them, stores what they return (`store`) and searches the shards (`search`); `distributed` runs the same
-build and search on Ray.
+Every method-specific step is a hook of the method's class (`attrilens.training.methods`); the build machine
+(`build.IndexBuild`: prepare → featurise → fit → finish → complete, its `manifest.Manifest` and `Stage`) orders
+them, here with `build.LocalRunner` or on Ray with `distributed.RayRunner`; a train-time capture (`capture`) goes
+through the same machine. This module checks the inputs, resumes or refuses an existing directory, and searches
+the shards (`search`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -29,7 +30,8 @@ from attrilens.errors import AttrilensError
 from attrilens.jsonl import iter_jsonl
 from attrilens.lm import LM
 from attrilens.results import Cost
-from attrilens.training.ann import AnnIndex, build_ann, faiss_params
+from attrilens.training.ann import AnnIndex, faiss_params
+from attrilens.training.build import IndexBuild, LocalRunner, eval_examples, eval_queries_entry
 from attrilens.training.corpus import (
     Corpus,
     CorpusFile,
@@ -38,10 +40,10 @@ from attrilens.training.corpus import (
     make_corpus,
     write_corpus,
 )
-from attrilens.training.distributed import read_corpus, resolve_reduce, search_ray, write_features_ray
+from attrilens.training.distributed import RayRunner, read_corpus, resolve_reduce, search_ray
 from attrilens.training.gradients import Example
+from attrilens.training.manifest import Manifest, Stage
 from attrilens.training.methods import TDA_METHODS, Query, TDAMethod
-from attrilens.training.preconditioning import moment_sum
 from attrilens.training.queries import Answer, check_prompt, check_query, generate_answer
 from attrilens.training.result import TraceHit, TraceResult
 from attrilens.training.search import ScoreStream, finite_scores, topk_merge
@@ -50,16 +52,10 @@ from attrilens.training.store import (
     MANIFEST,
     PRECONDITIONER,
     build_lock,
-    file_record,
     load_tensors,
     open_shards,
     read_manifest,
-    remove_folder,
-    save_tensors,
     sha256_file,
-    to_dtype,
-    write_json,
-    write_shards,
 )
 
 
@@ -175,11 +171,11 @@ def build_index(
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out):  # one build at a time per --out
         mpath = out / MANIFEST
-        manifest = json.loads(mpath.read_text()) if mpath.is_file() else None
+        old = json.loads(mpath.read_text()) if mpath.is_file() else None
         cpath = out / "corpus.parquet"
         if blocks is None:
-            if manifest is not None and manifest.get("corpus", {}).get("fingerprint") != fingerprint:
-                check_same(manifest, identity_of(fingerprint, None, n_documents))  # another corpus: before tokenising
+            if old is not None and old.get("corpus", {}).get("fingerprint") != fingerprint:
+                check_same(old, identity_of(fingerprint, None, n_documents))  # another corpus: before tokenising
             staged = CorpusFile(cpath) if cpath.is_file() else None
             if staged is None or staged.fingerprint != fingerprint or staged.block_len != opts.block_len:
                 write_corpus(stream(), lm.tokenizer, cpath, block_len=opts.block_len, fingerprint=fingerprint,
@@ -189,38 +185,28 @@ def build_index(
         else:
             n_docs = len(set(blocks.docs))
         identity = identity_of(blocks.fingerprint, len(blocks), n_docs)
-        if manifest is not None:
-            check_same(manifest, identity)
-            if manifest.get("complete"):
+        if old is not None:
+            check_same(old, identity)
+            if old.get("complete"):
                 return TrainingIndex.open(out, lm, model_dir=model_dir)
-        if manifest is None:  # chat_template: how eval queries were encoded (a trace from the CLI follows it)
-            manifest = {**identity, "model_dir": str(model_dir) if model_dir else None,
-                        "chat_template": lm.use_chat_template, "stage": "features", "shards": [], "raw_shards": [],
-                        "complete": False}
+            manifest = Manifest.from_dict(old)
+        else:
+            manifest = Manifest.from_dict({**identity, "model_dir": str(model_dir) if model_dir else None,
+                                           "chat_template": lm.use_chat_template, "stage": Stage.FEATURES.value})
         if not cpath.is_file():
             blocks.to_parquet(cpath)
-        manifest.update(m.layout())
-        if m.needs_prepare:
-            _prepare(m, out, manifest, blocks, progress)
-        if cls.stores_features and ray is not None:
-            write_features_ray(m, out, manifest, blocks, eval_examples(lm, eval_queries), shard_size, dtype,
-                               progress, address=ray, workers=ray_workers, batch_size=batch_size, reduce=ray_reduce)
-        elif cls.stores_features:
-            _write_features(m, out, manifest, blocks, eval_queries, shard_size, dtype, progress)
+        manifest.facts.update(m.layout())
+        build = IndexBuild(out, m, manifest, blocks, progress=progress)
+        build.prepare()
         if cls.stores_features:
-            shards = open_shards(out, manifest)
-            if m.after_build(shards):
-                save_tensors(out / PRECONDITIONER, m.state())
-            if faiss_kind:
-                manifest["faiss"] = build_ann(out, shards, m.dim, faiss_kind, faiss_options)
-            manifest["bytes_per_example"] = m.dim * (2 if dtype == "float16" else 4)
-        pre = out / PRECONDITIONER
-        if pre.is_file():  # recorded, so that opening the index can tell a missing or damaged one
-            manifest["preconditioner"] = file_record(pre)
-        manifest["stage"] = "done"
-        manifest["complete"] = True
-        manifest["build_seconds"] = round(manifest.get("build_seconds", 0.0) + time.perf_counter() - t0, 3)
-        write_json(mpath, manifest)
+            runner = (RayRunner(address=ray, workers=ray_workers, batch_size=batch_size, reduce=ray_reduce)
+                      if ray is not None else LocalRunner())
+            with runner.session(build):
+                build.featurise(runner)
+                build.fit(runner, eval_examples(lm, eval_queries))
+                build.finish(runner)
+        build.complete(faiss_kind=faiss_kind, faiss_options=faiss_options,
+                       build_seconds=round(manifest.facts.get("build_seconds", 0.0) + time.perf_counter() - t0, 3))
         return TrainingIndex.open(out, lm, model_dir=model_dir)
 
 
@@ -231,74 +217,6 @@ def default_shard_size(dim: int) -> int:
     """Rows per shard: 1024, fewer when a shard's fp32 features would pass SHARD_BYTES (DataInf's unprojected LoRA
     gradients over several checkpoints are millions of features an example: 1024 rows of them do not fit in RAM)."""
     return max(1, min(1024, SHARD_BYTES // (4 * max(1, int(dim)))))
-
-
-def _write_features(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus | CorpusFile, eval_queries: list[dict],
-                    shard_size: int, dtype: str, progress: bool) -> None:
-    """Featurise every block into the shards (resuming): raw → fit → finish when the method fits state first."""
-    mpath = out / MANIFEST  # blocks may be a CorpusFile: rows are read shard by shard, never all at once
-
-    def raw_rows(rows: range, advance=lambda n: None) -> torch.Tensor:
-        # in pieces of whole batches from the shard's start (the same batches, so the same bits) to show progress
-        step, parts = 4 * getattr(m, "batch_size", 16), []
-        for a in range(rows.start, rows.stop, step):
-            piece = range(a, min(a + step, rows.stop))
-            parts.append(m.featurize([Example.block(blocks.tokens[r], blocks.block_id(r)) for r in piece]))
-            advance(len(piece))
-        return torch.cat(parts)
-
-    def stored(x: torch.Tensor, rows: range) -> np.ndarray:
-        return to_dtype(m.finish(x), dtype, [blocks.block_id(r) for r in rows])
-
-    def shards(key: str, folder: str, make, desc: str) -> None:
-        write_shards(out, manifest, key, out / folder, len(blocks), shard_size, make, desc=desc, progress=progress)
-
-    if not m.needs_fit:
-        shards("shards", "shards", lambda rows, advance: stored(raw_rows(rows, advance), rows), f"featurise {m.name}")
-        return
-    pre = out / PRECONDITIONER
-    if manifest["stage"] == "features":
-        shards("raw_shards", "raw", lambda rows, advance: raw_rows(rows, advance).numpy().astype(np.float32),
-               f"featurise {m.name}")
-        ordered = sorted(manifest["raw_shards"], key=lambda s: s["start"])
-        eval_raw = m.featurize(eval_examples(m.lm, eval_queries)) if eval_queries else None
-        facts = fit_on_raw_shards(m, [out / s["file"] for s in ordered], len(blocks), eval_raw)
-        save_tensors(pre, m.state())
-        manifest["stage"] = "finish"
-        manifest.update(facts)
-        write_json(mpath, manifest)
-    else:
-        m.load(load_tensors(pre), blocks)
-    if manifest["stage"] == "finish":
-        raw_files = {s["start"]: out / s["file"] for s in manifest["raw_shards"]}
-        shards("shards", "shards",
-               lambda rows, _: stored(torch.from_numpy(np.load(raw_files[rows.start])), rows), "apply the fitted state")
-        manifest["stage"], manifest["raw_shards"] = "finished", []
-        write_json(mpath, manifest)
-    remove_folder(out / "raw")
-
-
-def fit_on_raw_shards(m: TDAMethod, files: Sequence[Path], n_rows: int, eval_raw: torch.Tensor | None) -> dict:
-    """Fit the method's state (TrackStar's R) on the raw features in `files` (in row order); returns the facts for
-    the manifest. From Σ ΦᵀΦ when there are at least as many rows as dimensions (as a Ray build reduces it), else
-    the thin form on the features themselves (cheaper, the same R)."""
-    if getattr(m, "fits_moments", False) and n_rows >= m.dim:
-        total = sum(moment_sum(torch.from_numpy(np.load(f).astype(np.float32, copy=False))) for f in files)
-        return m.fit_moments(total, n_rows, eval_raw)
-    train_raw = torch.from_numpy(np.concatenate([np.load(f) for f in files]).astype(np.float32, copy=False))
-    return m.fit(train_raw, eval_raw)
-
-
-def _prepare(m: TDAMethod, out: Path, manifest: dict, blocks: Corpus, progress: bool) -> None:
-    """Run the method's `prepare` on the corpus once (its state saved with the manifest); a resumed build reloads it."""
-    pre = out / PRECONDITIONER
-    if manifest.get("prepared"):
-        m.load(load_tensors(pre), blocks)
-        return
-    manifest.update(m.prepare(blocks, progress))
-    save_tensors(pre, m.state())
-    manifest["prepared"] = True
-    write_json(out / MANIFEST, manifest)
 
 
 def _differences(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
@@ -330,23 +248,6 @@ def _as_corpus(corpus, lm: LM, block_len: int) -> Corpus:
 def _default_model_dir(lm: LM) -> Path | None:
     p = Path(lm.name) if lm.name else None
     return p if p is not None and p.is_dir() else None
-
-
-def eval_queries_entry(queries: Sequence[dict]) -> dict:
-    """The manifest's record of the eval queries an index was fitted with: how many, and a fingerprint."""
-    fp = hashlib.sha256(json.dumps([[q.get("prompt"), q.get("target")] for q in queries]).encode()).hexdigest()
-    return {"n": len(queries), "fingerprint": fp}
-
-
-def eval_examples(lm: LM, queries: Sequence[dict]) -> list[Example]:
-    """Eval queries ({"prompt", "target"}) as examples whose response tokens count (TrackStar's R_eval)."""
-    out = []
-    for k, q in enumerate(queries):
-        if not q.get("prompt") or not q.get("target"):
-            raise AttrilensError(f"Eval query {q.get('id', k)!r} needs a non-empty prompt and target.")
-        out.append(Example.response(lm.encode_prompt(q["prompt"]), lm.encode_response(q["target"]),
-                                    name=str(q.get("id", k))))
-    return out
 
 
 # ---------------------------------------------------------------------- query

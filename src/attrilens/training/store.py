@@ -163,15 +163,17 @@ def _check_shard_list(path: Path, manifest: dict) -> None:
                              "index is damaged: rebuild it.")
 
 
-def write_shards(out: Path, manifest: dict, key: str, folder: Path, n_rows: int, shard_size: int,
-                 make: Callable[[range, Callable[[int], None]], np.ndarray], *, desc: str, progress: bool) -> None:
-    """Write the shards listed under manifest[key] that are not finished yet (resume), one atomic file each.
+def write_shards(out: Path, records: list[dict], folder: Path, n_rows: int, shard_size: int,
+                 make: Callable[[range, Callable[[int], None]], np.ndarray], *, commit: Callable[[], None], desc: str,
+                 progress: bool) -> None:
+    """Write the shards of rows 0..n_rows that `records` does not list yet (resume), one atomic file each, appending
+    each one's record and calling `commit` (which writes the manifest) after it.
 
     `make(rows, advance)` gives the array of a row range and may call `advance(n)` as it goes (the progress bar
-    moves within a shard). A finished shard must still be what the manifest recorded.
+    moves within a shard). A finished shard must still be what its record says.
     """
     folder.mkdir(exist_ok=True)
-    done = {s["start"]: s for s in manifest[key]}
+    done = {s["start"]: s for s in records}
     for s in done.values():
         p = out / s["file"]
         if not p.is_file() or sha256_file(p) != s["sha256"]:
@@ -192,8 +194,8 @@ def write_shards(out: Path, manifest: dict, key: str, folder: Path, n_rows: int,
 
         sha = atomic_save(path, make(rows, advance))
         bar.update(len(rows) - ticked)
-        manifest[key].append({"file": str(path.relative_to(out)), "start": start, "rows": len(rows), "sha256": sha})
-        write_json(out / MANIFEST, manifest)
+        records.append({"file": str(path.relative_to(out)), "start": start, "rows": len(rows), "sha256": sha})
+        commit()
     bar.close()
 
 

@@ -13,17 +13,26 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from attrilens.errors import AttrilensError
 
 MAX_TEXT = 100_000  # characters per text field
+# a method's options as the form sends them: name → text (or a JSON number / boolean), built by the lens through
+# `attrilens.options` (the same description the form's fields come from)
+OptionTexts = dict[Annotated[str, Field(min_length=1, max_length=80)],
+                   Annotated[str, Field(max_length=MAX_TEXT)] | bool | int | float]
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    def option_texts(self) -> dict[str, str]:
+        """The request's method options as {name: text} (booleans as true/false), ready for `build_options`."""
+        given = getattr(self, "options", None) or {}
+        return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in given.items()}
 
 
 def _check_span(span: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -46,6 +55,7 @@ class ContextRequest(_Request):
     response: str | None = Field(default=None, max_length=MAX_TEXT)
     span: tuple[int, int] | None = None
     method: str | None = Field(default=None, max_length=80)
+    options: OptionTexts | None = Field(default=None, max_length=64)
     _span = field_validator("span")(_check_span)
 
 
@@ -55,6 +65,7 @@ class InspectRequest(_Request):
     layer: int | None = None
     position: int | None = None
     target_prompt: str | None = Field(default=None, max_length=MAX_TEXT)
+    options: OptionTexts | None = Field(default=None, max_length=64)
 
 
 class CompareRequest(_Request):

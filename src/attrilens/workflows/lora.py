@@ -27,6 +27,7 @@ from attrilens.lm import LM
 from attrilens.training.corpus import read_documents
 from attrilens.workflows.probes import CONTINUATION_DESCRIPTION
 from attrilens.workflows.resume import load_resume, save_resume
+from attrilens.workflows.trainer.epoch_plan import collate
 
 if TYPE_CHECKING:
     from attrilens.training.capture import GradientCapture
@@ -224,19 +225,13 @@ def finetune_lora(base_dir: Path | str, corpus: Path | str | Sequence[dict], out
             return out
         batch = order.batches[step]
         step += 1
-        rows = [seqs[i] for i in batch]
-        width = max(len(s) for s in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for k, s in enumerate(rows):
-            ids[k, : len(s)] = torch.as_tensor(s)
-            mask[k, : len(s)] = 1
+        ids, mask, labels = collate([[i] for i in batch], seqs, pad)  # a row is one document
         step_lr = _step_lr(lr, step, total, warmup_steps)
         for group in opt.param_groups:
             group["lr"] = step_lr
         if capture is not None:
             capture.begin_step(step - 1, step_lr, [str(docs[i].get("id", i)) for i in batch])
-        loss = peft_model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

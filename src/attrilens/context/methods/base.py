@@ -45,6 +45,7 @@ class ContextMethod(Configurable):
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
+    option_kind = "context method"
     uses_scorer: ClassVar[bool] = False
     ablates_sources: ClassVar[bool] = False
 

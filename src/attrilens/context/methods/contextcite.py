@@ -16,15 +16,17 @@ from attrilens.context.methods.base import CONTEXT_METHODS, ContextMethod, Estim
 from attrilens.context.run import AttributionRun
 from attrilens.context.surrogate import fit, random_masks, sequence_logit
 from attrilens.errors import AttrilensError
+from attrilens.options import option
 
 
 @dataclass(frozen=True)
 class ContextCiteOptions:
     """n_ablations random masks (mask i drawn with seed + i, keep probability 0.5), Lasso penalty alpha."""
 
-    n_ablations: int = 64
-    alpha: float = 0.01
-    seed: int = 0
+    n_ablations: int = option(64, help="random keep-masks the Lasso is fitted on: more masks, steadier scores, one "
+                                       "forward pass each")
+    alpha: float = option(0.01, help="Lasso penalty: larger values give fewer non-zero (sparser) source scores")
+    seed: int = option(0, help="seed of the random masks (mask i is drawn with seed + i); the attributor's seed")
 
     def __post_init__(self) -> None:
         if int(self.n_ablations) < 2:

@@ -22,6 +22,7 @@ class ContextWrapper(Configurable):
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
+    option_kind = "context wrapper"
     slot: ClassVar[str | None] = None  # wrappers sharing a slot exclude each other; None: the wrapper's own name
     order: ClassVar[int] = 0
     proxy_mode: ClassVar[str | None] = None  # what a proxy model does here ("scores", "prune"); None: no proxy

@@ -11,6 +11,7 @@ from attrilens.context.run import AttributionRun, SourceDrops
 from attrilens.context.scorers import Scorer
 from attrilens.context.wrappers.base import CONTEXT_WRAPPERS, DropsWrapper
 from attrilens.errors import AttrilensError
+from attrilens.options import option
 from attrilens.spans import Sources
 
 
@@ -30,7 +31,8 @@ def top_k_indices(scores: torch.Tensor, k: int) -> list[int]:
 class TopKOptions:
     """top_k: how many of the best-ranked sources (paragraphs, or the proxy's or attention's picks) are kept."""
 
-    top_k: int = 3
+    top_k: int = option(3, help="sources kept by the ranking stage (paragraphs, or the proxy's or attention's picks); "
+                                "fewer: cheaper, but more sources pruned")
 
     def __post_init__(self) -> None:
         if int(self.top_k) < 1:
@@ -41,7 +43,8 @@ class TopKOptions:
 class HierarchicalOptions(TopKOptions):
     """Paragraphs kept: paragraph_k, else top_k (paragraph_k lets proxy-pruning's top_k count sentences)."""
 
-    paragraph_k: int | None = None
+    paragraph_k: int | None = option(None, help="paragraphs the hierarchical stage keeps (None: top_k), so that "
+                                                "proxy-pruning's top_k can count sentences")
 
     def __post_init__(self) -> None:
         super().__post_init__()

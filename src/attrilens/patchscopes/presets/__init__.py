@@ -59,13 +59,16 @@ def preset_for(name: str | None, *, target_prompt: str | None = None, target_mod
 
 
 def run(name: str | None, lm: LM, prompt: str | Sequence[int], *, chat_template: bool | None = None,
-        **options: Any) -> InspectResult:
+        option_texts: collections.abc.Mapping[str, str] | None = None, **options: Any) -> InspectResult:
     """Run the preset `name` on `prompt` with the CLI's option names (layer, position, target_model (an LM),
     target_prompt, target_layer, target_position, relation, lens, top_k, max_new_tokens, or any field of the
-    preset's `Options`); None means not given. Name None picks as `preset_for` does. The chat template is off
+    preset's `Options`); None means not given. `option_texts`: {name: text} of the preset's options (`--option`,
+    the web form), coerced to their types. Name None picks as `preset_for` does. The chat template is off
     unless `chat_template=True` (positions then still index the prompt's own tokens)."""
-    preset = preset_for(name, target_prompt=options.get("target_prompt"), target_model=options.get("target_model"))
-    return run_preset(preset, lm, prompt, preset.options(**options), chat_template=bool(chat_template))
+    target_prompt = options.get("target_prompt") or (option_texts or {}).get("target_prompt")
+    preset = preset_for(name, target_prompt=target_prompt, target_model=options.get("target_model"))
+    return run_preset(preset, lm, prompt, preset.options_from_text(option_texts, **options),
+                      chat_template=bool(chat_template))
 
 
 def logit_lens(lm: LM, prompt: str | Sequence[int], *, layers: Sequence[int] | None = None,

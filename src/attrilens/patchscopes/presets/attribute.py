@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.patchscopes.patchscope import Patchscope
 from attrilens.patchscopes.presets.base import (
     PRESETS,
@@ -42,13 +43,16 @@ class AttributeExtractionPreset(Preset):
         """The target (a relation name looked up in `relations`, or a template with an 'x'), layers, the subject's
         position, top tokens and generated tokens per cell. Neither relation nor template: relation 'capital'."""
 
-        relation: str | None = None
-        target_prompt: str | None = None
-        relations: Mapping[str, str] | None = None
-        layers: Sequence[int] | None = None
-        position: int = -1
-        top_k: int = 5
-        max_new_tokens: int = 6
+        relation: str | None = option(None, help="a relation named in relations, whose template is the target "
+                                                 "(neither it nor target_prompt: capital)")
+        target_prompt: str | None = option(None, help="a target template with a standalone 'x', instead of a "
+                                                      "relation")
+        relations: Mapping[str, str] | None = option(None, help="relation name → template (None: generic English "
+                                                                "ones; a fact world passes its own)")
+        layers: Sequence[int] | None = option(None, help="source layers, one patched read-out each (None: every layer)")
+        position: int = option(-1, help="the subject's token position in the source prompt (-1: its last token)")
+        top_k: int = option(5, help="top tokens reported per cell")
+        max_new_tokens: int = option(6, help="tokens generated after the patched 'x': the attribute read out")
 
         def __post_init__(self) -> None:
             if self.relation is not None and self.target_prompt is not None:

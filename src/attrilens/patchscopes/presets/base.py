@@ -4,10 +4,9 @@ helpers the presets share: option checks, the one-forward lens grid, placeholder
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -15,6 +14,7 @@ import torch
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import HasOptions, NoOptions, build_options, option
 from attrilens.patchscopes.mappings import LayerMaps, fit_layer_maps, token_rows
 from attrilens.patchscopes.patchscope import (
     Patchscope,
@@ -32,7 +32,7 @@ PLACEHOLDER = "x"
 LIST_OPTIONS = {"layer": "layers", "position": "positions", "target_layer": "target_layers"}
 
 
-class Preset:
+class Preset(HasOptions):
     """A ready-made Patchscope configuration: `Options` (a dataclass checked on construction) and `run`.
 
     Register a subclass with ``@PRESETS.register("my-name")``; `presets.run("my-name", lm, prompt, **options)`,
@@ -41,23 +41,21 @@ class Preset:
 
     name: ClassVar[str] = ""  # set by PRESETS.register
     summary: ClassVar[str] = ""
-
-    @dataclass
-    class Options:
-        """A preset without options."""
+    Options: ClassVar[type] = NoOptions
+    option_kind = "preset"
 
     def run(self, lm: LM, prompt: str | Sequence[int], options: Any) -> InspectResult:
         """Inspect the hidden states of `prompt` (text or token ids) with `options` (an instance of `Options`)."""
         raise NotImplementedError
 
     @classmethod
-    def option_names(cls) -> list[str]:
-        """The fields of this preset's `Options`."""
-        return [f.name for f in dataclasses.fields(cls.Options)]
-
-    @classmethod
     def options(cls, **given: Any) -> Any:
         """`Options` from CLI-named values: None means not given, and `layer=3` fills a `layers` option as [3]."""
+        return cls.options_from_text(None, **given)
+
+    @classmethod
+    def options_from_text(cls, texts: Mapping[str, str] | None, **given: Any) -> Any:
+        """`Options` from CLI-named values (as `options`) and {name: text} (`--option`, the web form)."""
         names = cls.option_names()
         kwargs: dict[str, Any] = {}
         for key, value in given.items():
@@ -65,11 +63,8 @@ class Preset:
                 continue
             if key not in names and LIST_OPTIONS.get(key) in names:
                 key, value = LIST_OPTIONS[key], [value]
-            if key not in names:
-                raise AttrilensError(f"The {cls.name} preset has no option {key!r}. Leave it out or pass one of its "
-                                     f"options: {', '.join(names) or 'none'}.")
             kwargs[key] = value
-        return cls.Options(**kwargs)
+        return build_options(cls.Options, kwargs, owner=cls.option_owner(), texts=texts)
 
 
 PRESETS: Registry[type[Preset]] = Registry("preset")
@@ -126,9 +121,11 @@ def check_placeholder(template: str, placeholder: str = PLACEHOLDER) -> re.Match
 class GridOptions:
     """Which source cells to read (None = every layer / every position) and how many top tokens per cell."""
 
-    layers: Sequence[int] | None = None
-    positions: Sequence[int] | None = None
-    top_k: int = 5
+    layers: Sequence[int] | None = option(None, help="source layers read (0 = embeddings, L = the last block; None: "
+                                                     "every layer)")
+    positions: Sequence[int] | None = option(None, help="source token positions read (negative counts from the end; "
+                                                        "None: every position)")
+    top_k: int = option(5, help="top tokens reported per (layer, position) cell")
 
     def __post_init__(self) -> None:
         self.layers = int_tuple("layers", self.layers)

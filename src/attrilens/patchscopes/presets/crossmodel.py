@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.patchscopes.mappings import LayerMaps
 from attrilens.patchscopes.patchscope import Patchscope, source_prompt
 from attrilens.patchscopes.presets.base import PRESETS, Preset, check_int, fit_cross_model, int_tuple
@@ -26,11 +27,13 @@ class CrossModelPreset(Preset):
     class Options:
         """The target model, its maps (or texts to fit them on), source positions (None = all), top tokens."""
 
-        target_model: LM | None = None
-        mapping: LayerMaps | None = None
-        texts: Sequence[str] | None = None
-        positions: Sequence[int] | None = None
-        top_k: int = 5
+        target_model: LM | None = option(None, help="the model that reads the source's mapped states (required)")
+        mapping: LayerMaps | None = option(None, help="fitted affine maps from source to target layers (None: "
+                                                      "fitted on texts)")
+        texts: Sequence[str] | None = option(None, help="texts the maps are fitted on (the same tokens through both "
+                                                        "models)")
+        positions: Sequence[int] | None = option(None, help="source token positions read (None: every position)")
+        top_k: int = option(5, help="top tokens reported per cell")
 
         def __post_init__(self) -> None:
             if self.target_model is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.patchscopes.patchscope import Patchscope, sweep
 from attrilens.patchscopes.presets.base import (
     PRESETS,
@@ -33,12 +34,16 @@ class CustomPreset(Preset):
         """The grid; the target prompt, model, layers and position; texts to fit maps into a wider or narrower
         target; generated tokens per cell."""
 
-        target_prompt: str | None = None
-        target_model: LM | None = None
-        texts: Sequence[str] | None = None
-        target_layers: Sequence[int] | None = None
-        target_position: int = -1
-        max_new_tokens: int = 0
+        target_prompt: str | None = option(None, help="the target prompt patched into (None: the source prompt "
+                                                      "itself)")
+        target_model: LM | None = option(None, help="the target model (None: the source model; another width "
+                                                    "needs texts)")
+        texts: Sequence[str] | None = option(None, help="texts to fit affine maps on when target_model's width "
+                                                        "differs")
+        target_layers: Sequence[int] | None = option(None, help="target layers ℓ* (None: ℓ* = ℓ)")
+        target_position: int = option(-1, help="the target position patched (-1: the target's last token)")
+        max_new_tokens: int = option(0, help="tokens generated from each patched target (0: the next-token read-out "
+                                             "only)")
 
         def __post_init__(self) -> None:
             super().__post_init__()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.patchscopes.patchscope import Patchscope
 from attrilens.patchscopes.presets.base import (
     PLACEHOLDER,
@@ -40,11 +41,12 @@ class EntityDescriptionPreset(Preset):
     class Options:
         """The few-shot (entity, description) pairs, layers, the entity's position, top tokens, generated tokens."""
 
-        shots: Sequence[tuple[str, str]] | None = None
-        layers: Sequence[int] | None = None
-        position: int = -1
-        top_k: int = 5
-        max_new_tokens: int = 16
+        shots: Sequence[tuple[str, str]] | None = option(None, help="few-shot (entity, description) pairs of the "
+                                                                    "target (None: generic ones)")
+        layers: Sequence[int] | None = option(None, help="source layers, one patched read-out each (None: every layer)")
+        position: int = option(-1, help="the entity's token position in the source prompt (-1: its last token)")
+        top_k: int = option(5, help="top tokens reported per cell")
+        max_new_tokens: int = option(16, help="tokens of description generated from the patched 'x'")
 
         def __post_init__(self) -> None:
             shots = GENERIC_DESCRIPTIONS if self.shots is None else self.shots

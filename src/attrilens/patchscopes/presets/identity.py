@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.patchscopes.mappings import Mapping
 from attrilens.patchscopes.patchscope import Patchscope, sweep
 from attrilens.patchscopes.presets.base import PRESETS, GridOptions, Preset, check_int
@@ -27,9 +28,12 @@ class TokenIdentityPreset(Preset):
     class Options(GridOptions):
         """The grid; generated tokens per cell; optionally another target model and the map into it."""
 
-        max_new_tokens: int = 0
-        target_model: LM | None = None
-        mapping: Mapping | Callable | None = None
+        max_new_tokens: int = option(0, help="tokens generated from each patched target (0: the next-token "
+                                             "read-out only)")
+        target_model: LM | None = option(None, help="another model reading the patched states (None: the source "
+                                                    "model itself)")
+        mapping: Mapping | Callable | None = option(None, help="the map of source states into target_model's space "
+                                                               "(None: identity; needed across widths)")
 
         def __post_init__(self) -> None:
             super().__post_init__()

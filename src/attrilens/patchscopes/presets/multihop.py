@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.patchscopes.patchscope import Patchscope
 from attrilens.patchscopes.presets.base import (
     PRESETS,
@@ -29,12 +30,12 @@ class MultiHopPreset(Preset):
         """The hop-2 template (with an 'x'), the source layer ℓ and target layer ℓ*, the source position, top tokens
         and generated tokens."""
 
-        target_prompt: str | None = None
-        layer: int | None = None
-        target_layer: int | None = None
-        position: int = -1
-        top_k: int = 5
-        max_new_tokens: int = 6
+        target_prompt: str | None = option(None, help="the hop-2 template with a standalone 'x' (required)")
+        layer: int | None = option(None, help="source layer ℓ of the hop-1 answer state (required)")
+        target_layer: int | None = option(None, help="target layer ℓ* it is patched into (required)")
+        position: int = option(-1, help="the source token position read (negative counts from the end; -1: the last token)")
+        top_k: int = option(5, help="top tokens reported per cell")
+        max_new_tokens: int = option(6, help="tokens generated after the patched 'x': the hop-2 answer")
 
         def __post_init__(self) -> None:
             if self.target_prompt is None or self.layer is None or self.target_layer is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.patchscopes.mappings import TunedLens
 from attrilens.patchscopes.presets.base import PRESETS, GridOptions, Preset, lens_grid
 from attrilens.patchscopes.result import InspectResult
@@ -23,7 +24,8 @@ class TunedLensPreset(Preset):
     class Options(GridOptions):
         """The grid, and the tuned lens: a `TunedLens` or the safetensors file `TunedLens.save` wrote."""
 
-        lens: TunedLens | str | Path | None = None
+        lens: TunedLens | str | Path | None = option(None, help="the trained lens (required): a TunedLens, or the "
+                                                                "safetensors file TunedLens.save wrote")
 
         def __post_init__(self) -> None:
             super().__post_init__()

@@ -1,10 +1,13 @@
 """`TDAMethod`: what a training-data attribution method tells the index — how to featurise, fit, store and score.
 
-A method is one registered class with its own options dataclass (`Options`, a `TDAOptions`). The index calls:
+A method is one registered class with its own options dataclass (`Options`, a `TDAOptions`). The build machine
+(`training.build.IndexBuild`) calls, as the method's class flags and properties declare:
 - build: [`prepare` on the corpus, when `needs_prepare`: state featurising itself needs, e.g. TrackStar's
-  estimated second moments] → `featurize` (examples → raw features) → [`fit` on the raw train/eval features, when `needs_fit`] →
-  `finish` (raw → stored) → shards → `after_build` (state fitted from the stored shards, e.g. DataInf's λ);
-  `state()` is saved in preconditioner.safetensors and given back to `load` when the index is opened;
+  estimated second moments] → `featurize` (examples → raw features) → [`fit` on the raw train/eval features, when
+  `needs_fit`] → `finish` (raw → stored) → shards → [`after_build` when `fits_after_build`: state fitted from the
+  stored shards, e.g. DataInf's λ]; `state()` is saved in preconditioner.safetensors and given back to `load` when
+  the index is opened; a train-time capture takes the `capturable` methods (`needs_optimizer_state`,
+  `corpus_options` and `capture_facts` say what it reads and records);
 - search: `query` (one query → its vector, or its text) and `score_stream` (scores of every stored row).
 A method that stores nothing (`stores_features = False`, e.g. BM25) only needs `load`, `query`, `score_stream`.
 """
@@ -21,6 +24,7 @@ import torch
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import HasOptions, option
 from attrilens.registry import Registry
 from attrilens.training.corpus import Corpus
 from attrilens.training.gradients import Example
@@ -32,7 +36,8 @@ from attrilens.training.store import Shards
 class TDAOptions:
     """Options every training-data method takes (saved in the index manifest; a change means a new index)."""
 
-    block_len: int = 128  # tokens per training block
+    block_len: int = option(128, help="tokens per training block: the unit a trace ranks (shorter blocks point "
+                                      "closer to the evidence, more rows to store)")
 
     def __post_init__(self) -> None:
         if self.block_len < 2:
@@ -51,7 +56,7 @@ class Query:
     text: str | None = None
 
 
-class TDAMethod:
+class TDAMethod(HasOptions):
     """Base of every training-data method: raw features → stored features, a query → its vector, and scoring."""
 
     name: ClassVar[str] = ""  # set by TDA_METHODS.register
@@ -60,6 +65,12 @@ class TDAMethod:
     stores_features: ClassVar[bool] = True  # False: nothing is featurised (the index keeps only the corpus)
     has_opponents: ClassVar[bool] = True  # False: trace returns no opponents (BM25 scores are never negative)
     needs_lora: ClassVar[bool] = False  # the benchmark runs it on a LoRA fine-tune of the model
+    fits_after_build: ClassVar[bool] = False  # `after_build` fits state from the stored shards (DataInf's λ)
+    # a train-time capture can write it: its features are one loss gradient per training sequence
+    capturable: ClassVar[bool] = False
+    capture_refusal: ClassVar[str] = "its features are not one loss gradient per example"  # why not, when not
+    corpus_options: ClassVar[tuple[str, ...]] = ()  # options about what a build estimates from the corpus itself
+    raw_dot_product: ClassVar[bool] = False  # scores are plain dot products of raw gradients (TracIn sums them)
     dim: int = 0  # stored features per example
 
     def __init__(self, options: TDAOptions, lm: LM, model_dir: Path | str | None = None, *, batch_size: int = 16):
@@ -72,21 +83,6 @@ class TDAMethod:
         self.lm = lm
         self.model_dir = Path(model_dir) if model_dir is not None else None  # optimizer state, checkpoints
         self.batch_size = batch_size
-
-    @classmethod
-    def option_names(cls) -> list[str]:
-        """The fields of this method's options dataclass, in declaration order."""
-        return [f.name for f in dataclasses.fields(cls.Options)]
-
-    @classmethod
-    def make_options(cls, **values: Any) -> TDAOptions:
-        """This method's options from keyword values; a name it does not take is an error listing the valid ones."""
-        valid = cls.option_names()
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise AttrilensError(f"Unknown option(s) {', '.join(unknown)} for {cls.name}. Valid options: "
-                                 f"{', '.join(valid)}.")
-        return cls.Options(**values)
 
     # ------------------------------------------------------------------ features
     def featurize(self, examples: Sequence[Example]) -> torch.Tensor:
@@ -144,6 +140,15 @@ class TDAMethod:
 
     def check_state(self) -> None:
         """Raise if a finished index lacks state that scoring needs (e.g. its preconditioner file was lost)."""
+
+    @property
+    def needs_optimizer_state(self) -> bool:
+        """Whether a capture of this method reads the optimizer's second moments at every step (`use_moments`)."""
+        return False
+
+    def capture_facts(self, optimizer_step: int) -> dict[str, Any]:
+        """Facts a capture records in the manifest about how its rows were featurised (the moments used)."""
+        return {}
 
     # ------------------------------------------------------------------ search
     @property

@@ -16,6 +16,7 @@ import torch
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.training.checkpoints import (
     check_aggregate,
     checkpoint_lms,
@@ -26,7 +27,7 @@ from attrilens.training.gradients import Featurizer
 from attrilens.training.methods.base import TDA_METHODS, TDAOptions
 from attrilens.training.methods.gradient import GradientMethod
 from attrilens.training.preconditioning import datainf_lambdas
-from attrilens.training.search import ScoreStream, aggregate_checkpoints, iter_chunks
+from attrilens.training.search import AGGREGATES, ScoreStream, aggregate_checkpoints, iter_chunks
 from attrilens.training.store import Shards
 
 
@@ -34,8 +35,11 @@ from attrilens.training.store import Shards
 class DataInfOptions(TDAOptions):
     """DataInf's knobs: checkpoint aggregation and the damping scale (LoRA gradients are never projected)."""
 
-    aggregate: str = "mean"  # mean or median (LLM Attributor's default) over checkpoints
-    datainf_scale: float = 0.1  # λ_l = scale · mean ‖g_l‖² / D_l
+    aggregate: str = option("mean", choices=AGGREGATES, help="how the per-checkpoint scores combine: mean, or "
+                                                             "median (LLM Attributor's default; robust to one "
+                                                             "odd checkpoint)")
+    datainf_scale: float = option(0.1, help="damping λ_l = scale · mean ‖g_l‖² / D_l: larger is more stable, "
+                                            "smaller closer to the exact inverse Hessian")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,6 +55,7 @@ class DataInf(GradientMethod):
     Options = DataInfOptions
     params = "lora"
     needs_lora = True
+    fits_after_build = True
     lambdas: torch.Tensor | None = None  # λ_l per layer and checkpoint, fitted by `after_build`
     row_sq_norms: torch.Tensor | None = None  # ‖g_il‖² [rows, layers × checkpoints] (an older index: on first use)
 

@@ -15,6 +15,8 @@ class GradDot(GradientMethod):
     """Dot product of projected loss gradients (no optimizer correction, no preconditioner)."""
 
     Options = ProjectionOptions
+    capturable = True
+    raw_dot_product = True
     legacy_params = "linear"  # what an index without "weights" in its manifest featurised (even on an adapter)
 
     @classmethod
@@ -25,6 +27,8 @@ class GradDot(GradientMethod):
 @TDA_METHODS.register("grad-cos")
 class GradCos(GradDot):
     """Cosine of projected loss gradients (grad-dot on unit-normalised features)."""
+
+    raw_dot_product = False
 
     def finish(self, raw: torch.Tensor) -> torch.Tensor:
         """Unit-normalised gradients."""

@@ -13,6 +13,7 @@ import torch
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.training.gradients import Example, Featurizer, has_lora, weight_modules
 from attrilens.training.methods.base import TDAMethod, TDAOptions
 from attrilens.training.projection import ALLOCATIONS, default_proj_dim
@@ -22,9 +23,12 @@ from attrilens.training.projection import ALLOCATIONS, default_proj_dim
 class ProjectionOptions(TDAOptions):
     """Options of the projected-gradient methods: how many features, the projection seed and how d is split."""
 
-    proj_dim: int | None = 4096  # total projected features per checkpoint; None = full gradients
-    seed: int = 0  # projection seed
-    allocation: str = "proportional"  # how proj_dim is split over the weights: proportional to size, or equal (LoGra)
+    proj_dim: int | None = option(4096, help="projected features per checkpoint (None: full gradients); more "
+                                             "features track the exact gradient closer and store more")
+    seed: int = option(0, help="projection seed: an index and its queries must share it")
+    allocation: str = option("proportional", choices=ALLOCATIONS,
+                             help="how proj_dim is split over the weights: proportional to each one's size, or "
+                                  "equal (LoGra's one side length)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

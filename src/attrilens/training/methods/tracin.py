@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.training.checkpoints import (
     check_aggregate,
     checkpoint_lms,
@@ -24,7 +25,7 @@ from attrilens.training.checkpoints import (
 from attrilens.training.gradients import Featurizer
 from attrilens.training.methods.base import TDA_METHODS
 from attrilens.training.methods.gradient import GradientMethod, ProjectionOptions
-from attrilens.training.search import ScoreStream, checkpoint_dot_stream
+from attrilens.training.search import AGGREGATES, ScoreStream, checkpoint_dot_stream
 from attrilens.training.store import Shards
 
 
@@ -32,7 +33,9 @@ from attrilens.training.store import Shards
 class TracInOptions(ProjectionOptions):
     """TracIn's knobs: the projection, and how the per-checkpoint scores are combined."""
 
-    aggregate: str = "mean"  # mean or median (LLM Attributor's default) over checkpoints
+    aggregate: str = option("mean", choices=AGGREGATES, help="how the per-checkpoint scores combine: mean, or "
+                                                             "median (LLM Attributor's default; robust to one "
+                                                             "odd checkpoint)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,6 +47,7 @@ class TracIn(GradientMethod):
     """TracIn: learning-rate-weighted gradient dot products summed over the saved training checkpoints."""
 
     Options = TracInOptions
+    capture_refusal = "capture grad-dot and sum a document's rows with tracin_scores: TracIn over every step"
 
     def make_views(self) -> list[tuple[Featurizer, float]]:
         """Every saved checkpoint and the final model, each block scaled by √(its learning rate); a LoRA run's

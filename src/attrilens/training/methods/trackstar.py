@@ -20,6 +20,7 @@ import torch
 
 from attrilens.errors import AttrilensError
 from attrilens.lm import LM
+from attrilens.options import option
 from attrilens.training.corpus import Corpus
 from attrilens.training.gradients import Example, Featurizer, weight_modules
 from attrilens.training.methods.base import TDA_METHODS
@@ -52,24 +53,34 @@ class TrackStarOptions(ProjectionOptions):
 
     # the weights featurised: auto = the LoRA matrices of a model carrying an adapter (what its fine-tuning trained,
     # and all its optimizer state covers), else every linear layer; "linear" or "lora" to choose
-    weights: str = "auto"
-    correction: bool = True  # divide by √(Adam second moment)
-    # v from the optimizer state, estimated from the corpus, or auto: the optimizer state when the model has one
-    second_moments: str = "auto"
+    weights: str = option("auto", choices=WEIGHTS, help="weights featurised: auto (an adapter's LoRA matrices, else "
+                                                        "every linear layer), linear or lora")
+    correction: bool = option(True, help="divide gradients by √(Adam second moment), so that rarely updated "
+                                         "weights are not drowned out")
+    second_moments: str = option("auto", choices=SECOND_MOMENTS,
+                                 help="where v comes from: optimizer (the saved state), estimate (from the corpus), "
+                                      "or auto (the optimizer state when the model has one)")
     # the estimate row × column factored ("adafactor": the fast factored path, out + in numbers per weight) or per
     # parameter ("adam"); a prototype on SmolLM2 (not the benchmark) gave recall@10 0.53 vs 0.51 and featurised
     # 2.3× faster with adafactor
-    moment_kind: str = "adafactor"
-    moment_sample: int = 256  # corpus blocks the estimate averages over (a seeded sample; all when fewer)
-    moment_batch: int = 8  # blocks per gradient of the estimate (1 = per-example gradients)
-    moment_eps: float = 1e-3  # v + moment_eps · mean(v): keeps weights the sample never moves finite
-    use_r: bool = True  # apply (λR_eval + (1−λ)R_train)^(−1/2)
-    unit_norm: bool = True  # unit-normalise features
-    lam: float | None = None  # λ; None = where the eigenvalue curves cross
-    k: int | None = None  # crossing component; None = min(1000, min(n_eval, n_train)/2)
+    moment_kind: str = option("adafactor", choices=MOMENT_KINDS,
+                              help="an estimate's form: adafactor (row × column factored, fast) or adam (per "
+                                   "parameter)")
+    moment_sample: int = option(256, help="corpus blocks the estimate averages over (a seeded sample; all when "
+                                          "fewer)")
+    moment_batch: int = option(8, help="blocks per gradient of the estimate (1: per-example gradients, slower)")
+    moment_eps: float = option(1e-3, help="v + moment_eps · mean(v): keeps weights the sample never moves finite")
+    use_r: bool = option(True, help="apply (λR_eval + (1−λ)R_train)^(−1/2), which downweights directions "
+                                    "every example shares")
+    unit_norm: bool = option(True, help="unit-normalise features: the score is a cosine, not dominated by "
+                                        "long or high-loss blocks")
+    lam: float | None = option(None, help="λ mixing R_eval into R_train (None: where the eigenvalue curves cross)")
+    k: int | None = option(None, help="the crossing component of the λ rule (None: min(1000, min(n_eval, "
+                                      "n_train)/2))")
     # δ = damping · trace(R)/rank(R). Smaller finds fact sources more often, larger tracks one-step influence
     # (tail-patch) more closely; 1e-2 balances the two on the demo (`attrilens bench training --damping-sweep`)
-    damping: float = 1e-2
+    damping: float = option(1e-2, help="ridge δ on R as a fraction of its mean eigenvalue: smaller finds fact "
+                                       "sources, larger tracks one-step influence")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,6 +112,8 @@ class TrackStar(GradientMethod):
 
     Options = TrackStarOptions
     uses_eval_queries = True
+    capturable = True
+    corpus_options = ("second_moments", "moment_sample", "moment_batch")  # a capture reads the optimizer's instead
     whitening: Whitening | None = None  # fitted by `fit`, or restored by `load`
     moments: Moments | None = None  # estimated second moments: by `prepare`, or restored by `load`
     refused_state: str | None = None  # why "auto" did not use the model's optimizer state (it lost its range)
@@ -234,6 +247,24 @@ class TrackStar(GradientMethod):
         if moments:  # the index was built with estimated moments: use exactly those, whatever "auto" finds now
             rows = int(state["moments_rows"][0]) if "moments_rows" in state else self.options.moment_sample
             self.use_moments(moments, rows)
+
+    @property
+    def needs_optimizer_state(self) -> bool:
+        """With its correction on, a capture divides each step's rows by the optimizer's second moments then."""
+        return bool(self.options.correction)
+
+    def capture_facts(self, optimizer_step: int) -> dict[str, Any]:
+        """How a capture corrected its rows: by the optimizer's moments at each step, queries by the final ones."""
+        o = self.options
+        if not self.needs_optimizer_state:
+            return {"second_moments": {"source": None}}
+        return {"second_moments": {
+            "source": "optimizer", "captured": True, "kind": o.moment_kind, "eps": o.moment_eps,
+            "rows": "each step's rows divided by √(v̂ + eps·mean v̂), v̂ = the optimizer's exp_avg_sq after that "
+                    "step's update / (1 − β2^t)" + (" as its row × column means (r cᵀ / mean r)"
+                                                    if o.moment_kind == "adafactor" else ""),
+            "queries": f"the same with the final v̂ (optimizer step {optimizer_step}), stored in "
+                       "preconditioner.safetensors"}}
 
     def check_state(self) -> None:
         if self.options.use_r and self.whitening is None:

@@ -5,6 +5,7 @@ import { trainingView } from "./training.js";
 import { compareView } from "./compare.js";
 import { contextView } from "./context.js";
 import { inspectView } from "./inspect.js";
+import { optionFields, methodOptions, namedOptions } from "./options.js";
 
 export const SCHEMAS = {
   training: "attrilens/training/v1",
@@ -60,18 +61,29 @@ function newAnalysis(host, add) {
   const iTarget = field("target prompt (custom preset)", 1);
   const button = (text, fn) => { const b = h("button", { class: "al-btn", type: "button" }, text); b.addEventListener("click", fn); return b; };
   const value = (node) => (node.tagName === "SPAN" ? node.querySelector("input").value : node.value);
+  // each method's option fields come from the server's description of its options (`attrilens methods`)
+  const described = choices.options || {};
+  const cOptions = optionFields();
+  const iOptions = optionFields();
+  const follow = (node, update) => { const el = node.querySelector("input"); el.addEventListener("input", update); el.addEventListener("change", update); update(); };
+  follow(cMethod, () => cOptions.set(methodOptions(described.context, value(cMethod) || "cached")));
+  // no preset named: custom with a target prompt, else logit-lens (as the server picks)
+  const presetOptions = () => iOptions.set(namedOptions(described.presets, value(iPreset) || (iTarget.value.trim() ? "custom" : "logit-lens")));
+  follow(iPreset, presetOptions);
+  iTarget.addEventListener("input", presetOptions);
   return h("details", { class: "al-new" }, h("summary", {}, "New analysis"),
     h("div", { class: "al-three" },
       h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Trace a generation to training data"), tPrompt, tTarget,
         button("trace", () => run("trace", { prompt: tPrompt.value, target: orNull(tTarget.value), span: null })),
         host.verbatim ? button("find verbatim spans", () => run("verbatim", { prompt: tPrompt.value, target: orNull(tTarget.value) })) : null),
       h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Attribute a response to its context"), cContext, cQuery,
-        cResponse, cMethod,
+        cResponse, cMethod, cOptions.node,
         button("attribute", () => run("context", { context: cContext.value, query: cQuery.value, response: orNull(cResponse.value),
-          span: null, method: orNull(value(cMethod)) }))),
+          span: null, method: orNull(value(cMethod)), options: cOptions.values() }))),
       h("div", { class: "al-box" }, h("div", { class: "al-label" }, "Inspect hidden states"), iPrompt, iPreset, iLayer, iPosition, iTarget,
+        iOptions.node,
         button("inspect", () => run("inspect", { prompt: iPrompt.value, preset: orNull(value(iPreset)), layer: orInt(iLayer.value),
-          position: orInt(iPosition.value), target_prompt: orNull(iTarget.value) })))),
+          position: orInt(iPosition.value), target_prompt: orNull(iTarget.value), options: iOptions.values() })))),
     out);
 }
 
