@@ -156,7 +156,7 @@ class CaptureStorage:
         build, runner = IndexBuild(self.out, m, self.manifest, progress=False), CapturedRunner(self)
         build.fit(runner, eval_examples(self.lm, self.eval_queries))
         build.finish(runner)
-        if m.state():
+        if not m.needs_fit and m.state():  # a fit saved the state already (the moments included: used before it)
             build.save_state()
         self.manifest.facts.update({**m.layout(), **m.capture_facts(self._moment_step)})
         self.seconds += time.perf_counter() - start
