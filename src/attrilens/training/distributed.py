@@ -43,7 +43,7 @@ from attrilens.training.gradients import Example
 from attrilens.training.methods import TDAMethod
 from attrilens.training.preconditioning import moment_sum
 from attrilens.training.search import dot_stream, finite_scores, merge_topk, topk_merge
-from attrilens.training.store import atomic_save, remove_folder, sha256_file, to_dtype
+from attrilens.training.store import atomic_save, check_recorded_shards, remove_folder, to_dtype
 
 RAY_INSTALL = 'pip install "attrilens[ray]"'
 KILL_ONCE_AT_SHARD: int | None = None  # fault injection for the tests: a worker dies once, on this shard
@@ -339,10 +339,7 @@ class RayRunner:
         if m.needs_fit and not getattr(m, "fits_moments", False):
             raise AttrilensError(f"{m.name} fits its state from every raw feature at once, which a Ray build does not "
                                  "gather on one node. Build it without --ray.")
-        for s in man.raw_shards + man.shards:
-            p = out / s["file"]
-            if not p.is_file() or sha256_file(p) != s["sha256"]:
-                raise AttrilensError(f"Shard {p} is missing or changed since it was written. Delete {out} and rebuild.")
+        check_recorded_shards(out, man.raw_shards + man.shards)
         with ray_cluster(self.address) as ray:
             spec = _spec(m, out, man.dtype, self.batch_size, self.threads, False, self.reduce)
             self.pool = _Pool(ray, spec, self.workers)  # may refuse the size

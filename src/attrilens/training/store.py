@@ -163,6 +163,14 @@ def _check_shard_list(path: Path, manifest: dict) -> None:
                              "index is damaged: rebuild it.")
 
 
+def check_recorded_shards(out: Path, records: Sequence[dict]) -> None:
+    """Every shard a resumed build's manifest lists must still be the file it wrote (its sha256)."""
+    for s in records:
+        p = out / s["file"]
+        if not p.is_file() or sha256_file(p) != s["sha256"]:
+            raise AttrilensError(f"Shard {p} is missing or changed since it was written. Delete {out} and rebuild.")
+
+
 def write_shards(out: Path, records: list[dict], folder: Path, n_rows: int, shard_size: int,
                  make: Callable[[range, Callable[[int], None]], np.ndarray], *, commit: Callable[[], None], desc: str,
                  progress: bool) -> None:
@@ -174,10 +182,7 @@ def write_shards(out: Path, records: list[dict], folder: Path, n_rows: int, shar
     """
     folder.mkdir(exist_ok=True)
     done = {s["start"]: s for s in records}
-    for s in done.values():
-        p = out / s["file"]
-        if not p.is_file() or sha256_file(p) != s["sha256"]:
-            raise AttrilensError(f"Shard {p} is missing or changed since it was written. Delete {out} and rebuild.")
+    check_recorded_shards(out, records)
     bar = _progress(n_rows, desc, progress)
     bar.update(sum(s["rows"] for s in done.values()))
     for i, start in enumerate(range(0, n_rows, shard_size)):
